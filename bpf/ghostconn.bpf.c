@@ -1,0 +1,650 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+//go:build ignore
+
+// ghostconn's kernel side. Everything here is a tracepoint or an iterator:
+// kprobes and fentry are not assumed to exist.
+//
+// Cost model: every close(), every setsockopt() and every timer expiry on the
+// host runs through this file, so the common path of each hook rejects
+// uninteresting work with as few memory reads as possible and only
+// interesting, rare facts reach the ring buffer.
+
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_tracing.h"
+#include "bpf_core_read.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define SOL_SOCKET 1
+#define SO_KEEPALIVE 9
+#define SOL_TCP 6
+#define TCP_KEEPIDLE 4
+#define TCP_KEEPINTVL 5
+#define TCP_KEEPCNT 6
+#define TCP_USER_TIMEOUT 18
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+
+// Load-time settings, written by the Go loader before load.
+
+// Address of tcp_keepalive_timer from /proc/kallsyms; 0 disables the
+// keepalive hook's match.
+volatile const __u64 keepalive_timer_fn = 0;
+// Address of sock_close from /proc/kallsyms: a file is a socket exactly when
+// its f_op->release is sock_close. (socket_file_ops itself is data and is
+// absent from kallsyms without CONFIG_KALLSYMS_ALL.)
+volatile const __u64 sock_close_fn = 0;
+// Wake the reader only when at least this many bytes are pending; smaller
+// batches are picked up by the reader's periodic poll.
+volatile const __u64 wakeup_bytes = 256 * 1024;
+
+enum event_type {
+	EVENT_STATE = 1,
+	EVENT_RETRANSMIT = 2,
+	EVENT_KEEPALIVE = 3,
+	EVENT_CLOSE = 4,
+	EVENT_SOCKOPT = 5,
+};
+
+enum close_op {
+	CLOSE_OP_CLOSE = 1,
+	CLOSE_OP_CLOSE_RANGE = 2,
+	CLOSE_OP_DUP2 = 3,
+	CLOSE_OP_DUP3 = 4,
+};
+
+// Indexes into the stats map.
+enum stat_index {
+	STAT_LOST_STATE = 0,
+	STAT_LOST_RETRANSMIT,
+	STAT_LOST_KEEPALIVE,
+	STAT_LOST_CLOSE,
+	STAT_LOST_SOCKOPT,
+	STAT_CLOSE_LAST_REF, // TCP socket fds closed with no other reference left
+	STAT_MAX,
+};
+
+#define EVENT_FLAG_KEEPALIVE 1 // SO_KEEPALIVE is set on the socket
+#define EVENT_FLAG_TASK 2      // pid/comm name the task that caused the event
+
+// One ring-buffer record. Which fields are meaningful depends on type; the
+// Go side decodes this layout through the type bpf2go generates from it.
+struct event {
+	__u64 ts_ns;  // bpf_ktime_get_ns(), CLOCK_MONOTONIC
+	__u64 cookie; // socket cookie; 0 when the socket never had one
+	__u64 ino;    // socket inode (close and sockopt events)
+	__u32 pid;    // tgid of the task, when EVENT_FLAG_TASK is set
+	__u32 ppid;   // parent tgid of the task (close events)
+	__u32 netns;  // inode number of the socket's network namespace
+	__s32 fd;     // close and sockopt events
+	__u8 type;    // enum event_type
+	__u8 family;
+	__u8 old_state;
+	__u8 state; // new state for state events, current state otherwise
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[16];
+	__u8 flags; // EVENT_FLAG_*
+	__u8 op;    // enum close_op for close events
+	__u8 backoff;
+	__u8 probes_out;    // keepalive/zero-window probes outstanding
+	__u32 refs;         // close: references to the file before this close
+	__u32 retransmits;  // consecutive RTO retransmissions (icsk_retransmits)
+	__u32 total_retrans;
+	__u32 rto_jiffies;
+	__u32 ka_time;   // socket keepalive idle in jiffies, 0 = netns default
+	__u32 ka_intvl;  // jiffies, 0 = netns default
+	__u32 ka_probes; // 0 = netns default
+	__u32 user_timeout_ms;
+	__u32 idle_jiffies; // keepalive: jiffies since the last data received
+	__s32 level;        // sockopt
+	__s32 optname;
+	__s32 optval;
+};
+
+// events carries struct event records to user space.
+// Writers: every tracepoint program. Reader: the Go collector. Records are
+// consumed, never deleted.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20); // resized by the loader
+} events SEC(".maps");
+
+// stats holds per-CPU counters indexed by enum stat_index.
+// Writers: the tracepoint programs (ring-buffer reserve failures, last-ref
+// closes). Reader: the Go collector, which sums the CPUs. Never deleted.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+// Force the generated Go types.
+const struct event *unused_event __attribute__((unused));
+const enum event_type *unused_event_type __attribute__((unused));
+const enum stat_index *unused_stat_index __attribute__((unused));
+const enum close_op *unused_close_op __attribute__((unused));
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline struct event *reserve(__u32 lost_idx)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(struct event), 0);
+	if (!e) {
+		count(lost_idx);
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	return e;
+}
+
+// submit wakes the reader only once enough data is pending, so a burst of
+// events costs one wakeup rather than one per event.
+static __always_inline void submit(struct event *e)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+static __always_inline void set_task(struct event *e)
+{
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->flags |= EVENT_FLAG_TASK;
+}
+
+// fill_tuple copies family, ports, addresses and netns from a socket whose
+// pointer may be untrusted, so every read goes through CO-RE probe reads.
+static __always_inline void fill_tuple(struct event *e, struct sock *sk)
+{
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (e->family == AF_INET) {
+		BPF_CORE_READ_INTO(e->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(e->daddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(e->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(e->daddr, sk, __sk_common.skc_v6_daddr);
+	}
+}
+
+static __always_inline void fill_keepalive(struct event *e, struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	if (flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)))
+		e->flags |= EVENT_FLAG_KEEPALIVE;
+	e->ka_time = BPF_CORE_READ(tp, keepalive_time);
+	e->ka_intvl = BPF_CORE_READ(tp, keepalive_intvl);
+	e->ka_probes = BPF_CORE_READ_BITFIELD_PROBED(tp, keepalive_probes);
+	e->user_timeout_ms = BPF_CORE_READ(tp, inet_conn.icsk_user_timeout);
+}
+
+static __always_inline void fill_retrans(struct event *e, struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	e->retransmits = BPF_CORE_READ(tp, inet_conn.icsk_retransmits);
+	e->backoff = BPF_CORE_READ(tp, inet_conn.icsk_backoff);
+	e->probes_out = BPF_CORE_READ(tp, inet_conn.icsk_probes_out);
+	e->rto_jiffies = BPF_CORE_READ(tp, inet_conn.icsk_rto);
+	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
+}
+
+// state_by_syscall reports transitions that only a syscall on the socket
+// (connect, listen, shutdown, close) can cause, so the current task is the
+// one responsible. Others may run in softirq on behalf of an unrelated task.
+static __always_inline bool state_by_syscall(int old, int new)
+{
+	switch (new) {
+	case TCP_SYN_SENT:
+	case TCP_LISTEN:
+	case TCP_LAST_ACK:
+		return true;
+	case TCP_FIN_WAIT1:
+		return old == TCP_ESTABLISHED || old == TCP_SYN_RECV;
+	case TCP_CLOSE:
+		return old == TCP_LISTEN || old == TCP_SYN_SENT;
+	}
+	return false;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	struct event *e = reserve(STAT_LOST_STATE);
+	if (!e)
+		return 0;
+	e->type = EVENT_STATE;
+	e->cookie = bpf_get_socket_cookie(sk);
+	e->old_state = oldstate;
+	e->state = newstate;
+	fill_tuple(e, sk);
+	if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT) {
+		fill_keepalive(e, sk);
+		fill_retrans(e, sk);
+	}
+	if (state_by_syscall(oldstate, newstate))
+		set_task(e);
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(tcp_retransmit_skb, struct sock *sk, struct sk_buff *skb)
+{
+	struct event *e = reserve(STAT_LOST_RETRANSMIT);
+	if (!e)
+		return 0;
+	e->type = EVENT_RETRANSMIT;
+	e->cookie = bpf_get_socket_cookie(sk);
+	e->state = sk->__sk_common.skc_state;
+	fill_tuple(e, sk);
+	fill_retrans(e, sk);
+	fill_keepalive(e, sk);
+	submit(e);
+	return 0;
+}
+
+// timer_expire_entry runs for every timer on the host; all but keepalive
+// timers leave after one load and one compare.
+SEC("tp_btf/timer_expire_entry")
+int BPF_PROG(timer_expire_entry, struct timer_list *timer, unsigned long baseclk)
+{
+	if ((__u64)timer->function != keepalive_timer_fn || keepalive_timer_fn == 0)
+		return 0;
+	// The verifier allows direct access only within timer_list, so the
+	// enclosing socket is read with probe reads.
+	struct sock *sk = (void *)timer - bpf_core_field_offset(struct sock, sk_timer);
+	struct event *e = reserve(STAT_LOST_KEEPALIVE);
+	if (!e)
+		return 0;
+	e->type = EVENT_KEEPALIVE;
+	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	fill_tuple(e, sk);
+	fill_keepalive(e, sk);
+	fill_retrans(e, sk);
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u32 now = (__u32)bpf_jiffies64();
+	__u32 lrcv = BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime);
+	__u32 rcv_ts = BPF_CORE_READ(tp, rcv_tstamp);
+	__u32 a = now - lrcv, b = now - rcv_ts;
+	e->idle_jiffies = a < b ? a : b;
+	submit(e);
+	return 0;
+}
+
+// file_ref_count returns how many references a struct file holds, on kernels
+// with file_ref_t f_ref (6.13+, 0 means one) and atomic_long_t f_count.
+struct file___old {
+	atomic_long_t f_count;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u32 file_ref_count(struct file *f)
+{
+	if (bpf_core_field_exists(struct file, f_ref))
+		return BPF_CORE_READ(f, f_ref.refcnt.counter) + 1;
+	return BPF_CORE_READ((struct file___old *)f, f_count.counter);
+}
+
+// fd_file returns the file behind fd in the current task, or NULL.
+static __always_inline struct file *fd_file(struct fdtable *fdt, __u32 fd)
+{
+	if (fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline struct fdtable *current_fdtable(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	return BPF_CORE_READ(task, files, fdt);
+}
+
+// tcp_sock_of returns the TCP socket behind a file, or NULL for any other
+// file. The f_op->release compare rejects non-sockets with two reads.
+//
+// An MPTCP socket (Go listens with MPTCP by default since 1.24) resolves to
+// its first subflow, the TCP socket that carries the connection and whose
+// state changes the tracepoints see.
+static __always_inline struct sock *tcp_sock_of(struct file *f)
+{
+	if (!f || (__u64)BPF_CORE_READ(f, f_op, release) != sock_close_fn)
+		return NULL;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return NULL;
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	if (proto == IPPROTO_MPTCP && bpf_core_type_exists(struct mptcp_sock)) {
+		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+		if (!sk)
+			return NULL;
+		proto = BPF_CORE_READ(sk, sk_protocol);
+	}
+	if (proto != IPPROTO_TCP)
+		return NULL;
+	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (fam != AF_INET && fam != AF_INET6)
+		return NULL;
+	return sk;
+}
+
+// on_fd_close records the close of fd when it is a TCP socket that other
+// references keep open. A close of the last reference is only counted: the
+// state change that follows tells the rest.
+static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
+{
+	struct file *f = fd_file(fdt, fd);
+	struct sock *sk = tcp_sock_of(f);
+	if (!sk)
+		return;
+	__u32 refs = file_ref_count(f);
+	if (refs <= 1) {
+		count(STAT_CLOSE_LAST_REF);
+		return;
+	}
+	struct event *e = reserve(STAT_LOST_CLOSE);
+	if (!e)
+		return;
+	e->type = EVENT_CLOSE;
+	e->op = op;
+	e->fd = fd;
+	e->refs = refs;
+	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	fill_tuple(e, sk);
+	set_task(e);
+	struct task_struct *task = bpf_get_current_task_btf();
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	submit(e);
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	on_fd_close(current_fdtable(), (__u32)ctx->args[0], CLOSE_OP_CLOSE);
+	return 0;
+}
+
+// dup2/dup3 close newfd when it is open and differs from oldfd.
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int sys_enter_dup2(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[0] != ctx->args[1])
+		on_fd_close(current_fdtable(), (__u32)ctx->args[1], CLOSE_OP_DUP2);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_dup3")
+int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[0] != ctx->args[1])
+		on_fd_close(current_fdtable(), (__u32)ctx->args[1], CLOSE_OP_DUP3);
+	return 0;
+}
+
+struct range_ctx {
+	struct fdtable *fdt;
+	unsigned long *open_fds;
+	__u32 base; // first word of the bitmap to visit
+	__u32 first;
+	__u32 last;
+};
+
+// close_range_word visits the open fds of one 64-bit word of the open_fds
+// bitmap, so empty stretches of the table cost one read per 64 fds.
+static long close_range_word(__u32 n, struct range_ctx *c)
+{
+	__u32 i = c->base + n;
+	unsigned long word = 0;
+	bpf_probe_read_kernel(&word, sizeof(word), &c->open_fds[i]);
+	if (!word)
+		return 0;
+	for (int bit = 0; bit < 64; bit++) {
+		if (!(word & (1UL << bit)))
+			continue;
+		__u32 fd = i * 64 + bit;
+		if (fd < c->first)
+			continue;
+		if (fd > c->last)
+			return 1;
+		on_fd_close(c->fdt, fd, CLOSE_OP_CLOSE_RANGE);
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close_range")
+int sys_enter_close_range(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[2] & CLOSE_RANGE_CLOEXEC)
+		return 0;
+	// CO-RE reads take plain locals: a field of the local range_ctx inside
+	// BPF_CORE_READ would be relocated against kernel types and fail.
+	struct fdtable *fdt = current_fdtable();
+	struct range_ctx c = {
+		.fdt = fdt,
+		.first = ctx->args[0],
+		.last = ctx->args[1],
+	};
+	__u32 max = BPF_CORE_READ(fdt, max_fds);
+	if (c.first >= max)
+		return 0;
+	if (c.last >= max)
+		c.last = max - 1;
+	c.open_fds = BPF_CORE_READ(fdt, open_fds);
+	c.base = c.first / 64;
+	__u32 words = c.last / 64 + 1 - c.base;
+	if (words > 1 << 16)
+		words = 1 << 16;
+	bpf_loop(words, close_range_word, &c, 0);
+	return 0;
+}
+
+// setsockopt is only interesting for the keepalive and give-up settings; the
+// level/optname compare rejects everything else before any memory read.
+SEC("tracepoint/syscalls/sys_enter_setsockopt")
+int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
+{
+	int level = ctx->args[1], optname = ctx->args[2];
+	if (level == SOL_SOCKET) {
+		if (optname != SO_KEEPALIVE)
+			return 0;
+	} else if (level == SOL_TCP) {
+		if (optname != TCP_KEEPIDLE && optname != TCP_KEEPINTVL && optname != TCP_KEEPCNT &&
+		    optname != TCP_USER_TIMEOUT)
+			return 0;
+	} else {
+		return 0;
+	}
+	__u32 fd = ctx->args[0];
+	struct file *f = fd_file(current_fdtable(), fd);
+	struct sock *sk = tcp_sock_of(f);
+	if (!sk)
+		return 0;
+	struct event *e = reserve(STAT_LOST_SOCKOPT);
+	if (!e)
+		return 0;
+	e->type = EVENT_SOCKOPT;
+	e->fd = fd;
+	e->level = level;
+	e->optname = optname;
+	bpf_probe_read_user(&e->optval, sizeof(e->optval), (void *)ctx->args[3]);
+	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	fill_tuple(e, sk);
+	set_task(e);
+	submit(e);
+	return 0;
+}
+
+// sock_rec is one socket of the iter/tcp snapshot. Times are ages in jiffies
+// at the moment the record was written; the collector converts them.
+struct sock_rec {
+	__u64 cookie;
+	__u64 ino;
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u32 netns;
+	__u32 uid;
+	__u8 family;
+	__u8 state;
+	__u8 keepalive; // SO_KEEPALIVE set
+	__u8 full;      // 0 for time-wait and request sockets: only the tuple is valid
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 ka_time;  // socket setting in jiffies, 0 = netns default
+	__u32 ka_intvl; // jiffies, 0 = netns default
+	__u32 ka_probes;
+	__u32 user_timeout_ms;
+	__u32 net_ka_time; // the socket's netns sysctls, in jiffies
+	__u32 net_ka_intvl;
+	__u32 net_ka_probes;
+	__u32 net_retries2;
+	__u32 send_age_jiffies; // since the last data sent
+	__u32 recv_age_jiffies; // since the last data received
+	__u32 retrans_age_jiffies; // since the first retransmit of the current timeout, if any
+	__u32 retransmits;         // consecutive RTO retransmissions
+	__u32 total_retrans;
+	__u32 rto_jiffies;
+	__u32 send_queue; // bytes written but not yet acknowledged
+	__u32 recv_queue; // bytes received but not yet read
+	__u8 backoff;
+	__u8 probes_out;
+	__u16 sk_err;
+	__u32 pad;
+};
+
+const struct sock_rec *unused_sock_rec __attribute__((unused));
+
+static __always_inline void rec_tuple(struct sock_rec *r, struct sock_common *skc)
+{
+	r->family = skc->skc_family;
+	r->state = skc->skc_state;
+	r->sport = skc->skc_num;
+	r->dport = __builtin_bswap16(skc->skc_dport);
+	r->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+	if (r->family == AF_INET) {
+		BPF_CORE_READ_INTO(r->saddr, skc, skc_rcv_saddr);
+		BPF_CORE_READ_INTO(r->daddr, skc, skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(r->saddr, skc, skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(r->daddr, skc, skc_v6_daddr);
+	}
+}
+
+// iter_tcp writes one sock_rec per TCP socket in the network namespace of
+// the process that opens the iterator.
+SEC("iter/tcp")
+int iter_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct sock_rec r = {};
+	r.cookie = bpf_get_socket_cookie(skc);
+	r.uid = ctx->uid;
+	rec_tuple(&r, skc);
+
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (tp) {
+		struct sock *sk = (struct sock *)tp;
+		r.full = 1;
+		r.ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+		unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+		r.keepalive = !!(flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)));
+		r.ka_time = BPF_CORE_READ(tp, keepalive_time);
+		r.ka_intvl = BPF_CORE_READ(tp, keepalive_intvl);
+		r.ka_probes = BPF_CORE_READ_BITFIELD_PROBED(tp, keepalive_probes);
+		r.user_timeout_ms = BPF_CORE_READ(tp, inet_conn.icsk_user_timeout);
+
+		struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+		r.net_ka_time = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_keepalive_time);
+		r.net_ka_intvl = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_keepalive_intvl);
+		r.net_ka_probes = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_keepalive_probes);
+		r.net_retries2 = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_retries2);
+
+		__u32 now = (__u32)bpf_jiffies64();
+		r.send_age_jiffies = now - BPF_CORE_READ(tp, lsndtime);
+		r.recv_age_jiffies = now - BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime);
+		__u32 rstamp = BPF_CORE_READ(tp, retrans_stamp);
+		r.retrans_age_jiffies = rstamp ? now - rstamp : 0;
+		r.retransmits = BPF_CORE_READ(tp, inet_conn.icsk_retransmits);
+		r.backoff = BPF_CORE_READ(tp, inet_conn.icsk_backoff);
+		r.probes_out = BPF_CORE_READ(tp, inet_conn.icsk_probes_out);
+		r.rto_jiffies = BPF_CORE_READ(tp, inet_conn.icsk_rto);
+		r.total_retrans = BPF_CORE_READ(tp, total_retrans);
+		r.send_queue = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
+		r.recv_queue = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+		r.bytes_sent = BPF_CORE_READ(tp, bytes_sent);
+		r.bytes_received = BPF_CORE_READ(tp, bytes_received);
+		r.sk_err = BPF_CORE_READ(sk, sk_err);
+	}
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+// holder_rec is one (process, fd) that refers to a TCP socket.
+struct holder_rec {
+	__u64 cookie; // 0 if the socket has not been given a cookie yet
+	__u64 ino;
+	__u32 pid; // tgid
+	__u32 ppid;
+	__u32 fd;
+	__u32 netns;
+	__u32 refs; // references to the file
+	__u32 pad;
+	char comm[16];
+};
+
+const struct holder_rec *unused_holder_rec __attribute__((unused));
+
+// iter_task_file writes one holder_rec per fd, in any process on the host,
+// that refers to a TCP socket.
+SEC("iter/task_file")
+int iter_task_file(struct bpf_iter__task_file *ctx)
+{
+	struct file *f = ctx->file;
+	struct task_struct *task = ctx->task;
+	if (!f || !task)
+		return 0;
+	struct sock *sk = tcp_sock_of(f);
+	if (!sk)
+		return 0;
+	struct holder_rec r = {};
+	r.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	r.ino = BPF_CORE_READ(f, f_inode, i_ino);
+	r.pid = task->tgid;
+	r.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	r.fd = ctx->fd;
+	r.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	r.refs = file_ref_count(f);
+	BPF_CORE_READ_STR_INTO(&r.comm, task, comm);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}

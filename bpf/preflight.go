@@ -1,0 +1,85 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// TracefsPath is where classic tracepoints are looked up.
+const TracefsPath = "/sys/kernel/tracing"
+
+// Capability numbers from linux/capability.h.
+const (
+	capSysAdmin = 21
+	capPerfmon  = 38
+	capBPF      = 39
+)
+
+// Preflight checks what the agent cannot run without and mounts tracefs
+// when it is missing. Each error names what is missing and how to fix it.
+func Preflight() error {
+	if err := checkCaps(); err != nil {
+		return err
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return fmt.Errorf("kernel BTF is missing (/sys/kernel/btf/vmlinux: %w): ghostconn needs a kernel built with CONFIG_DEBUG_INFO_BTF=y", err)
+	}
+	return EnsureTracefs()
+}
+
+// EnsureTracefs mounts tracefs at TracefsPath unless it is there already.
+// Classic tracepoints (the syscall hooks) need it; tp_btf and iterators do not.
+func EnsureTracefs() error {
+	if _, err := os.Stat(TracefsPath + "/events"); err == nil {
+		return nil
+	}
+	if err := unix.Mount("tracefs", TracefsPath, "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("tracefs is not mounted and mounting it at %s failed: %w (mount it with: mount -t tracefs tracefs %s)", TracefsPath, err, TracefsPath)
+	}
+	return nil
+}
+
+// checkCaps makes sure the effective set holds what loading and attaching
+// need: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which implies both on
+// older kernels), and CAP_SYS_ADMIN for mounting tracefs and the task
+// iterator.
+func checkCaps() error {
+	eff, err := effectiveCaps()
+	if err != nil {
+		return err
+	}
+	var missing []string
+	for _, c := range []struct {
+		bit  uint
+		name string
+	}{{capBPF, "CAP_BPF"}, {capPerfmon, "CAP_PERFMON"}, {capSysAdmin, "CAP_SYS_ADMIN"}} {
+		if eff&(1<<c.bit) == 0 {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing capabilities %s: run ghostconn agent as root or grant them (for example with setpriv or AmbientCapabilities=)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func effectiveCaps() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("read capabilities: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			var caps uint64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%x", &caps); err != nil {
+				return 0, fmt.Errorf("parse CapEff %q: %w", v, err)
+			}
+			return caps, nil
+		}
+	}
+	return 0, errors.New("read capabilities: no CapEff line in /proc/self/status")
+}

@@ -1,0 +1,362 @@
+// Package bpf loads and attaches ghostconn's eBPF programs and reads their
+// iterators. The C source is ghostconn.bpf.c; the Go bindings are generated
+// by bpf2go (see gen.go).
+package bpf
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Program names, as they appear in ghostconn_program_attached{program}.
+const (
+	ProgStateChange = "inet_sock_set_state"
+	ProgRetransmit  = "tcp_retransmit_skb"
+	ProgKeepalive   = "timer_expire_entry"
+	ProgClose       = "sys_enter_close"
+	ProgCloseRange  = "sys_enter_close_range"
+	ProgDup2        = "sys_enter_dup2"
+	ProgDup3        = "sys_enter_dup3"
+	ProgSetsockopt  = "sys_enter_setsockopt"
+	ProgIterTCP     = "iter_tcp"
+	ProgIterFiles   = "iter_task_file"
+)
+
+// program describes how one program attaches and whether the agent can run
+// without it.
+type program struct {
+	name     string
+	required bool
+	// tracepoint group for classic tracepoints; empty for tp_btf and iterators.
+	group string
+	kind  string // "tp_btf", "tracepoint" or "iter"
+}
+
+var programs = []program{
+	{name: ProgStateChange, required: true, kind: "tp_btf"},
+	{name: ProgIterTCP, required: true, kind: "iter"},
+	{name: ProgIterFiles, required: true, kind: "iter"},
+	{name: ProgRetransmit, kind: "tp_btf"},
+	{name: ProgKeepalive, kind: "tp_btf"},
+	{name: ProgClose, group: "syscalls", kind: "tracepoint"},
+	{name: ProgCloseRange, group: "syscalls", kind: "tracepoint"},
+	{name: ProgDup2, group: "syscalls", kind: "tracepoint"},
+	{name: ProgDup3, group: "syscalls", kind: "tracepoint"},
+	{name: ProgSetsockopt, group: "syscalls", kind: "tracepoint"},
+}
+
+// ProgramNames lists every program in attach order.
+func ProgramNames() []string {
+	names := make([]string, len(programs))
+	for i, p := range programs {
+		names[i] = p.name
+	}
+	return names
+}
+
+// Options tune the load.
+type Options struct {
+	// RingBufferBytes is the size of the event ring buffer, a power of two
+	// and a multiple of the page size.
+	RingBufferBytes int
+	// WakeupBytes is how much pending data wakes the reader early; below
+	// it, the reader picks events up on its poll interval.
+	WakeupBytes int
+	// Skip names programs not to load, for tests of degraded operation.
+	Skip map[string]bool
+}
+
+// Probes holds the loaded maps and the attached programs.
+type Probes struct {
+	Events *ebpf.Map
+	Stats  *ebpf.Map
+
+	// Attached maps each program name to nil when it is attached, or to the
+	// reason it is not.
+	Attached map[string]error
+
+	iterTCP   *link.Iter
+	iterFiles *link.Iter
+	links     []link.Link
+	progs     []*ebpf.Program
+}
+
+// Load loads the maps, then loads and attaches each program on its own, so
+// that an optional program that the kernel refuses leaves the others
+// working. It fails only when a required program cannot be attached.
+func Load(opts Options) (*Probes, error) {
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
+	spec, err := LoadGhostconn()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
+	}
+	if opts.RingBufferBytes > 0 {
+		spec.Maps["events"].MaxEntries = uint32(opts.RingBufferBytes)
+	}
+	syms, err := kallsyms("tcp_keepalive_timer", "sock_close")
+	if err != nil {
+		return nil, err
+	}
+	if err := spec.Variables["sock_close_fn"].Set(syms["sock_close"]); err != nil {
+		return nil, fmt.Errorf("set sock_close_fn: %w", err)
+	}
+	if err := spec.Variables["keepalive_timer_fn"].Set(syms["tcp_keepalive_timer"]); err != nil {
+		return nil, fmt.Errorf("set keepalive_timer_fn: %w", err)
+	}
+	if opts.WakeupBytes > 0 {
+		if err := spec.Variables["wakeup_bytes"].Set(uint64(opts.WakeupBytes)); err != nil {
+			return nil, fmt.Errorf("set wakeup_bytes: %w", err)
+		}
+	}
+
+	var maps GhostconnMaps
+	if err := spec.LoadAndAssign(&maps, nil); err != nil {
+		return nil, fmt.Errorf("create bpf maps: %w", err)
+	}
+	p := &Probes{Events: maps.Events, Stats: maps.Stats, Attached: map[string]error{}}
+	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats}
+
+	for _, def := range programs {
+		err := p.attach(spec, def, replacements, opts.Skip[def.name])
+		p.Attached[def.name] = err
+		if err != nil && def.required {
+			p.Close()
+			return nil, fmt.Errorf("attach required program %s: %w", def.name, err)
+		}
+	}
+	return p, nil
+}
+
+// ErrSkipped marks a program left out on request.
+var ErrSkipped = errors.New("skipped by configuration")
+
+func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]*ebpf.Map, skip bool) error {
+	if skip {
+		return ErrSkipped
+	}
+	progSpec, ok := spec.Programs[def.name]
+	if !ok {
+		return fmt.Errorf("program %s missing from object", def.name)
+	}
+	one := &ebpf.CollectionSpec{
+		Maps:      spec.Maps,
+		Programs:  map[string]*ebpf.ProgramSpec{def.name: progSpec},
+		Variables: spec.Variables,
+		Types:     spec.Types,
+		ByteOrder: spec.ByteOrder,
+	}
+	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: maps})
+	if err != nil {
+		return fmt.Errorf("load %s: %w", def.name, explainVerifier(err))
+	}
+	prog := coll.DetachProgram(def.name)
+	coll.Close()
+	p.progs = append(p.progs, prog)
+
+	switch def.kind {
+	case "tp_btf":
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		if err != nil {
+			return fmt.Errorf("attach tp_btf/%s: %w", def.name, err)
+		}
+		p.links = append(p.links, l)
+	case "tracepoint":
+		l, err := link.Tracepoint(def.group, def.name, prog, nil)
+		if err != nil {
+			return fmt.Errorf("attach tracepoint/%s/%s: %w", def.group, def.name, err)
+		}
+		p.links = append(p.links, l)
+	case "iter":
+		it, err := link.AttachIter(link.IterOptions{Program: prog})
+		if err != nil {
+			return fmt.Errorf("attach iter %s: %w", def.name, err)
+		}
+		p.links = append(p.links, it)
+		if def.name == ProgIterTCP {
+			p.iterTCP = it
+		} else {
+			p.iterFiles = it
+		}
+	}
+	return nil
+}
+
+func explainVerifier(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		// The last lines of the log say why; the whole log is too long for
+		// an error message.
+		return fmt.Errorf("%w (verifier: %s)", err, strings.Join(lastLines(ve.Log, 5), " | "))
+	}
+	return err
+}
+
+func lastLines(lines []string, n int) []string {
+	if len(lines) > n {
+		return lines[len(lines)-n:]
+	}
+	return lines
+}
+
+// Close detaches every program and releases the maps.
+func (p *Probes) Close() error {
+	var errs []error
+	for _, l := range p.links {
+		errs = append(errs, l.Close())
+	}
+	for _, prog := range p.progs {
+		errs = append(errs, prog.Close())
+	}
+	errs = append(errs, p.Events.Close(), p.Stats.Close())
+	return errors.Join(errs...)
+}
+
+// ReadStats returns the kernel-side counters summed over CPUs, indexed by
+// GhostconnStatIndex.
+func (p *Probes) ReadStats() ([]uint64, error) {
+	out := make([]uint64, GhostconnStatIndexSTAT_MAX)
+	for i := range out {
+		var percpu []uint64
+		if err := p.Stats.Lookup(uint32(i), &percpu); err != nil {
+			return nil, fmt.Errorf("read stats[%d]: %w", i, err)
+		}
+		for _, v := range percpu {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// Sockets runs iter/tcp inside the network namespace at nsPath (for example
+// /proc/1234/ns/net) and returns its records. An empty nsPath means the
+// agent's own namespace.
+func (p *Probes) Sockets(nsPath string) ([]GhostconnSockRec, error) {
+	r, err := openIn(p.iterTCP, nsPath)
+	if err != nil {
+		return nil, err
+	}
+	return readRecords[GhostconnSockRec](r)
+}
+
+// Holders runs iter/task_file and returns every (process, fd) on the host
+// that refers to a TCP socket.
+func (p *Probes) Holders() ([]GhostconnHolderRec, error) {
+	r, err := p.iterFiles.Open()
+	if err != nil {
+		return nil, fmt.Errorf("open iter/task_file: %w", err)
+	}
+	return readRecords[GhostconnHolderRec](r)
+}
+
+// openIn opens an iterator from a thread that has joined the network
+// namespace at nsPath: iter/tcp walks the namespace of its opener.
+func openIn(it *link.Iter, nsPath string) (io.ReadCloser, error) {
+	if nsPath == "" {
+		r, err := it.Open()
+		if err != nil {
+			return nil, fmt.Errorf("open iter/tcp: %w", err)
+		}
+		return r, nil
+	}
+	target, err := os.Open(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", nsPath, err)
+	}
+	defer target.Close()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("open own netns: %w", err)
+	}
+	defer self.Close()
+
+	runtime.LockOSThread()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("enter netns %s: %w", nsPath, err)
+	}
+	r, openErr := it.Open()
+	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Leave the thread locked: the runtime then discards it rather than
+		// reuse a thread stuck in a foreign namespace.
+		if r != nil {
+			r.Close()
+		}
+		return nil, fmt.Errorf("return from netns %s: %w", nsPath, err)
+	}
+	runtime.UnlockOSThread()
+	if openErr != nil {
+		return nil, fmt.Errorf("open iter/tcp in %s: %w", nsPath, openErr)
+	}
+	return r, nil
+}
+
+// readRecords reads fixed-size records written by an iterator. The record
+// types are generated by bpf2go with the kernel's layout, so a record is
+// copied out of the buffer without per-field decoding.
+func readRecords[T any](r io.ReadCloser) ([]T, error) {
+	defer r.Close()
+	buf, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read iterator: %w", err)
+	}
+	var zero T
+	size := int(unsafe.Sizeof(zero))
+	if len(buf)%size != 0 {
+		return nil, fmt.Errorf("iterator output of %d bytes is not a multiple of the %d-byte record", len(buf), size)
+	}
+	out := make([]T, len(buf)/size)
+	if len(out) > 0 {
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), len(buf)), buf)
+	}
+	return out, nil
+}
+
+// kallsyms returns the addresses of the named symbols from /proc/kallsyms.
+func kallsyms(names ...string) (map[string]uint64, error) {
+	f, err := os.Open("/proc/kallsyms")
+	if err != nil {
+		return nil, fmt.Errorf("read kernel symbols: %w", err)
+	}
+	defer f.Close()
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	out := map[string]uint64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		// "ffffffff8202b5f0 t tcp_keepalive_timer"
+		sp := strings.LastIndexByte(line, ' ')
+		if sp < 0 || !want[line[sp+1:]] {
+			continue
+		}
+		addr, err := strconv.ParseUint(line[:strings.IndexByte(line, ' ')], 16, 64)
+		if err != nil {
+			continue
+		}
+		out[line[sp+1:]] = addr
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read kernel symbols: %w", err)
+	}
+	for _, n := range names {
+		if out[n] == 0 {
+			return nil, fmt.Errorf("kernel symbol %s not found or hidden in /proc/kallsyms (is kernel.kptr_restrict=2, or is the agent missing CAP_SYSLOG?)", n)
+		}
+	}
+	return out, nil
+}
