@@ -167,6 +167,19 @@ static __always_inline void set_task(struct event *e)
 	e->flags |= EVENT_FLAG_TASK;
 }
 
+// read_addrs copies the local and remote address of a socket. (Not
+// BPF_CORE_READ_INTO: it sizes the read by the destination's element.)
+static __always_inline void read_addrs(__u8 family, __u8 *saddr, __u8 *daddr, struct sock_common *skc)
+{
+	if (family == AF_INET) {
+		bpf_core_read(saddr, 4, &skc->skc_rcv_saddr);
+		bpf_core_read(daddr, 4, &skc->skc_daddr);
+	} else {
+		bpf_core_read(saddr, 16, &skc->skc_v6_rcv_saddr);
+		bpf_core_read(daddr, 16, &skc->skc_v6_daddr);
+	}
+}
+
 // fill_tuple copies family, ports, addresses and netns from a socket whose
 // pointer may be untrusted, so every read goes through CO-RE probe reads.
 static __always_inline void fill_tuple(struct event *e, struct sock *sk)
@@ -175,13 +188,7 @@ static __always_inline void fill_tuple(struct event *e, struct sock *sk)
 	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	if (e->family == AF_INET) {
-		BPF_CORE_READ_INTO(e->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(e->daddr, sk, __sk_common.skc_daddr);
-	} else {
-		BPF_CORE_READ_INTO(e->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(e->daddr, sk, __sk_common.skc_v6_daddr);
-	}
+	read_addrs(e->family, e->saddr, e->daddr, &sk->__sk_common);
 }
 
 static __always_inline void fill_keepalive(struct event *e, struct sock *sk)
@@ -549,13 +556,7 @@ static __always_inline void rec_tuple(struct sock_rec *r, struct sock_common *sk
 	r->sport = skc->skc_num;
 	r->dport = __builtin_bswap16(skc->skc_dport);
 	r->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
-	if (r->family == AF_INET) {
-		BPF_CORE_READ_INTO(r->saddr, skc, skc_rcv_saddr);
-		BPF_CORE_READ_INTO(r->daddr, skc, skc_daddr);
-	} else {
-		BPF_CORE_READ_INTO(r->saddr, skc, skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(r->daddr, skc, skc_v6_daddr);
-	}
+	read_addrs(r->family, r->saddr, r->daddr, skc);
 }
 
 // iter_tcp writes one sock_rec per TCP socket in the network namespace of

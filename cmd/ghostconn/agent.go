@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/exporter"
+)
+
+func runAgent(args []string, _, stderr io.Writer) error {
+	fs := newFlags("agent", stderr)
+	apiSocket := fs.String("api-socket", exporter.DefaultAPISocket, "unix socket for the local query API (mode 0600)")
+	reconcile := fs.Duration("reconcile-interval", 30*time.Second, "how often a fresh kernel snapshot corrects the table (at least 1s)")
+	ring := fs.Int("ring-buffer-bytes", 1<<20, "size of the event ring buffer: a power of two, at least 4096")
+	maxConns := fs.Int("max-connections", collector.DefaultTableConfig.MaxConns, "most live connections the table holds; more are counted as dropped")
+	history := fs.Duration("history", collector.DefaultTableConfig.HistoryTTL, "how long closed connections stay queryable")
+	maxHistory := fs.Int("max-history", collector.DefaultTableConfig.MaxHistory, "most closed connections kept")
+	hz := fs.Int("kernel-hz", 0, "kernel CONFIG_HZ; 0 reads it from the kernel config")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *reconcile < time.Second {
+		return usagef("--reconcile-interval=%s is too short: use at least 1s", *reconcile)
+	}
+	if *ring < 4096 || *ring&(*ring-1) != 0 {
+		return usagef("--ring-buffer-bytes=%d must be a power of two of at least 4096", *ring)
+	}
+	if *maxConns <= 0 {
+		return usagef("--max-connections=%d must be positive", *maxConns)
+	}
+	if *history < 0 || *maxHistory < 0 {
+		return usagef("--history and --max-history must not be negative")
+	}
+	if *hz < 0 {
+		return usagef("--kernel-hz=%d must not be negative", *hz)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return usagef("--log-level=%q: use debug, info, warn or error", *logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	c, err := collector.New(collector.Config{
+		RingBufferBytes:   *ring,
+		ReconcileInterval: *reconcile,
+		KernelHZ:          *hz,
+		Table:             collector.TableConfig{MaxConns: *maxConns, HistoryTTL: *history, MaxHistory: *maxHistory},
+		Logger:            log,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	l, err := exporter.ListenUnix(*apiSocket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(*apiSocket)
+	srv := &http.Server{Handler: exporter.NewAPI(c), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("api server stopped", "err", err)
+		}
+	}()
+	defer srv.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	go func() {
+		select {
+		case <-c.Ready():
+			log.Info("ready", "connections", c.Table().Len(), "startup", time.Since(start).Round(time.Millisecond), "api", *apiSocket)
+		case <-ctx.Done():
+		}
+	}()
+	if err := c.Run(ctx); err != nil {
+		return fmt.Errorf("collector: %w", err)
+	}
+	log.Info("stopping: detaching programs")
+	return nil
+}

@@ -1,0 +1,344 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/ghostconn/ghostconn/bpf"
+)
+
+// Config configures a Collector.
+type Config struct {
+	// RingBufferBytes sizes the event ring buffer (power of two, at least a
+	// page). Zero means 1 MiB.
+	RingBufferBytes int
+	// WakeupBytes is how much pending data wakes the reader before its
+	// poll interval. Zero means a quarter of the ring.
+	WakeupBytes int
+	// PollInterval is how often the reader drains the ring when the
+	// kernel has not woken it. Zero means 100ms.
+	PollInterval time.Duration
+	// ReconcileInterval is how often a fresh snapshot corrects the table.
+	// Zero means 30s.
+	ReconcileInterval time.Duration
+	// KernelHZ overrides CONFIG_HZ detection when non-zero.
+	KernelHZ int
+	Table    TableConfig
+	// Skip names programs not to load (tests of degraded operation).
+	Skip   map[string]bool
+	Logger *slog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.RingBufferBytes == 0 {
+		c.RingBufferBytes = 1 << 20
+	}
+	if c.WakeupBytes == 0 {
+		c.WakeupBytes = c.RingBufferBytes / 4
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = 100 * time.Millisecond
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = 30 * time.Second
+	}
+	if c.Table == (TableConfig{}) {
+		c.Table = DefaultTableConfig
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+}
+
+// Collector owns the eBPF probes and the connection table and keeps the
+// one in step with the other.
+type Collector struct {
+	cfg    Config
+	probes *bpf.Probes
+	table  *Table
+	dec    Decoder
+	reader *ringbuf.Reader
+
+	ready     chan struct{}
+	readyOnce sync.Once
+
+	decodeErrors    atomic.Uint64
+	eventsRead      atomic.Uint64
+	reconciles      atomic.Uint64
+	reconcileErrors atomic.Uint64
+	lastReconcile   atomic.Int64 // duration in ns
+	gen             atomic.Uint64
+	reconcileMu     sync.Mutex
+}
+
+// New loads and attaches the probes. Call Run to start collecting and
+// Close to detach.
+func New(cfg Config) (*Collector, error) {
+	cfg.defaults()
+	hz := cfg.KernelHZ
+	if hz == 0 {
+		var err error
+		if hz, err = KernelHZ(); err != nil {
+			return nil, err
+		}
+	}
+	probes, err := bpf.Load(bpf.Options{
+		RingBufferBytes: cfg.RingBufferBytes,
+		WakeupBytes:     cfg.WakeupBytes,
+		Skip:            cfg.Skip,
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range bpf.ProgramNames() {
+		if err := probes.Attached[name]; err != nil {
+			cfg.Logger.Warn("program not attached; the agent runs without it", "program", name, "err", err)
+		}
+	}
+	rd, err := ringbuf.NewReader(probes.Events)
+	if err != nil {
+		probes.Close()
+		return nil, fmt.Errorf("open event ring buffer: %w", err)
+	}
+	return &Collector{
+		cfg:    cfg,
+		probes: probes,
+		table:  NewTable(cfg.Table),
+		dec:    Decoder{HZ: hz, MonoOffset: monoOffset()},
+		reader: rd,
+		ready:  make(chan struct{}),
+	}, nil
+}
+
+// Table returns the live connection table.
+func (c *Collector) Table() *Table { return c.table }
+
+// Ready is closed once the first snapshot has seeded the table.
+func (c *Collector) Ready() <-chan struct{} { return c.ready }
+
+// Close detaches the programs and releases the ring buffer.
+func (c *Collector) Close() error {
+	return errors.Join(c.reader.Close(), c.probes.Close())
+}
+
+// Run reads events and reconciles until ctx ends. The programs were
+// attached by New, before the seeding snapshot that Run takes first, so no
+// connection opened in between is missed.
+func (c *Collector) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.readLoop()
+	}()
+	defer func() {
+		// Unblock the reader; Close releases the rest.
+		c.reader.SetDeadline(time.Now())
+		wg.Wait()
+	}()
+
+	if err := c.reconcile(true); err != nil {
+		return fmt.Errorf("seed connection table: %w", err)
+	}
+	c.readyOnce.Do(func() { close(c.ready) })
+
+	tick := time.NewTicker(c.cfg.ReconcileInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			if err := c.reconcile(false); err != nil {
+				c.reconcileErrors.Add(1)
+				c.cfg.Logger.Error("reconcile", "err", err)
+			}
+			c.table.GC(time.Now())
+		}
+	}
+}
+
+// readLoop drains the ring buffer in batches. The kernel wakes it only when
+// WakeupBytes are pending; otherwise the deadline picks events up every
+// PollInterval, so a steady trickle of events costs no wakeup each.
+func (c *Collector) readLoop() {
+	dec := c.dec // the loop's own copy: it refreshes MonoOffset
+	var rec ringbuf.Record
+	batch := make([]Event, 0, 256)
+	flush := func() {
+		if len(batch) > 0 {
+			c.table.Apply(batch)
+			batch = batch[:0]
+		}
+	}
+	for {
+		c.reader.SetDeadline(time.Now().Add(c.cfg.PollInterval))
+		err := c.reader.ReadInto(&rec)
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			flush()
+			dec.MonoOffset = monoOffset()
+			continue
+		default:
+			// Closed: the agent is stopping.
+			flush()
+			return
+		}
+		c.eventsRead.Add(1)
+		batch = append(batch, Event{})
+		if err := dec.Decode(rec.RawSample, &batch[len(batch)-1]); err != nil {
+			batch = batch[:len(batch)-1]
+			c.decodeErrors.Add(1)
+			continue
+		}
+		if len(batch) == cap(batch) {
+			flush()
+		}
+	}
+}
+
+// Reconcile takes a fresh snapshot now and corrects the table with it.
+func (c *Collector) Reconcile() error { return c.reconcile(false) }
+
+func (c *Collector) reconcile(seed bool) error {
+	c.reconcileMu.Lock()
+	defer c.reconcileMu.Unlock()
+	start := time.Now()
+	gen := c.gen.Add(1)
+	namespaces, err := Namespaces()
+	if err != nil {
+		return err
+	}
+	covered := map[uint32]bool{}
+	var errs []error
+	batch := make([]Event, 0, 1024)
+	for ino, path := range namespaces {
+		recs, err := c.probes.Sockets(path)
+		if err != nil {
+			// The namespace may have gone away since it was listed.
+			errs = append(errs, fmt.Errorf("snapshot netns %d: %w", ino, err))
+			continue
+		}
+		covered[ino] = true
+		batch = batch[:0]
+		for i := range recs {
+			if ev, ok := c.dec.ObservedEvent(&recs[i], start, gen, seed); ok {
+				batch = append(batch, ev)
+			}
+		}
+		c.table.Apply(batch)
+	}
+	holders, err := c.probes.Holders()
+	if err != nil {
+		return fmt.Errorf("snapshot socket holders: %w", err)
+	}
+	c.table.SetHolders(holders, start)
+	c.table.Sweep(gen, start, covered)
+	c.reconciles.Add(1)
+	c.lastReconcile.Store(int64(time.Since(start)))
+	if len(errs) > 0 && len(covered) == 0 {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// RefreshHolders re-reads who holds each socket.
+func (c *Collector) RefreshHolders() error {
+	start := time.Now()
+	holders, err := c.probes.Holders()
+	if err != nil {
+		return fmt.Errorf("snapshot socket holders: %w", err)
+	}
+	c.table.SetHolders(holders, start)
+	return nil
+}
+
+// Status is the collector's account of itself.
+type Status struct {
+	Ready              bool              `json:"ready"`
+	Connections        int               `json:"connections"`
+	EventsRead         uint64            `json:"events_read"`
+	EventsLost         map[string]uint64 `json:"events_lost"`
+	DecodeErrors       uint64            `json:"decode_errors"`
+	TableFullDrops     uint64            `json:"table_full_drops"`
+	UnknownSocket      uint64            `json:"unknown_socket_events"`
+	Reconciles         uint64            `json:"reconciles"`
+	ReconcileErrors    uint64            `json:"reconcile_errors"`
+	ReconcileSeconds   float64           `json:"last_reconcile_seconds"`
+	ReconcileAdded     uint64            `json:"reconcile_added"`
+	ReconcileRemoved   uint64            `json:"reconcile_removed"`
+	ReconcileCorrected uint64            `json:"reconcile_corrected"`
+	Programs           map[string]string `json:"programs"` // "attached" or the reason not
+	KernelHZ           int               `json:"kernel_hz"`
+	CloseLastRef       uint64            `json:"close_last_ref"`
+}
+
+// lostIndex maps the kernel's loss counters to event kinds.
+var lostIndex = map[string]bpf.GhostconnStatIndex{
+	"state":      bpf.GhostconnStatIndexSTAT_LOST_STATE,
+	"retransmit": bpf.GhostconnStatIndexSTAT_LOST_RETRANSMIT,
+	"keepalive":  bpf.GhostconnStatIndexSTAT_LOST_KEEPALIVE,
+	"close":      bpf.GhostconnStatIndexSTAT_LOST_CLOSE,
+	"sockopt":    bpf.GhostconnStatIndexSTAT_LOST_SOCKOPT,
+}
+
+// Status reads the counters. Kernel counters that cannot be read make it
+// fail rather than report zero.
+func (c *Collector) Status() (Status, error) {
+	kstats, err := c.probes.ReadStats()
+	if err != nil {
+		return Status{}, err
+	}
+	ts := c.table.Stats()
+	s := Status{
+		Connections:        c.table.Len(),
+		EventsRead:         c.eventsRead.Load(),
+		EventsLost:         map[string]uint64{},
+		DecodeErrors:       c.decodeErrors.Load(),
+		TableFullDrops:     ts.DroppedFull,
+		UnknownSocket:      ts.Unknown,
+		Reconciles:         c.reconciles.Load(),
+		ReconcileErrors:    c.reconcileErrors.Load(),
+		ReconcileSeconds:   time.Duration(c.lastReconcile.Load()).Seconds(),
+		ReconcileAdded:     ts.ReconcileAdds,
+		ReconcileRemoved:   ts.ReconcileGone,
+		ReconcileCorrected: ts.ReconcileFix,
+		Programs:           map[string]string{},
+		KernelHZ:           c.dec.HZ,
+		CloseLastRef:       kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
+	}
+	select {
+	case <-c.ready:
+		s.Ready = true
+	default:
+	}
+	for k, idx := range lostIndex {
+		s.EventsLost[k] = kstats[idx]
+	}
+	for name, err := range c.probes.Attached {
+		if err == nil {
+			s.Programs[name] = "attached"
+		} else {
+			s.Programs[name] = err.Error()
+		}
+	}
+	return s, nil
+}
+
+// monoOffset is wall-clock time minus CLOCK_MONOTONIC, the clock of
+// bpf_ktime_get_ns.
+func monoOffset() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Now().UnixNano() - ts.Nano()
+}

@@ -1,0 +1,230 @@
+package collector
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Holder is a process that holds an fd referring to a socket.
+type Holder struct {
+	PID  uint32 `json:"pid"`
+	PPID uint32 `json:"ppid"`
+	Comm string `json:"comm"`
+	FD   int32  `json:"fd"`
+}
+
+// CloseRecord says who closed an fd of a socket while other references to
+// it remained.
+type CloseRecord struct {
+	PID      uint32    `json:"pid"`
+	PPID     uint32    `json:"ppid"`
+	Comm     string    `json:"comm"`
+	FD       int32     `json:"fd"`
+	At       time.Time `json:"at"`
+	RefsLeft uint32    `json:"refs_left"`
+	Op       string    `json:"op"`
+}
+
+// NetDefaults are a network namespace's TCP sysctls that sockets fall back
+// to.
+type NetDefaults struct {
+	KeepIdle     time.Duration
+	KeepInterval time.Duration
+	KeepCount    int
+	Retries2     int
+}
+
+// Transition is one state change in a connection's history.
+type Transition struct {
+	At   time.Time `json:"at"`
+	From State     `json:"from"`
+	To   State     `json:"to"`
+	Task *Task     `json:"task,omitempty"`
+	// Source is "kernel" for tracepoint events and "reconcile" for changes
+	// found by comparing with a snapshot.
+	Source string `json:"source"`
+}
+
+// maxTransitions bounds the per-connection history.
+const maxTransitions = 16
+
+// Conn is one TCP socket in the table.
+type Conn struct {
+	Cookie uint64
+	Netns  uint32
+	Family Family
+	State  State
+	Local  netip.AddrPort
+	Remote netip.AddrPort
+	Inode  uint64
+	UID    uint32
+	HasUID bool
+
+	FirstSeen  time.Time
+	StateSince time.Time
+	// LastUpdate is the time of the newest event applied, kernel or
+	// snapshot; reconcile uses it to tell stale snapshot data from news.
+	LastUpdate time.Time
+	ClosedAt   time.Time // set once the connection left the kernel
+
+	Opener    *Task
+	Holders   []Holder
+	HoldersAt time.Time
+	ClosedBy  *CloseRecord
+
+	Settings SockSettings
+	// SettingsBy names the process whose setsockopt last changed the
+	// keepalive settings, if ghostconn saw it.
+	SettingsBy *Task
+
+	Counters         TCPCounters
+	RetransmitEvents uint64
+	KeepaliveFirings uint64
+	LastKeepalive    time.Time
+
+	// LastData is when data last went either way, as of LastDataAt (the
+	// snapshot that measured it). Zero until a snapshot has seen the socket.
+	LastData   time.Time
+	LastDataAt time.Time
+	SendQueue  uint32
+	RecvQueue  uint32
+	// RetransSince is when the current run of retransmissions began.
+	RetransSince time.Time
+
+	History  []Transition
+	Verdicts []Verdict
+
+	observedGen uint64
+}
+
+func (c *Conn) addTransition(t Transition) {
+	if len(c.History) >= maxTransitions {
+		copy(c.History, c.History[1:])
+		c.History = c.History[:maxTransitions-1]
+	}
+	c.History = append(c.History, t)
+}
+
+// Keepalive is a socket's effective keepalive configuration.
+type Keepalive struct {
+	Enabled         bool    `json:"enabled"`
+	IdleSeconds     float64 `json:"idle_seconds"`
+	IntervalSeconds float64 `json:"interval_seconds"`
+	Count           int     `json:"count"`
+	// Source is "socket" when any value comes from a socket option and
+	// "sysctl" when all come from the network namespace's defaults.
+	Source string `json:"source"`
+}
+
+// EffectiveKeepalive merges the socket's own settings with its namespace's
+// defaults the way the kernel does (keepalive_time_when and friends).
+func EffectiveKeepalive(s SockSettings, d NetDefaults) Keepalive {
+	k := Keepalive{Enabled: s.Keepalive, Source: "sysctl"}
+	idle, intvl, cnt := d.KeepIdle, d.KeepInterval, d.KeepCount
+	if s.KeepIdle > 0 {
+		idle, k.Source = s.KeepIdle, "socket"
+	}
+	if s.KeepInterval > 0 {
+		intvl, k.Source = s.KeepInterval, "socket"
+	}
+	if s.KeepCount > 0 {
+		cnt, k.Source = s.KeepCount, "socket"
+	}
+	k.IdleSeconds, k.IntervalSeconds, k.Count = idle.Seconds(), intvl.Seconds(), cnt
+	return k
+}
+
+// ConnView is the JSON form of a connection, as `ghostconn ls -o json` and
+// the API print it.
+type ConnView struct {
+	Cookie             uint64       `json:"cookie"`
+	Family             string       `json:"family"`
+	State              State        `json:"state"`
+	Local              string       `json:"local"`
+	Remote             string       `json:"remote"`
+	Netns              uint32       `json:"netns"`
+	Inode              uint64       `json:"inode"`
+	UID                *uint32      `json:"uid"`
+	Holders            []Holder     `json:"holders"`
+	Keepalive          Keepalive    `json:"keepalive"`
+	UserTimeoutSeconds float64      `json:"user_timeout_seconds"`
+	IdleSeconds        *float64     `json:"idle_seconds"`
+	Retransmits        uint32       `json:"retransmits"`
+	RTORetransmits     uint32       `json:"rto_retransmits"`
+	ProbesOut          uint8        `json:"probes_out"`
+	KeepaliveFirings   uint64       `json:"keepalive_firings"`
+	SendQueue          uint32       `json:"send_queue_bytes"`
+	RecvQueue          uint32       `json:"recv_queue_bytes"`
+	ClosedBy           *CloseRecord `json:"closed_by"`
+	Opener             *Task        `json:"opener,omitempty"`
+	FirstSeen          time.Time    `json:"first_seen"`
+	StateSince         time.Time    `json:"state_since"`
+	ClosedAt           *time.Time   `json:"closed_at,omitempty"`
+	Verdicts           []Verdict    `json:"verdicts"`
+	History            []Transition `json:"history,omitempty"`
+}
+
+// view renders c at now. Slices are copied so the view stays valid after
+// the table lock is released.
+func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool) ConnView {
+	v := ConnView{
+		Cookie:             c.Cookie,
+		Family:             c.Family.String(),
+		State:              c.State,
+		Local:              c.Local.String(),
+		Remote:             c.Remote.String(),
+		Netns:              c.Netns,
+		Inode:              c.Inode,
+		Holders:            append([]Holder{}, c.Holders...),
+		Keepalive:          EffectiveKeepalive(c.Settings, d),
+		UserTimeoutSeconds: c.Settings.UserTimeout.Seconds(),
+		Retransmits:        c.Counters.TotalRetrans,
+		RTORetransmits:     c.Counters.Retransmits,
+		ProbesOut:          c.Counters.ProbesOut,
+		KeepaliveFirings:   c.KeepaliveFirings,
+		SendQueue:          c.SendQueue,
+		RecvQueue:          c.RecvQueue,
+		Opener:             c.Opener,
+		FirstSeen:          c.FirstSeen,
+		StateSince:         c.StateSince,
+		Verdicts:           append([]Verdict{}, c.Verdicts...),
+	}
+	if c.HasUID {
+		uid := c.UID
+		v.UID = &uid
+	}
+	if c.ClosedBy != nil {
+		cb := *c.ClosedBy
+		v.ClosedBy = &cb
+	}
+	if !c.ClosedAt.IsZero() {
+		at := c.ClosedAt
+		v.ClosedAt = &at
+	}
+	if idle, ok := c.Idle(now); ok {
+		s := idle.Seconds()
+		v.IdleSeconds = &s
+	}
+	if withHistory {
+		v.History = append([]Transition{}, c.History...)
+	}
+	return v
+}
+
+// Idle is how long no data has gone either way on a connection that can
+// carry data (ESTABLISHED or CLOSE_WAIT). It is measured by the last
+// snapshot and extended by the time since; a connection no snapshot has
+// seen yet counts from when it was established.
+func (c *Conn) Idle(now time.Time) (time.Duration, bool) {
+	if c.State != StateEstablished && c.State != StateCloseWait {
+		return 0, false
+	}
+	last := c.LastData
+	if last.IsZero() {
+		last = c.StateSince
+	}
+	if now.Before(last) {
+		return 0, true
+	}
+	return now.Sub(last), true
+}

@@ -1,0 +1,242 @@
+// Package collector turns what ghostconn's eBPF programs see into a live
+// table of TCP connections. Kernel events and snapshot observations are both
+// expressed as Events and go through Table.Apply, so the table has a single
+// input path.
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+	"unsafe"
+
+	"github.com/ghostconn/ghostconn/bpf"
+)
+
+// Kind says what an Event reports.
+type Kind uint8
+
+// Event kinds. The first five mirror the kernel's enum event_type; Observed
+// is the synthetic event a snapshot record becomes.
+const (
+	KindState      = Kind(bpf.GhostconnEventTypeEVENT_STATE)
+	KindRetransmit = Kind(bpf.GhostconnEventTypeEVENT_RETRANSMIT)
+	KindKeepalive  = Kind(bpf.GhostconnEventTypeEVENT_KEEPALIVE)
+	KindClose      = Kind(bpf.GhostconnEventTypeEVENT_CLOSE)
+	KindSockopt    = Kind(bpf.GhostconnEventTypeEVENT_SOCKOPT)
+	KindObserved   = Kind(100)
+)
+
+var kindNames = map[Kind]string{
+	KindState: "state", KindRetransmit: "retransmit", KindKeepalive: "keepalive",
+	KindClose: "close", KindSockopt: "sockopt", KindObserved: "observed",
+}
+
+func (k Kind) String() string {
+	if n, ok := kindNames[k]; ok {
+		return n
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Task names the process that caused an event.
+type Task struct {
+	PID  uint32 `json:"pid"`
+	PPID uint32 `json:"ppid,omitempty"`
+	Comm string `json:"comm"`
+}
+
+// SockSettings are a socket's own keepalive and give-up settings. A zero
+// duration or count means the socket uses its network namespace's default.
+type SockSettings struct {
+	Keepalive     bool
+	KeepIdle      time.Duration
+	KeepInterval  time.Duration
+	KeepCount     int
+	UserTimeout   time.Duration
+	HaveKeepalive bool // the fields above were read from the socket
+}
+
+// TCPCounters are retransmission and probe counters read from the socket.
+type TCPCounters struct {
+	Retransmits   uint32 // consecutive RTO retransmissions (icsk_retransmits)
+	TotalRetrans  uint32
+	Backoff       uint8
+	ProbesOut     uint8
+	RTO           time.Duration
+	HaveCounters  bool
+	KeepaliveIdle time.Duration // keepalive events: time since data was last received
+}
+
+// Close describes an fd close that left other references to the socket.
+type Close struct {
+	FD   int32
+	Refs uint32 // references before the close, the closed one included
+	Op   string // close, close_range, dup2, dup3
+}
+
+// Sockopt is a setsockopt call on a TCP socket.
+type Sockopt struct {
+	Level, Name, Value int32
+}
+
+// Event is one input to the Table.
+type Event struct {
+	Kind     Kind
+	Time     time.Time
+	Cookie   uint64
+	Inode    uint64
+	Netns    uint32
+	Family   Family
+	Local    netip.AddrPort
+	Remote   netip.AddrPort
+	OldState State
+	State    State
+	Task     *Task
+	Settings SockSettings
+	Counters TCPCounters
+	Close    Close
+	Sockopt  Sockopt
+	// Observed is set on KindObserved events.
+	Observed *Observation
+}
+
+// Family is an address family.
+type Family uint8
+
+// Address families as the kernel numbers them.
+const (
+	FamilyIPv4 Family = 2
+	FamilyIPv6 Family = 10
+)
+
+func (f Family) String() string {
+	switch f {
+	case FamilyIPv4:
+		return "ipv4"
+	case FamilyIPv6:
+		return "ipv6"
+	}
+	return fmt.Sprintf("family(%d)", uint8(f))
+}
+
+// Decoder turns raw ring-buffer records into Events. It converts kernel
+// monotonic timestamps to wall-clock time and jiffies to durations.
+type Decoder struct {
+	// HZ is the kernel's CONFIG_HZ.
+	HZ int
+	// MonoOffset is wall-clock minus CLOCK_MONOTONIC, in nanoseconds.
+	MonoOffset int64
+}
+
+// ErrDecode marks a record that could not be decoded.
+var ErrDecode = errors.New("decode event")
+
+// EventSize is the size of a ring-buffer record.
+const EventSize = int(unsafe.Sizeof(bpf.GhostconnEvent{}))
+
+var closeOps = map[uint8]string{
+	uint8(bpf.GhostconnCloseOpCLOSE_OP_CLOSE):       "close",
+	uint8(bpf.GhostconnCloseOpCLOSE_OP_CLOSE_RANGE): "close_range",
+	uint8(bpf.GhostconnCloseOpCLOSE_OP_DUP2):        "dup2",
+	uint8(bpf.GhostconnCloseOpCLOSE_OP_DUP3):        "dup3",
+}
+
+// Decode fills ev from one raw record. It returns an error wrapping
+// ErrDecode for a record that is truncated or holds impossible values; it
+// never panics on bad input.
+func (d *Decoder) Decode(raw []byte, ev *Event) error {
+	if len(raw) < EventSize {
+		return fmt.Errorf("%w: record of %d bytes, want %d", ErrDecode, len(raw), EventSize)
+	}
+	var k bpf.GhostconnEvent
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&k)), EventSize), raw)
+
+	kind := Kind(k.Type)
+	if kind < KindState || kind > KindSockopt {
+		return fmt.Errorf("%w: unknown event type %d", ErrDecode, k.Type)
+	}
+	fam := Family(k.Family)
+	if fam != FamilyIPv4 && fam != FamilyIPv6 {
+		return fmt.Errorf("%w: unknown address family %d", ErrDecode, k.Family)
+	}
+	if k.State > uint8(maxState) || k.OldState > uint8(maxState) {
+		return fmt.Errorf("%w: impossible tcp state %d -> %d", ErrDecode, k.OldState, k.State)
+	}
+	*ev = Event{
+		Kind:     kind,
+		Time:     time.Unix(0, int64(k.TsNs)+d.MonoOffset),
+		Cookie:   k.Cookie,
+		Inode:    k.Ino,
+		Netns:    k.Netns,
+		Family:   fam,
+		Local:    addrPort(fam, k.Saddr, k.Sport),
+		Remote:   addrPort(fam, k.Daddr, k.Dport),
+		OldState: State(k.OldState),
+		State:    State(k.State),
+	}
+	if k.Flags&2 != 0 { // EVENT_FLAG_TASK
+		ev.Task = &Task{PID: k.Pid, PPID: k.Ppid, Comm: cString(k.Comm[:])}
+	}
+	switch kind {
+	case KindState, KindRetransmit, KindKeepalive:
+		ev.Settings = SockSettings{
+			Keepalive:     k.Flags&1 != 0, // EVENT_FLAG_KEEPALIVE
+			KeepIdle:      d.Jiffies(k.KaTime),
+			KeepInterval:  d.Jiffies(k.KaIntvl),
+			KeepCount:     int(k.KaProbes),
+			UserTimeout:   time.Duration(k.UserTimeoutMs) * time.Millisecond,
+			HaveKeepalive: kind != KindState || k.State == uint8(StateEstablished) || k.State == uint8(StateCloseWait),
+		}
+		ev.Counters = TCPCounters{
+			Retransmits:   k.Retransmits,
+			TotalRetrans:  k.TotalRetrans,
+			Backoff:       k.Backoff,
+			ProbesOut:     k.ProbesOut,
+			RTO:           d.Jiffies(k.RtoJiffies),
+			HaveCounters:  ev.Settings.HaveKeepalive,
+			KeepaliveIdle: d.Jiffies(k.IdleJiffies),
+		}
+	case KindClose:
+		op, ok := closeOps[k.Op]
+		if !ok {
+			return fmt.Errorf("%w: unknown close op %d", ErrDecode, k.Op)
+		}
+		ev.Close = Close{FD: k.Fd, Refs: k.Refs, Op: op}
+	case KindSockopt:
+		ev.Close.FD = k.Fd
+		ev.Sockopt = Sockopt{Level: k.Level, Name: k.Optname, Value: k.Optval}
+	}
+	return nil
+}
+
+// Jiffies converts a kernel jiffies count to a duration.
+func (d *Decoder) Jiffies(j uint32) time.Duration {
+	if d.HZ <= 0 {
+		return 0
+	}
+	return time.Duration(j) * time.Second / time.Duration(d.HZ)
+}
+
+func addrPort(fam Family, b [16]uint8, port uint16) netip.AddrPort {
+	var a netip.Addr
+	if fam == FamilyIPv4 {
+		a = netip.AddrFrom4([4]byte(b[:4]))
+	} else {
+		a = netip.AddrFrom16(b)
+	}
+	return netip.AddrPortFrom(a, port)
+}
+
+func cString(b []int8) string {
+	n := 0
+	for n < len(b) && b[n] != 0 {
+		n++
+	}
+	out := make([]byte, n)
+	for i := range out {
+		out[i] = byte(b[i])
+	}
+	return string(out)
+}

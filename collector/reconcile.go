@@ -1,0 +1,175 @@
+package collector
+
+import (
+	"time"
+
+	"github.com/ghostconn/ghostconn/bpf"
+)
+
+// Observation is what a snapshot record knows beyond an Event's fields.
+type Observation struct {
+	// Gen is the reconcile generation that took the snapshot.
+	Gen uint64
+	// Seed is true for the first snapshot, whose findings are not
+	// corrections.
+	Seed     bool
+	UID      uint32
+	Full     bool // false for time-wait and request sockets
+	Defaults NetDefaults
+	// Ages are measured when the record was written, close to Event.Time.
+	SendAge    time.Duration
+	RecvAge    time.Duration
+	RetransAge time.Duration
+	SendQueue  uint32
+	RecvQueue  uint32
+}
+
+// ObservedEvent turns an iter/tcp record into a synthetic event taken at
+// time at, the start of the snapshot.
+func (d *Decoder) ObservedEvent(r *bpf.GhostconnSockRec, at time.Time, gen uint64, seed bool) (Event, bool) {
+	fam := Family(r.Family)
+	if (fam != FamilyIPv4 && fam != FamilyIPv6) || r.State == 0 || r.State > uint8(maxState) || r.Cookie == 0 {
+		return Event{}, false
+	}
+	st := State(r.State)
+	if st == StateNewSynRecv {
+		// A request socket is the listener's, not yet a connection.
+		st = StateSynRecv
+	}
+	ev := Event{
+		Kind:   KindObserved,
+		Time:   at,
+		Cookie: r.Cookie,
+		Inode:  r.Ino,
+		Netns:  r.Netns,
+		Family: fam,
+		Local:  addrPort(fam, r.Saddr, r.Sport),
+		Remote: addrPort(fam, r.Daddr, r.Dport),
+		State:  st,
+		Observed: &Observation{
+			Gen: gen, Seed: seed, UID: r.Uid, Full: r.Full != 0,
+			Defaults: NetDefaults{
+				KeepIdle:     d.Jiffies(r.NetKaTime),
+				KeepInterval: d.Jiffies(r.NetKaIntvl),
+				KeepCount:    int(r.NetKaProbes),
+				Retries2:     int(r.NetRetries2),
+			},
+			SendAge:    d.Jiffies(r.SendAgeJiffies),
+			RecvAge:    d.Jiffies(r.RecvAgeJiffies),
+			RetransAge: d.Jiffies(r.RetransAgeJiffies),
+			SendQueue:  r.SendQueue,
+			RecvQueue:  r.RecvQueue,
+		},
+	}
+	if r.Full != 0 {
+		ev.Settings = SockSettings{
+			Keepalive:     r.Keepalive != 0,
+			KeepIdle:      d.Jiffies(r.KaTime),
+			KeepInterval:  d.Jiffies(r.KaIntvl),
+			KeepCount:     int(r.KaProbes),
+			UserTimeout:   time.Duration(r.UserTimeoutMs) * time.Millisecond,
+			HaveKeepalive: true,
+		}
+		ev.Counters = TCPCounters{
+			Retransmits:  r.Retransmits,
+			TotalRetrans: r.TotalRetrans,
+			Backoff:      r.Backoff,
+			ProbesOut:    r.ProbesOut,
+			RTO:          d.Jiffies(r.RtoJiffies),
+			HaveCounters: true,
+		}
+	}
+	return ev, true
+}
+
+// applyObserved merges a snapshot record. State from the snapshot wins only
+// when no kernel event about the socket is newer than the snapshot.
+func (t *Table) applyObserved(ev *Event, c *Conn) {
+	o := ev.Observed
+	if c == nil {
+		if old := t.closedIx[ev.Cookie]; old != nil && !old.ClosedAt.Before(ev.Time) && ev.State != StateTimeWait {
+			// Closed after the snapshot began: the event is newer.
+			return
+		}
+		if c = t.create(ev); c == nil {
+			return
+		}
+		if !o.Seed {
+			t.stats.ReconcileAdds++
+		}
+		c.addTransition(Transition{At: ev.Time, To: ev.State, Source: "snapshot"})
+	} else if !c.LastUpdate.After(ev.Time) && c.State != ev.State {
+		t.stats.ReconcileFix++
+		c.addTransition(Transition{At: ev.Time, From: c.State, To: ev.State, Source: "reconcile"})
+		c.State = ev.State
+		c.StateSince = ev.Time
+	}
+	c.observedGen = o.Gen
+	c.UID, c.HasUID = o.UID, true
+	if c.Inode == 0 {
+		t.setInode(c, ev.Inode)
+	}
+	if !o.Full {
+		return
+	}
+	t.defaults[ev.Netns] = o.Defaults
+	c.Settings = ev.Settings
+	t.updateCounters(c, ev)
+	if ev.Counters.Retransmits > 0 && o.RetransAge > 0 {
+		c.RetransSince = ev.Time.Add(-o.RetransAge)
+	}
+	c.LastData = ev.Time.Add(-min(o.SendAge, o.RecvAge))
+	c.LastDataAt = ev.Time
+	c.SendQueue, c.RecvQueue = o.SendQueue, o.RecvQueue
+}
+
+// Sweep retires connections that the snapshot of generation gen, begun at
+// start, did not find, in the namespaces it covered, unless an event newer
+// than the snapshot vouches for them.
+func (t *Table) Sweep(gen uint64, start time.Time, covered map[uint32]bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.conns {
+		if c.observedGen == gen || c.LastUpdate.After(start) || !covered[c.Netns] {
+			continue
+		}
+		t.stats.ReconcileGone++
+		c.addTransition(Transition{At: start, From: c.State, To: StateClose, Source: "reconcile"})
+		t.retire(c, start)
+	}
+}
+
+// SetHolders replaces every connection's holders with the result of a
+// task_file walk begun at at. Closes seen after at are applied again so the
+// walk cannot resurrect an fd that is already gone.
+func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
+	byCookie := map[uint64][]int{}
+	byInode := map[uint64][]int{}
+	for i := range recs {
+		if recs[i].Cookie != 0 {
+			byCookie[recs[i].Cookie] = append(byCookie[recs[i].Cookie], i)
+		}
+		byInode[recs[i].Ino] = append(byInode[recs[i].Ino], i)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.conns {
+		idx := byCookie[c.Cookie]
+		if len(idx) == 0 && c.Inode != 0 {
+			idx = byInode[c.Inode]
+		}
+		hs := c.Holders[:0]
+		for _, i := range idx {
+			r := &recs[i]
+			if cb := c.ClosedBy; cb != nil && cb.At.After(at) && cb.PID == r.Pid && cb.FD == int32(r.Fd) {
+				continue
+			}
+			hs = append(hs, Holder{PID: r.Pid, PPID: r.Ppid, Comm: cString(r.Comm[:]), FD: int32(r.Fd)})
+			// The holder's inode is the one users see in /proc/PID/fd (for
+			// MPTCP it differs from the subflow's).
+			t.setInode(c, r.Ino)
+		}
+		c.Holders = hs
+		c.HoldersAt = at
+	}
+}

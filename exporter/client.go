@@ -1,0 +1,87 @@
+package exporter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+	"time"
+
+	"github.com/ghostconn/ghostconn/collector"
+)
+
+// Client queries a running agent over its API socket.
+type Client struct {
+	hc *http.Client
+}
+
+// ErrNoAgent means nothing listens on the API socket.
+var ErrNoAgent = errors.New("no agent is listening")
+
+// NewClient returns a client for the agent listening at socketPath.
+func NewClient(socketPath string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", socketPath)
+		if err != nil && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)) {
+			return nil, fmt.Errorf("%w on %s", ErrNoAgent, socketPath)
+		}
+		return c, err
+	}}
+	return &Client{hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+}
+
+func (c *Client) get(ctx context.Context, path string, q url.Values, out any) error {
+	u := "http://ghostconn" + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("read agent answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e Error
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("agent answered %s: %s", resp.Status, e.Error)
+		}
+		return fmt.Errorf("agent answered %s", resp.Status)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("decode agent answer: %w", err)
+	}
+	return nil
+}
+
+// Connections lists the agent's connections.
+func (c *Client) Connections(ctx context.Context, closed, history bool) ([]collector.ConnView, error) {
+	q := url.Values{}
+	if closed {
+		q.Set("closed", "true")
+	}
+	if history {
+		q.Set("history", "true")
+	}
+	var out []collector.ConnView
+	return out, c.get(ctx, "/v1/connections", q, &out)
+}
+
+// Status returns the agent's account of itself.
+func (c *Client) Status(ctx context.Context) (collector.Status, error) {
+	var s collector.Status
+	return s, c.get(ctx, "/v1/status", nil, &s)
+}
