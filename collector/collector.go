@@ -141,8 +141,9 @@ func (c *Collector) Run(ctx context.Context) error {
 		c.readLoop()
 	}()
 	defer func() {
-		// Unblock the reader; Close releases the rest.
-		c.reader.SetDeadline(time.Now())
+		// Closing the reader interrupts a pending read; the loop applies
+		// what it holds and returns. Close may close it again.
+		c.reader.Close()
 		wg.Wait()
 	}()
 

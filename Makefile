@@ -1,0 +1,51 @@
+# ghostconn build, test and code generation.
+#
+#   sudo make run        build and run the agent with its defaults
+#   sudo make test       install test dependencies, vet, run every test
+#   make generate        rebuild the eBPF objects (needs clang-19, llvm-19)
+#   make check-generate  fail if the committed objects are stale
+
+GO        ?= go
+BIN       := bin/ghostconn
+CLANG     := clang-19
+LLVMSTRIP := llvm-strip-19
+
+.PHONY: all build run test test-deps vet generate generate-deps check-generate vmlinux clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ghostconn
+
+run: build
+	./$(BIN) agent
+
+# Privileged tests load the real programs. Outside CI they skip (with the
+# reason) when not root; with CI=true they fail instead.
+test: test-deps vet
+	$(GO) test -count=1 ./...
+
+test-deps:
+	@./scripts/deps.sh test
+
+vet:
+	$(GO) vet ./...
+
+generate-deps:
+	@./scripts/deps.sh generate
+
+# bpf2go compiles bpf/ghostconn.bpf.c and writes the Go bindings beside it.
+generate: generate-deps
+	cd bpf && $(GO) generate ./...
+
+check-generate: generate
+	@git diff --exit-code --stat -- bpf/ || { echo "committed bpf2go output is stale: run 'make generate' and commit bpf/"; exit 1; }
+	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "make generate left new files in bpf/"; exit 1; }
+
+# vmlinux.h is generated from the running kernel's BTF; it is only needed
+# again to use kernel types it does not have yet.
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/headers/vmlinux.h
+
+clean:
+	rm -rf bin

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ghostconn/ghostconn/exporter"
+	"github.com/ghostconn/ghostconn/internal/privtest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ghostconn-e2e")
+	if err != nil {
+		panic(err)
+	}
+	// Tests run the binary as an unprivileged user too.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "ghostconn")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		panic("build ghostconn: " + err.Error() + "\n" + string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// ghostconn runs the binary and returns stdout, stderr and the exit code.
+func ghostconn(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// startAgent runs `ghostconn agent` until the test ends and waits until it
+// answers on its API socket.
+func startAgent(t *testing.T, args ...string) string {
+	t.Helper()
+	privtest.Require(t)
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	var logs bytes.Buffer
+	cmd := exec.Command(binary, append([]string{"agent", "--api-socket", sock}, args...)...)
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("agent exited with %v after SIGTERM\n%s", err, logs.String())
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Errorf("agent did not stop within 10s of SIGTERM")
+		}
+	})
+	client := exporter.NewClient(sock)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := client.Status(context.Background())
+		if err == nil && st.Ready {
+			return sock
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("agent exited early: %v\n%s", err, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready after 30s: %v\n%s", err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestLsJSONHasEveryField(t *testing.T) {
+	sock := startAgent(t)
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if s, err := ln.Accept(); err == nil {
+			defer s.Close()
+			time.Sleep(5 * time.Second)
+		}
+	}()
+	client, err := net.Dial("tcp6", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	var conn map[string]any
+	deadline := time.Now().Add(10 * time.Second)
+	for conn == nil {
+		out, stderr, code := ghostconn(t, "ls", "-o", "json", "--api-socket", sock)
+		if code != 0 {
+			t.Fatalf("ls exit %d: %s", code, stderr)
+		}
+		var conns []map[string]any
+		if err := json.Unmarshal([]byte(out), &conns); err != nil {
+			t.Fatalf("ls -o json is not a JSON array: %v\n%s", err, out)
+		}
+		for _, c := range conns {
+			if c["local"] == client.LocalAddr().String() && c["state"] == "ESTABLISHED" {
+				conn = c
+			}
+		}
+		if conn == nil && time.Now().After(deadline) {
+			t.Fatalf("client %s not listed:\n%s", client.LocalAddr(), out)
+		}
+	}
+	for _, k := range []string{"cookie", "family", "state", "local", "remote", "inode", "uid", "holders", "keepalive", "idle_seconds", "retransmits", "probes_out", "closed_by", "verdicts"} {
+		if _, ok := conn[k]; !ok {
+			t.Errorf("connection lacks field %q: %v", k, conn)
+		}
+	}
+	if conn["family"] != "ipv6" || conn["remote"] != ln.Addr().String() {
+		t.Errorf("family %v remote %v, want ipv6 %s", conn["family"], conn["remote"], ln.Addr())
+	}
+	ka, _ := conn["keepalive"].(map[string]any)
+	for _, k := range []string{"enabled", "idle_seconds", "interval_seconds", "count"} {
+		if _, ok := ka[k]; !ok {
+			t.Errorf("keepalive lacks %q: %v", k, ka)
+		}
+	}
+	if v, ok := conn["verdicts"].([]any); !ok || v == nil {
+		t.Errorf("verdicts is %v, want an array", conn["verdicts"])
+	}
+}
+
+func TestBadInputExitsTwo(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.sock")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bogus"}, `unknown command "bogus"`},
+		{[]string{"ls", "--no-such-flag"}, "flag provided but not defined"},
+		{[]string{"ls", "-o", "yaml"}, `-o "yaml": use table or json`},
+		{[]string{"ls", "--api-socket", missing}, "no agent is listening on " + missing},
+		{[]string{"agent", "--reconcile-interval", "0s"}, "--reconcile-interval=0s is too short"},
+		{[]string{"agent", "--ring-buffer-bytes", "5000"}, "must be a power of two"},
+		{[]string{"agent", "--reconcile-interval", "soon"}, "invalid value"},
+		{[]string{"agent", "extra"}, `unexpected argument "extra"`},
+	} {
+		_, stderr, code := ghostconn(t, tc.args...)
+		if code != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("ghostconn %v: exit %d, stderr %q; want exit 2 mentioning %q", tc.args, code, stderr, tc.want)
+		}
+	}
+}
+
+func TestAgentNamesMissingCapabilities(t *testing.T) {
+	privtest.Require(t)
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+		binary, "agent", "--api-socket", filepath.Join(t.TempDir(), "api.sock"))
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("unprivileged agent: %v, want exit 2\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "missing capabilities CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN") {
+		t.Errorf("error does not name the missing capabilities:\n%s", out)
+	}
+}

@@ -1,0 +1,438 @@
+package collector_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/internal/privtest"
+	"github.com/ghostconn/ghostconn/internal/testnet"
+)
+
+// startCollector loads the real programs and runs a collector until the
+// test ends.
+func startCollector(t *testing.T, cfg collector.Config) *collector.Collector {
+	t.Helper()
+	privtest.Require(t)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	c, err := collector.New(cfg)
+	if err != nil {
+		t.Fatalf("start collector: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("collector run: %v", err)
+		}
+		c.Close()
+	})
+	select {
+	case <-c.Ready():
+	case err := <-done:
+		t.Fatalf("collector stopped before ready: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("collector not ready after 30s")
+	}
+	return c
+}
+
+// waitFor polls the table until match finds a connection or the deadline
+// passes. It returns the match.
+func waitFor(t *testing.T, c *collector.Collector, what string, match func(*collector.ConnView) bool) collector.ConnView {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conns := c.Table().List(time.Now(), collector.ListOptions{Closed: true, History: true, Match: match})
+		if len(conns) > 0 {
+			return conns[len(conns)-1]
+		}
+		if time.Now().After(deadline) {
+			all := c.Table().List(time.Now(), collector.ListOptions{Closed: true})
+			var b strings.Builder
+			for _, v := range all {
+				fmt.Fprintf(&b, "  %s %s -> %s cookie=%d\n", v.State, v.Local, v.Remote, v.Cookie)
+			}
+			t.Fatalf("timed out waiting for %s; table has:\n%s", what, b.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func tuple(local, remote string, state collector.State) func(*collector.ConnView) bool {
+	return func(v *collector.ConnView) bool {
+		return v.Local == local && v.Remote == remote && v.State == state
+	}
+}
+
+// pair opens a loopback connection and returns both ends.
+func pair(t *testing.T, network, addr string) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- s
+	}()
+	client, err = net.Dial(network, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	return client, server
+}
+
+func TestLoopbackLifecycle(t *testing.T) {
+	c := startCollector(t, collector.Config{})
+	for _, tc := range []struct{ network, addr, family string }{
+		{"tcp4", "127.0.0.1:0", "ipv4"},
+		{"tcp6", "[::1]:0", "ipv6"},
+	} {
+		t.Run(tc.family, func(t *testing.T) {
+			client, server := pair(t, tc.network, tc.addr)
+			cl, sl := client.LocalAddr().String(), server.LocalAddr().String()
+
+			cv := waitFor(t, c, "client ESTABLISHED", tuple(cl, sl, collector.StateEstablished))
+			sv := waitFor(t, c, "server ESTABLISHED", tuple(sl, cl, collector.StateEstablished))
+			for _, v := range []collector.ConnView{cv, sv} {
+				if v.Family != tc.family {
+					t.Errorf("%s: family %q, want %q", v.Local, v.Family, tc.family)
+				}
+				if v.Cookie == 0 {
+					t.Errorf("%s: no cookie", v.Local)
+				}
+			}
+			if len(cv.History) == 0 || cv.History[0].To != collector.StateSynSent || cv.Opener == nil || cv.Opener.PID != uint32(os.Getpid()) {
+				t.Errorf("client history %+v opener %+v: want SYN_SENT first, opened by pid %d", cv.History, cv.Opener, os.Getpid())
+			}
+
+			client.Close()
+			// The closing side goes through FIN_WAIT into TIME_WAIT (its
+			// full socket reports CLOSE); the other side sees the FIN.
+			waitFor(t, c, "server CLOSE_WAIT", tuple(sl, cl, collector.StateCloseWait))
+			server.Close()
+			closed := waitFor(t, c, "client closed", func(v *collector.ConnView) bool {
+				return v.Cookie == cv.Cookie && v.State == collector.StateClose
+			})
+			var states []collector.State
+			for _, tr := range closed.History {
+				states = append(states, tr.To)
+			}
+			want := []collector.State{collector.StateSynSent, collector.StateEstablished, collector.StateFinWait1, collector.StateFinWait2, collector.StateClose}
+			if fmt.Sprint(states) != fmt.Sprint(want) {
+				t.Errorf("client transitions %v, want %v", states, want)
+			}
+			waitFor(t, c, "server closed", func(v *collector.ConnView) bool {
+				return v.Cookie == sv.Cookie && v.State == collector.StateClose
+			})
+		})
+	}
+}
+
+func TestConnectionBeforeAgentIsSeeded(t *testing.T) {
+	privtest.Require(t)
+	client, server := pair(t, "tcp4", "127.0.0.1:0")
+	defer client.Close()
+	defer server.Close()
+	c := startCollector(t, collector.Config{})
+	// Ready means seeded: no waiting.
+	conns := c.Table().List(time.Now(), collector.ListOptions{Match: tuple(client.LocalAddr().String(), server.LocalAddr().String(), collector.StateEstablished)})
+	if len(conns) != 1 {
+		t.Fatalf("pre-existing connection not in the table once ready (found %d)", len(conns))
+	}
+	v := conns[0]
+	if len(v.Holders) == 0 || v.Holders[0].PID != uint32(os.Getpid()) {
+		t.Errorf("holders %+v, want this process %d", v.Holders, os.Getpid())
+	}
+	if v.IdleSeconds == nil {
+		t.Error("seeded connection has no idle time")
+	}
+}
+
+// fdOf returns the fd number behind a net.Conn.
+func fdOf(t *testing.T, conn net.Conn) int {
+	t.Helper()
+	raw, err := conn.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+func socketInode(t *testing.T, pid, fd int) uint64 {
+	t.Helper()
+	link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ok := strings.CutPrefix(link, "socket:[")
+	if !ok {
+		t.Fatalf("/proc/%d/fd/%d is %q, not a socket", pid, fd, link)
+	}
+	ino, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ino
+}
+
+func TestHoldersMatchProc(t *testing.T) {
+	c := startCollector(t, collector.Config{})
+	client, server := pair(t, "tcp4", "127.0.0.1:0")
+	defer client.Close()
+	defer server.Close()
+	if err := c.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	pid := os.Getpid()
+	for _, end := range []struct {
+		name string
+		conn net.Conn
+	}{{"client", client}, {"server", server}} {
+		fd := fdOf(t, end.conn)
+		ino := socketInode(t, pid, fd)
+		v := waitFor(t, c, end.name, tuple(end.conn.LocalAddr().String(), end.conn.RemoteAddr().String(), collector.StateEstablished))
+		if v.Inode != ino {
+			t.Errorf("%s: inode %d, /proc/%d/fd/%d says %d", end.name, v.Inode, pid, fd, ino)
+		}
+		if len(v.Holders) != 1 || v.Holders[0].PID != uint32(pid) || v.Holders[0].FD != int32(fd) {
+			t.Errorf("%s: holders %+v, want pid %d fd %d", end.name, v.Holders, pid, fd)
+		}
+	}
+}
+
+func TestCloseOfDupReportsRemainingReferences(t *testing.T) {
+	c := startCollector(t, collector.Config{})
+	client, server := pair(t, "tcp4", "127.0.0.1:0")
+	defer client.Close()
+	defer server.Close()
+	fd := fdOf(t, client)
+	dup, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Close(dup); err != nil {
+		t.Fatal(err)
+	}
+	v := waitFor(t, c, "close record", func(v *collector.ConnView) bool {
+		return v.Local == client.LocalAddr().String() && v.ClosedBy != nil
+	})
+	cb := v.ClosedBy
+	if cb.PID != uint32(os.Getpid()) || cb.FD != int32(dup) || cb.RefsLeft != 1 || cb.Op != "close" {
+		t.Errorf("closed_by %+v, want pid %d fd %d refs_left 1 op close", cb, os.Getpid(), dup)
+	}
+	if v.State != collector.StateEstablished {
+		t.Errorf("state %s after closing a dup, want ESTABLISHED", v.State)
+	}
+
+	// dup2 over an fd that holds a socket closes it too.
+	dup, err = unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	if err := unix.Dup2(int(devnull.Fd()), dup); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dup)
+	waitFor(t, c, "dup2 close record", func(v *collector.ConnView) bool {
+		cb := v.ClosedBy
+		return v.Local == client.LocalAddr().String() && cb != nil && cb.FD == int32(dup) && (cb.Op == "dup2" || cb.Op == "dup3")
+	})
+}
+
+func TestKeepaliveFiringAndSettings(t *testing.T) {
+	c := startCollector(t, collector.Config{})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		s, err := ln.Accept()
+		if err == nil {
+			defer s.Close()
+			io.Copy(io.Discard, s)
+		}
+	}()
+	d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 4}}
+	client, err := d.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	v := waitFor(t, c, "a keepalive firing", func(v *collector.ConnView) bool {
+		return v.Local == client.LocalAddr().String() && v.KeepaliveFirings > 0
+	})
+	want := collector.Keepalive{Enabled: true, IdleSeconds: 1, IntervalSeconds: 1, Count: 4, Source: "socket"}
+	if v.Keepalive != want {
+		t.Errorf("keepalive %+v, want %+v", v.Keepalive, want)
+	}
+}
+
+func TestRetransmitAcrossNamespaces(t *testing.T) {
+	c := startCollector(t, collector.Config{})
+	nsA, nsB := testnet.Netns(t), testnet.Netns(t)
+	testnet.Veth(t, nsA, nsB, "10.231.0.1/24", "10.231.0.2/24")
+	const port = 18181
+
+	var ln net.Listener
+	testnet.In(t, nsB, func() {
+		var err error
+		ln, err = net.Listen("tcp4", fmt.Sprintf("10.231.0.2:%d", port))
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	if ln == nil {
+		t.FailNow()
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		s, _ := ln.Accept()
+		accepted <- s
+	}()
+	var client net.Conn
+	testnet.In(t, nsA, func() {
+		var err error
+		client, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	if client == nil {
+		t.FailNow()
+	}
+	defer client.Close()
+	server := <-accepted
+	defer server.Close()
+
+	// Both ends are listed, in their own namespaces, with this process as
+	// holder: the agent lives in neither namespace.
+	if err := c.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	pid := uint32(os.Getpid())
+	cl, sl := client.LocalAddr().String(), server.LocalAddr().String()
+	cv := waitFor(t, c, "client in namespace A", tuple(cl, sl, collector.StateEstablished))
+	sv := waitFor(t, c, "server in namespace B", tuple(sl, cl, collector.StateEstablished))
+	if cv.Netns == sv.Netns {
+		t.Errorf("both ends report netns %d", cv.Netns)
+	}
+	for _, v := range []collector.ConnView{cv, sv} {
+		if len(v.Holders) != 1 || v.Holders[0].PID != pid {
+			t.Errorf("%s: holders %+v, want this process", v.Local, v.Holders)
+		}
+	}
+
+	// B now drops everything on the port: the client's data is never
+	// acknowledged and it retransmits.
+	testnet.DropInput(t, nsB, port)
+	if _, err := client.Write([]byte("hello?")); err != nil {
+		t.Fatal(err)
+	}
+	v := waitFor(t, c, "retransmits on the client", func(v *collector.ConnView) bool {
+		return v.Cookie == cv.Cookie && v.Retransmits >= 2 && v.RTORetransmits >= 1
+	})
+	if v.State != collector.StateEstablished {
+		t.Errorf("state %s, want ESTABLISHED", v.State)
+	}
+}
+
+func TestRingBufferLossIsCountedAndReconciled(t *testing.T) {
+	// A one-page ring that never wakes the reader and is drained only every
+	// minute: a burst of connections must overflow it.
+	c := startCollector(t, collector.Config{
+		RingBufferBytes:   4096,
+		WakeupBytes:       1 << 30,
+		PollInterval:      time.Minute,
+		ReconcileInterval: time.Hour,
+	})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const n = 200
+	go func() {
+		for i := 0; i < n; i++ {
+			s, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { s.Close() })
+		}
+	}()
+	want := map[string]bool{}
+	for i := 0; i < n; i++ {
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		want[cl.LocalAddr().String()] = true
+	}
+	st, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.EventsLost["state"] == 0 {
+		t.Fatalf("no loss counted after %d connections into a 4 KiB ring: %+v", n, st.EventsLost)
+	}
+	if err := c.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	// Every client end is in the table as ESTABLISHED, as the kernel has it.
+	server := ln.Addr().String()
+	got := map[string]bool{}
+	for _, v := range c.Table().List(time.Now(), collector.ListOptions{}) {
+		if v.Remote == server && v.State == collector.StateEstablished {
+			got[v.Local] = true
+		}
+	}
+	for l := range want {
+		if !got[l] {
+			t.Errorf("after reconcile, client %s missing from the table", l)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("table has %d client ends, kernel has %d", len(got), len(want))
+	}
+	st2, _ := c.Status()
+	t.Logf("lost %d state events; reconcile added %d connections", st2.EventsLost["state"], st2.ReconcileAdded)
+}

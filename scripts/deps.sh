@@ -1,0 +1,32 @@
+#!/bin/sh
+# Installs what a make target needs on a Debian machine, only when missing.
+#   deps.sh test      iproute2 and nftables (network namespaces, packet drops)
+#   deps.sh generate  clang-19 and llvm-19 (pinned compiler for bpf2go)
+set -eu
+
+need=""
+case "${1:-}" in
+test)
+	command -v ip >/dev/null 2>&1 || need="$need iproute2"
+	command -v nft >/dev/null 2>&1 || need="$need nftables"
+	command -v setpriv >/dev/null 2>&1 || need="$need util-linux"
+	;;
+generate)
+	command -v clang-19 >/dev/null 2>&1 || need="$need clang-19"
+	command -v llvm-strip-19 >/dev/null 2>&1 || need="$need llvm-19"
+	;;
+*)
+	echo "usage: $0 test|generate" >&2
+	exit 2
+	;;
+esac
+[ -z "$need" ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+	echo "missing:$need; install them (apt-get install$need) or run as root" >&2
+	exit 1
+fi
+echo "installing:$need"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $need >/dev/null
