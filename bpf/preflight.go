@@ -19,8 +19,8 @@ const (
 	capBPF      = 39
 )
 
-// Preflight checks what the agent cannot run without and mounts tracefs
-// when it is missing. Each error names what is missing and how to fix it.
+// Preflight checks what the agent cannot run without. Each error names
+// what is missing and how to fix it.
 func Preflight() error {
 	if err := checkCaps(); err != nil {
 		return err
@@ -28,7 +28,7 @@ func Preflight() error {
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		return fmt.Errorf("kernel BTF is missing (/sys/kernel/btf/vmlinux: %w): ghostconn needs a kernel built with CONFIG_DEBUG_INFO_BTF=y", err)
 	}
-	return EnsureTracefs()
+	return nil
 }
 
 // EnsureTracefs mounts tracefs at TracefsPath unless it is there already.

@@ -129,8 +129,16 @@ func Load(opts Options) (*Probes, error) {
 	p := &Probes{Events: maps.Events, Stats: maps.Stats, Attached: map[string]error{}}
 	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats}
 
+	// Only the syscall hooks need tracefs, and they are optional: without
+	// it they stay detached, with the reason.
+	tracefsErr := EnsureTracefs()
 	for _, def := range programs {
-		err := p.attach(spec, def, replacements, opts.Skip[def.name])
+		var err error
+		if def.kind == "tracepoint" && tracefsErr != nil && !opts.Skip[def.name] {
+			err = tracefsErr
+		} else {
+			err = p.attach(spec, def, replacements, opts.Skip[def.name])
+		}
 		p.Attached[def.name] = err
 		if err != nil && def.required {
 			p.Close()

@@ -309,6 +309,9 @@ func TestRetransmitAcrossNamespaces(t *testing.T) {
 	nsA, nsB := testnet.Netns(t), testnet.Netns(t)
 	testnet.Veth(t, nsA, nsB, "10.231.0.1/24", "10.231.0.2/24")
 	const port = 18181
+	// Namespace A has its own keepalive default, which its sockets must
+	// report rather than the agent's.
+	testnet.Cmd(t, "ip", "netns", "exec", nsA, "sysctl", "-qw", "net.ipv4.tcp_keepalive_time=77")
 
 	var ln net.Listener
 	testnet.In(t, nsB, func() {
@@ -330,7 +333,9 @@ func TestRetransmitAcrossNamespaces(t *testing.T) {
 	var client net.Conn
 	testnet.In(t, nsA, func() {
 		var err error
-		client, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		// No keepalive of its own: the namespace's sysctl applies.
+		d := net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
+		client, err = d.Dial("tcp4", ln.Addr().String())
 		if err != nil {
 			t.Error(err)
 		}
@@ -353,6 +358,9 @@ func TestRetransmitAcrossNamespaces(t *testing.T) {
 	sv := waitFor(t, c, "server in namespace B", tuple(sl, cl, collector.StateEstablished))
 	if cv.Netns == sv.Netns {
 		t.Errorf("both ends report netns %d", cv.Netns)
+	}
+	if want := (collector.Keepalive{Enabled: false, IdleSeconds: 77, IntervalSeconds: 75, Count: 9, Source: "sysctl"}); cv.Keepalive != want {
+		t.Errorf("client keepalive %+v, want namespace A's default %+v", cv.Keepalive, want)
 	}
 	for _, v := range []collector.ConnView{cv, sv} {
 		if len(v.Holders) != 1 || v.Holders[0].PID != pid {

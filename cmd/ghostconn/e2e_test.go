@@ -193,3 +193,45 @@ func TestAgentNamesMissingCapabilities(t *testing.T) {
 		t.Errorf("error does not name the missing capabilities:\n%s", out)
 	}
 }
+
+// TestAgentMountsTracefs runs the agent in a private mount namespace where
+// tracefs is not mounted: it must mount it and attach the syscall hooks.
+func TestAgentMountsTracefs(t *testing.T) {
+	privtest.Require(t)
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	script := `umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null
+if [ -e /sys/kernel/tracing/events ]; then echo "tracefs still mounted" >&2; exit 3; fi
+exec "$0" agent --api-socket "$1"`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, binary, sock)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	}()
+	client := exporter.NewClient(sock)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := client.Status(context.Background())
+		if err == nil && st.Ready {
+			if st.Programs["sys_enter_close"] != "attached" {
+				t.Errorf("sys_enter_close: %s", st.Programs["sys_enter_close"])
+			}
+			return
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("agent exited: %v\n%s", err, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready: %v\n%s", err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
