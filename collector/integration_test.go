@@ -273,6 +273,22 @@ func TestCloseOfDupReportsRemainingReferences(t *testing.T) {
 		cb := v.ClosedBy
 		return v.Local == client.LocalAddr().String() && cb != nil && cb.FD == int32(dup) && (cb.Op == "dup2" || cb.Op == "dup3")
 	})
+
+	// close_range over a stretch of fds that holds a copy of the socket.
+	high := 700
+	if err := unix.Dup2(fd, high); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.CloseRange(uint(high-50), uint(high+50), 0); err != nil {
+		t.Fatal(err)
+	}
+	v = waitFor(t, c, "close_range record", func(v *collector.ConnView) bool {
+		cb := v.ClosedBy
+		return v.Local == client.LocalAddr().String() && cb != nil && cb.Op == "close_range"
+	})
+	if v.ClosedBy.FD != int32(high) || v.ClosedBy.RefsLeft != 1 {
+		t.Errorf("close_range record %+v, want fd %d with 1 reference left", v.ClosedBy, high)
+	}
 }
 
 func TestKeepaliveFiringAndSettings(t *testing.T) {
