@@ -1,0 +1,473 @@
+package collector_test
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/ghostconn/ghostconn/bpf"
+	"github.com/ghostconn/ghostconn/collector"
+)
+
+// evRaw returns the bytes of k as the ring buffer would deliver them.
+func evRaw(k *bpf.GhostconnEvent) []byte {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(k)), collector.EventSize)
+	return append([]byte(nil), b...)
+}
+
+func evComm(s string) [16]int8 {
+	var c [16]int8
+	for i := 0; i < len(s) && i < len(c); i++ {
+		c[i] = int8(s[i])
+	}
+	return c
+}
+
+func evAddr16(s string) [16]uint8 {
+	a := netip.MustParseAddr(s)
+	var b [16]uint8
+	if a.Is4() {
+		a4 := a.As4()
+		copy(b[:], a4[:])
+		return b
+	}
+	return a.As16()
+}
+
+// evBase is a well-formed IPv4 state event: SYN_SENT -> ESTABLISHED.
+func evBase() bpf.GhostconnEvent {
+	return bpf.GhostconnEvent{
+		TsNs:     5_000_000_000,
+		Cookie:   0xc0ffee,
+		Ino:      4242,
+		Netns:    4026531840,
+		Type:     uint8(bpf.GhostconnEventTypeEVENT_STATE),
+		Family:   2,
+		OldState: uint8(collector.StateSynSent),
+		State:    uint8(collector.StateEstablished),
+		Sport:    8080,
+		Dport:    443,
+		Saddr:    evAddr16("127.0.0.1"),
+		Daddr:    evAddr16("10.1.2.3"),
+	}
+}
+
+func evMustDecode(t *testing.T, d *collector.Decoder, k *bpf.GhostconnEvent) collector.Event {
+	t.Helper()
+	var ev collector.Event
+	if err := d.Decode(evRaw(k), &ev); err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+	return ev
+}
+
+func TestEventSizeMatchesStruct(t *testing.T) {
+	if got, want := collector.EventSize, int(unsafe.Sizeof(bpf.GhostconnEvent{})); got != want {
+		t.Fatalf("EventSize = %d, want %d", got, want)
+	}
+	if collector.EventSize%8 != 0 {
+		t.Fatalf("EventSize = %d, not 8-byte aligned", collector.EventSize)
+	}
+}
+
+func TestDecodeStateIPv4(t *testing.T) {
+	d := &collector.Decoder{HZ: 250, MonoOffset: 1_000_000_000_000} // +1000s
+	k := evBase()
+	ev := evMustDecode(t, d, &k)
+
+	if ev.Kind != collector.KindState {
+		t.Errorf("Kind = %v, want state", ev.Kind)
+	}
+	if want := time.Unix(1005, 0); !ev.Time.Equal(want) {
+		t.Errorf("Time = %v, want %v", ev.Time, want)
+	}
+	if ev.Cookie != 0xc0ffee || ev.Inode != 4242 || ev.Netns != 4026531840 {
+		t.Errorf("ids = cookie %#x inode %d netns %d", ev.Cookie, ev.Inode, ev.Netns)
+	}
+	if ev.Family != collector.FamilyIPv4 {
+		t.Errorf("Family = %v, want ipv4", ev.Family)
+	}
+	if got := ev.Local.String(); got != "127.0.0.1:8080" {
+		t.Errorf("Local = %q, want 127.0.0.1:8080", got)
+	}
+	if got := ev.Remote.String(); got != "10.1.2.3:443" {
+		t.Errorf("Remote = %q, want 10.1.2.3:443", got)
+	}
+	if !ev.Local.Addr().Is4() {
+		t.Errorf("Local addr %v is not a plain IPv4 address", ev.Local.Addr())
+	}
+	if ev.OldState != collector.StateSynSent || ev.State != collector.StateEstablished {
+		t.Errorf("states = %v -> %v, want SYN_SENT -> ESTABLISHED", ev.OldState, ev.State)
+	}
+	if ev.Task != nil {
+		t.Errorf("Task = %+v, want nil without the task flag", ev.Task)
+	}
+	if ev.Observed != nil {
+		t.Errorf("Observed = %+v, want nil", ev.Observed)
+	}
+}
+
+func TestDecodeStateIPv6(t *testing.T) {
+	d := &collector.Decoder{HZ: 250}
+	k := evBase()
+	k.Family = 10
+	k.Saddr = evAddr16("::1")
+	k.Sport = 80
+	k.Daddr = evAddr16("2001:db8::7")
+	k.Dport = 51000
+	ev := evMustDecode(t, d, &k)
+	if ev.Family != collector.FamilyIPv6 {
+		t.Errorf("Family = %v, want ipv6", ev.Family)
+	}
+	if got := ev.Local.String(); got != "[::1]:80" {
+		t.Errorf("Local = %q, want [::1]:80", got)
+	}
+	if got := ev.Remote.String(); got != "[2001:db8::7]:51000" {
+		t.Errorf("Remote = %q, want [2001:db8::7]:51000", got)
+	}
+}
+
+func TestDecodeTimestamp(t *testing.T) {
+	tests := []struct {
+		name   string
+		ts     uint64
+		offset int64
+		want   time.Time
+	}{
+		{"zero offset", 1_500_000_000, 0, time.Unix(1, 500_000_000)},
+		{"positive offset", 7, 1_700_000_000_000_000_000, time.Unix(1_700_000_000, 7)},
+		{"negative offset", 3_000_000_000, -1_000_000_000, time.Unix(2, 0)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &collector.Decoder{HZ: 100, MonoOffset: tt.offset}
+			k := evBase()
+			k.TsNs = tt.ts
+			ev := evMustDecode(t, d, &k)
+			if !ev.Time.Equal(tt.want) {
+				t.Fatalf("Time = %v, want %v", ev.Time, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeTask(t *testing.T) {
+	tests := []struct {
+		name  string
+		flags uint8
+		comm  string
+		want  *collector.Task
+	}{
+		{"no flags", 0, "curl", nil},
+		{"keepalive flag only", 1, "curl", nil},
+		{"task flag", 2, "curl", &collector.Task{PID: 42, PPID: 7, Comm: "curl"}},
+		{"task and keepalive", 3, "nginx", &collector.Task{PID: 42, PPID: 7, Comm: "nginx"}},
+		{"unterminated comm", 2, "0123456789abcdef", &collector.Task{PID: 42, PPID: 7, Comm: "0123456789abcdef"}},
+		{"empty comm", 2, "", &collector.Task{PID: 42, PPID: 7, Comm: ""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := evBase()
+			k.Flags = tt.flags
+			k.Pid, k.Ppid = 42, 7
+			k.Comm = evComm(tt.comm)
+			ev := evMustDecode(t, &collector.Decoder{HZ: 250}, &k)
+			switch {
+			case tt.want == nil && ev.Task != nil:
+				t.Fatalf("Task = %+v, want nil", *ev.Task)
+			case tt.want != nil && ev.Task == nil:
+				t.Fatalf("Task = nil, want %+v", *tt.want)
+			case tt.want != nil && *ev.Task != *tt.want:
+				t.Fatalf("Task = %+v, want %+v", *ev.Task, *tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeKeepaliveSettings(t *testing.T) {
+	d := &collector.Decoder{HZ: 250}
+	k := evBase()
+	k.Flags = 1 // SO_KEEPALIVE
+	k.KaTime = 250 * 7200
+	k.KaIntvl = 250 * 75
+	k.KaProbes = 9
+	k.UserTimeoutMs = 5000
+	k.RtoJiffies = 50   // 200ms
+	k.IdleJiffies = 125 // 500ms
+	k.Retransmits = 3
+	k.TotalRetrans = 11
+	k.Backoff = 2
+	k.ProbesOut = 1
+	ev := evMustDecode(t, d, &k)
+
+	wantS := collector.SockSettings{
+		Keepalive:     true,
+		KeepIdle:      2 * time.Hour,
+		KeepInterval:  75 * time.Second,
+		KeepCount:     9,
+		UserTimeout:   5 * time.Second,
+		HaveKeepalive: true,
+	}
+	if ev.Settings != wantS {
+		t.Errorf("Settings = %+v, want %+v", ev.Settings, wantS)
+	}
+	wantC := collector.TCPCounters{
+		Retransmits:   3,
+		TotalRetrans:  11,
+		Backoff:       2,
+		ProbesOut:     1,
+		RTO:           200 * time.Millisecond,
+		HaveCounters:  true,
+		KeepaliveIdle: 500 * time.Millisecond,
+	}
+	if ev.Counters != wantC {
+		t.Errorf("Counters = %+v, want %+v", ev.Counters, wantC)
+	}
+}
+
+// HaveKeepalive (and HaveCounters) are only claimed for state events into
+// states where the kernel fields are meaningful, but always for retransmit
+// and keepalive events.
+func TestDecodeHaveKeepalive(t *testing.T) {
+	tests := []struct {
+		typ   bpf.GhostconnEventType
+		state collector.State
+		want  bool
+	}{
+		{bpf.GhostconnEventTypeEVENT_STATE, collector.StateEstablished, true},
+		{bpf.GhostconnEventTypeEVENT_STATE, collector.StateCloseWait, true},
+		{bpf.GhostconnEventTypeEVENT_STATE, collector.StateSynSent, false},
+		{bpf.GhostconnEventTypeEVENT_STATE, collector.StateFinWait1, false},
+		{bpf.GhostconnEventTypeEVENT_STATE, collector.StateClose, false},
+		{bpf.GhostconnEventTypeEVENT_RETRANSMIT, collector.StateSynSent, true},
+		{bpf.GhostconnEventTypeEVENT_KEEPALIVE, collector.StateEstablished, true},
+	}
+	for _, tt := range tests {
+		t.Run(collector.Kind(tt.typ).String()+"/"+tt.state.String(), func(t *testing.T) {
+			k := evBase()
+			k.Type = uint8(tt.typ)
+			k.State = uint8(tt.state)
+			k.KaTime = 250
+			ev := evMustDecode(t, &collector.Decoder{HZ: 250}, &k)
+			if ev.Settings.HaveKeepalive != tt.want || ev.Counters.HaveCounters != tt.want {
+				t.Fatalf("HaveKeepalive = %v, HaveCounters = %v, want %v", ev.Settings.HaveKeepalive, ev.Counters.HaveCounters, tt.want)
+			}
+			if ev.Settings.KeepIdle != time.Second {
+				t.Fatalf("KeepIdle = %v, want 1s", ev.Settings.KeepIdle)
+			}
+		})
+	}
+}
+
+func TestDecoderJiffies(t *testing.T) {
+	tests := []struct {
+		hz   int
+		j    uint32
+		want time.Duration
+	}{
+		{250, 250, time.Second},
+		{250, 1, 4 * time.Millisecond},
+		{1000, 1, time.Millisecond},
+		{100, 30, 300 * time.Millisecond},
+		{250, 0, 0},
+		{0, 250, 0},
+		{-1, 250, 0},
+		{250, ^uint32(0), time.Duration(^uint32(0)) * 4 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		d := collector.Decoder{HZ: tt.hz}
+		if got := d.Jiffies(tt.j); got != tt.want {
+			t.Errorf("HZ=%d Jiffies(%d) = %v, want %v", tt.hz, tt.j, got, tt.want)
+		}
+	}
+}
+
+func TestDecodeClose(t *testing.T) {
+	tests := []struct {
+		op   bpf.GhostconnCloseOp
+		want string
+	}{
+		{bpf.GhostconnCloseOpCLOSE_OP_CLOSE, "close"},
+		{bpf.GhostconnCloseOpCLOSE_OP_CLOSE_RANGE, "close_range"},
+		{bpf.GhostconnCloseOpCLOSE_OP_DUP2, "dup2"},
+		{bpf.GhostconnCloseOpCLOSE_OP_DUP3, "dup3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			k := evBase()
+			k.Type = uint8(bpf.GhostconnEventTypeEVENT_CLOSE)
+			k.Op = uint8(tt.op)
+			k.Fd = 7
+			k.Refs = 3
+			k.Flags = 2
+			k.Pid, k.Ppid, k.Comm = 100, 1, evComm("sshd")
+			ev := evMustDecode(t, &collector.Decoder{HZ: 250}, &k)
+			if ev.Kind != collector.KindClose {
+				t.Errorf("Kind = %v, want close", ev.Kind)
+			}
+			want := collector.Close{FD: 7, Refs: 3, Op: tt.want}
+			if ev.Close != want {
+				t.Errorf("Close = %+v, want %+v", ev.Close, want)
+			}
+			if ev.Task == nil || ev.Task.PID != 100 || ev.Task.Comm != "sshd" {
+				t.Errorf("Task = %+v, want pid 100 sshd", ev.Task)
+			}
+			if ev.Settings != (collector.SockSettings{}) {
+				t.Errorf("Settings = %+v, want zero for a close event", ev.Settings)
+			}
+		})
+	}
+}
+
+func TestDecodeSockopt(t *testing.T) {
+	k := evBase()
+	k.Type = uint8(bpf.GhostconnEventTypeEVENT_SOCKOPT)
+	k.Level = 6   // SOL_TCP
+	k.Optname = 4 // TCP_KEEPIDLE
+	k.Optval = 30
+	k.Fd = 5
+	k.Flags = 2
+	k.Pid, k.Comm = 77, evComm("app")
+	k.KaTime = 999 // ignored for sockopt events
+	ev := evMustDecode(t, &collector.Decoder{HZ: 250}, &k)
+	if ev.Kind != collector.KindSockopt {
+		t.Errorf("Kind = %v, want sockopt", ev.Kind)
+	}
+	if want := (collector.Sockopt{Level: 6, Name: 4, Value: 30}); ev.Sockopt != want {
+		t.Errorf("Sockopt = %+v, want %+v", ev.Sockopt, want)
+	}
+	if ev.Close.FD != 5 {
+		t.Errorf("Close.FD = %d, want 5", ev.Close.FD)
+	}
+	if ev.Close.Op != "" || ev.Close.Refs != 0 {
+		t.Errorf("Close = %+v, want only FD set", ev.Close)
+	}
+	if ev.Settings != (collector.SockSettings{}) {
+		t.Errorf("Settings = %+v, want zero for a sockopt event", ev.Settings)
+	}
+	if ev.Task == nil || ev.Task.PID != 77 || ev.Task.Comm != "app" {
+		t.Errorf("Task = %+v, want pid 77 app", ev.Task)
+	}
+}
+
+func TestDecodeLongerRecord(t *testing.T) {
+	k := evBase()
+	raw := append(evRaw(&k), 0xff, 0xff, 0xff, 0xff)
+	var ev collector.Event
+	if err := (&collector.Decoder{HZ: 250}).Decode(raw, &ev); err != nil {
+		t.Fatalf("Decode of a padded record: %v", err)
+	}
+	if ev.Cookie != k.Cookie {
+		t.Fatalf("Cookie = %#x, want %#x", ev.Cookie, k.Cookie)
+	}
+}
+
+func TestDecodeTruncated(t *testing.T) {
+	k := evBase()
+	raw := evRaw(&k)
+	d := &collector.Decoder{HZ: 250}
+	for n := 0; n < collector.EventSize; n++ {
+		var ev collector.Event
+		err := d.Decode(raw[:n], &ev)
+		if !errors.Is(err, collector.ErrDecode) {
+			t.Errorf("Decode(%d bytes) = %v, want ErrDecode", n, err)
+		}
+	}
+	var ev collector.Event
+	if err := d.Decode(nil, &ev); !errors.Is(err, collector.ErrDecode) {
+		t.Errorf("Decode(nil) = %v, want ErrDecode", err)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(k *bpf.GhostconnEvent)
+	}{
+		{"type 0", func(k *bpf.GhostconnEvent) { k.Type = 0 }},
+		{"type 6", func(k *bpf.GhostconnEvent) { k.Type = 6 }},
+		{"type observed", func(k *bpf.GhostconnEvent) { k.Type = uint8(collector.KindObserved) }},
+		{"type 255", func(k *bpf.GhostconnEvent) { k.Type = 255 }},
+		{"family 0", func(k *bpf.GhostconnEvent) { k.Family = 0 }},
+		{"family AF_UNIX", func(k *bpf.GhostconnEvent) { k.Family = 1 }},
+		{"family 11", func(k *bpf.GhostconnEvent) { k.Family = 11 }},
+		{"state 13", func(k *bpf.GhostconnEvent) { k.State = 13 }},
+		{"state 255", func(k *bpf.GhostconnEvent) { k.State = 255 }},
+		{"old state 13", func(k *bpf.GhostconnEvent) { k.OldState = 13 }},
+		{"close op 0", func(k *bpf.GhostconnEvent) {
+			k.Type = uint8(bpf.GhostconnEventTypeEVENT_CLOSE)
+			k.Op = 0
+		}},
+		{"close op 5", func(k *bpf.GhostconnEvent) {
+			k.Type = uint8(bpf.GhostconnEventTypeEVENT_CLOSE)
+			k.Op = 5
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := evBase()
+			tt.mod(&k)
+			var ev collector.Event
+			err := (&collector.Decoder{HZ: 250}).Decode(evRaw(&k), &ev)
+			if err == nil {
+				t.Fatalf("Decode succeeded: %+v", ev)
+			}
+			if !errors.Is(err, collector.ErrDecode) {
+				t.Fatalf("error %v does not wrap ErrDecode", err)
+			}
+		})
+	}
+}
+
+// The close op is only checked for close events: other kinds carry op 0.
+func TestDecodeOpIgnoredForOtherKinds(t *testing.T) {
+	k := evBase()
+	k.Op = 200
+	evMustDecode(t, &collector.Decoder{HZ: 250}, &k)
+}
+
+func FuzzDecode(f *testing.F) {
+	seeds := []bpf.GhostconnEvent{evBase()}
+	for typ := uint8(1); typ <= 5; typ++ {
+		k := evBase()
+		k.Type = typ
+		k.Op = 1
+		k.Flags = 3
+		k.Comm = evComm("fuzz")
+		seeds = append(seeds, k)
+	}
+	v6 := evBase()
+	v6.Family = 10
+	v6.Saddr = evAddr16("::1")
+	seeds = append(seeds, v6)
+	for i := range seeds {
+		f.Add(evRaw(&seeds[i]))
+	}
+	f.Add([]byte{})
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		d := &collector.Decoder{HZ: 250, MonoOffset: 1 << 40}
+		var ev collector.Event
+		err := d.Decode(raw, &ev)
+		if err != nil {
+			if !errors.Is(err, collector.ErrDecode) {
+				t.Fatalf("error %v does not wrap ErrDecode", err)
+			}
+			return
+		}
+		if len(raw) < collector.EventSize {
+			t.Fatalf("decoded a %d-byte record", len(raw))
+		}
+		if ev.Kind < collector.KindState || ev.Kind > collector.KindSockopt {
+			t.Fatalf("decoded kind %v", ev.Kind)
+		}
+		if ev.Family != collector.FamilyIPv4 && ev.Family != collector.FamilyIPv6 {
+			t.Fatalf("decoded family %v", ev.Family)
+		}
+		if ev.Kind == collector.KindClose && ev.Close.Op == "" {
+			t.Fatalf("close event without op")
+		}
+	})
+}
