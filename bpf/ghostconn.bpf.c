@@ -105,6 +105,11 @@ struct event {
 	__s32 level;        // sockopt
 	__s32 optname;
 	__s32 optval;
+	// close: the socket's write_seq and copied_seq at the close. If either
+	// moves afterwards, a remaining holder is using the socket (a handoff,
+	// not a ghost).
+	__u32 write_seq;
+	__u32 copied_seq;
 };
 
 // events carries struct event records to user space.
@@ -382,6 +387,8 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->write_seq = BPF_CORE_READ((struct tcp_sock *)sk, write_seq);
+	e->copied_seq = BPF_CORE_READ((struct tcp_sock *)sk, copied_seq);
 	fill_tuple(e, sk);
 	set_task(e);
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -544,6 +551,8 @@ struct sock_rec {
 	__u8 backoff;
 	__u8 probes_out;
 	__u16 sk_err;
+	__u32 write_seq;
+	__u32 copied_seq;
 	__u32 pad;
 };
 
@@ -600,8 +609,10 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		r.probes_out = BPF_CORE_READ(tp, inet_conn.icsk_probes_out);
 		r.rto_jiffies = BPF_CORE_READ(tp, inet_conn.icsk_rto);
 		r.total_retrans = BPF_CORE_READ(tp, total_retrans);
-		r.send_queue = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
-		r.recv_queue = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+		r.write_seq = BPF_CORE_READ(tp, write_seq);
+		r.copied_seq = BPF_CORE_READ(tp, copied_seq);
+		r.send_queue = r.write_seq - BPF_CORE_READ(tp, snd_una);
+		r.recv_queue = BPF_CORE_READ(tp, rcv_nxt) - r.copied_seq;
 		r.bytes_sent = BPF_CORE_READ(tp, bytes_sent);
 		r.bytes_received = BPF_CORE_READ(tp, bytes_received);
 		r.sk_err = BPF_CORE_READ(sk, sk_err);

@@ -56,6 +56,8 @@ type GhostconnEvent struct {
 	Level         int32
 	Optname       int32
 	Optval        int32
+	WriteSeq      uint32
+	CopiedSeq     uint32
 	_             [4]byte
 }
 
@@ -117,6 +119,8 @@ type GhostconnSockRec struct {
 	Backoff           uint8
 	ProbesOut         uint8
 	SkErr             uint16
+	WriteSeq          uint32
+	CopiedSeq         uint32
 	Pad               uint32
 }
 

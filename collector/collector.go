@@ -54,6 +54,9 @@ func (c *Config) defaults() {
 	if c.Table == (TableConfig{}) {
 		c.Table = DefaultTableConfig
 	}
+	if c.Table.Verdicts == (VerdictConfig{}) {
+		c.Table.Verdicts = DefaultVerdictConfig
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
@@ -77,7 +80,11 @@ type Collector struct {
 	reconcileErrors atomic.Uint64
 	lastReconcile   atomic.Int64 // duration in ns
 	gen             atomic.Uint64
-	reconcileMu     sync.Mutex
+	refreshes       atomic.Uint64
+	// reconcileMu serialises snapshots; nsPaths is the namespace list the
+	// last reconcile found, under it.
+	reconcileMu sync.Mutex
+	nsPaths     map[uint32]string
 }
 
 // New loads and attaches the probes. Call Run to start collecting and
@@ -154,7 +161,9 @@ func (c *Collector) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
 	defer tick.Stop()
-	for {
+	verdicts := time.NewTicker(verdictTick)
+	defer verdicts.Stop()
+	for n := 0; ; n++ {
 		select {
 		case <-ctx.Done():
 			return nil
@@ -164,8 +173,79 @@ func (c *Collector) Run(ctx context.Context) error {
 				c.cfg.Logger.Error("reconcile", "err", err)
 			}
 			c.table.GC(time.Now())
+		case <-verdicts.C:
+			c.evaluate(n%fullEvaluationEvery == 0)
 		}
 	}
+}
+
+// Verdicts are evaluated for connections waiting on a ghost grace period
+// every verdictTick, and for the whole table every fullEvaluationEvery
+// ticks.
+const (
+	verdictTick         = 250 * time.Millisecond
+	fullEvaluationEvery = 4
+)
+
+// evaluate runs the verdict rules; when a rule needs fresher evidence it
+// takes a snapshot of just the namespaces concerned and evaluates again.
+func (c *Collector) evaluate(full bool) {
+	need := c.table.Evaluate(time.Now(), full)
+	if len(need) == 0 {
+		return
+	}
+	if err := c.refresh(need); err != nil {
+		c.reconcileErrors.Add(1)
+		c.cfg.Logger.Warn("refresh for verdicts", "err", err)
+		return
+	}
+	c.table.Evaluate(time.Now(), full)
+}
+
+// refresh snapshots the sockets of the given namespaces and every holder.
+// Unlike reconcile it retires nothing: it only brings measurements up to
+// date.
+func (c *Collector) refresh(netns map[uint32]bool) error {
+	c.reconcileMu.Lock()
+	defer c.reconcileMu.Unlock()
+	start := time.Now()
+	paths := c.nsPaths
+	for ino := range netns {
+		if _, ok := paths[ino]; !ok {
+			var err error
+			if paths, err = Namespaces(); err != nil {
+				return err
+			}
+			c.nsPaths = paths
+			break
+		}
+	}
+	gen := c.gen.Load()
+	var batch []Event
+	for ino := range netns {
+		path, ok := paths[ino]
+		if !ok {
+			continue // the namespace is gone
+		}
+		recs, err := c.probes.Sockets(path)
+		if err != nil {
+			continue
+		}
+		batch = batch[:0]
+		for i := range recs {
+			if ev, ok := c.dec.ObservedEvent(&recs[i], start, gen, false); ok {
+				batch = append(batch, ev)
+			}
+		}
+		c.table.Apply(batch)
+	}
+	holders, err := c.probes.Holders()
+	if err != nil {
+		return fmt.Errorf("snapshot socket holders: %w", err)
+	}
+	c.table.SetHolders(holders, start)
+	c.refreshes.Add(1)
+	return nil
 }
 
 // readLoop drains the ring buffer in batches. The kernel wakes it only when
@@ -220,6 +300,7 @@ func (c *Collector) reconcile(seed bool) error {
 	if err != nil {
 		return err
 	}
+	c.nsPaths = namespaces
 	covered := map[uint32]bool{}
 	var errs []error
 	batch := make([]Event, 0, 1024)
@@ -279,6 +360,8 @@ type Status struct {
 	ReconcileAdded     uint64            `json:"reconcile_added"`
 	ReconcileRemoved   uint64            `json:"reconcile_removed"`
 	ReconcileCorrected uint64            `json:"reconcile_corrected"`
+	Refreshes          uint64            `json:"verdict_refreshes"`
+	VerdictsRaised     map[string]uint64 `json:"verdicts_raised"`
 	Programs           map[string]string `json:"programs"` // "attached" or the reason not
 	KernelHZ           int               `json:"kernel_hz"`
 	CloseLastRef       uint64            `json:"close_last_ref"`
@@ -314,6 +397,8 @@ func (c *Collector) Status() (Status, error) {
 		ReconcileAdded:     ts.ReconcileAdds,
 		ReconcileRemoved:   ts.ReconcileGone,
 		ReconcileCorrected: ts.ReconcileFix,
+		Refreshes:          c.refreshes.Load(),
+		VerdictsRaised:     ts.Raised,
 		Programs:           map[string]string{},
 		KernelHZ:           c.dec.HZ,
 		CloseLastRef:       kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],

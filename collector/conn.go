@@ -23,6 +23,10 @@ type CloseRecord struct {
 	At       time.Time `json:"at"`
 	RefsLeft uint32    `json:"refs_left"`
 	Op       string    `json:"op"`
+
+	// The application's write and read positions at the close; if a
+	// holder moves them later, the close was a handoff.
+	writeSeq, copiedSeq uint32
 }
 
 // NetDefaults are a network namespace's TCP sysctls that sockets fall back
@@ -88,6 +92,10 @@ type Conn struct {
 	LastDataAt time.Time
 	SendQueue  uint32
 	RecvQueue  uint32
+	// WriteSeq and CopiedSeq are the application's write and read
+	// positions as of LastDataAt.
+	WriteSeq  uint32
+	CopiedSeq uint32
 	// RetransSince is when the current run of retransmissions began.
 	RetransSince time.Time
 

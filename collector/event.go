@@ -74,6 +74,9 @@ type Close struct {
 	FD   int32
 	Refs uint32 // references before the close, the closed one included
 	Op   string // close, close_range, dup2, dup3
+	// WriteSeq and CopiedSeq are the socket's sequence numbers at the
+	// close: bytes the application had written and read.
+	WriteSeq, CopiedSeq uint32
 }
 
 // Sockopt is a setsockopt call on a TCP socket.
@@ -203,8 +206,16 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		if !ok {
 			return fmt.Errorf("%w: unknown close op %d", ErrDecode, k.Op)
 		}
-		ev.Close = Close{FD: k.Fd, Refs: k.Refs, Op: op}
+		if ev.Task == nil || k.Refs < 2 {
+			// The kernel reports only closes by a task that leave other
+			// references behind.
+			return fmt.Errorf("%w: close event without task or with %d references", ErrDecode, k.Refs)
+		}
+		ev.Close = Close{FD: k.Fd, Refs: k.Refs, Op: op, WriteSeq: k.WriteSeq, CopiedSeq: k.CopiedSeq}
 	case KindSockopt:
+		if ev.Task == nil {
+			return fmt.Errorf("%w: sockopt event without task", ErrDecode)
+		}
 		ev.Close.FD = k.Fd
 		ev.Sockopt = Sockopt{Level: k.Level, Name: k.Optname, Value: k.Optval}
 	}

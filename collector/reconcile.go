@@ -3,6 +3,8 @@ package collector
 import (
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ghostconn/ghostconn/bpf"
 )
 
@@ -22,6 +24,8 @@ type Observation struct {
 	RetransAge time.Duration
 	SendQueue  uint32
 	RecvQueue  uint32
+	WriteSeq   uint32
+	CopiedSeq  uint32
 }
 
 // ObservedEvent turns an iter/tcp record into a synthetic event taken at
@@ -59,6 +63,8 @@ func (d *Decoder) ObservedEvent(r *bpf.GhostconnSockRec, at time.Time, gen uint6
 			RetransAge: d.Jiffies(r.RetransAgeJiffies),
 			SendQueue:  r.SendQueue,
 			RecvQueue:  r.RecvQueue,
+			WriteSeq:   r.WriteSeq,
+			CopiedSeq:  r.CopiedSeq,
 		},
 	}
 	if r.Full != 0 {
@@ -113,14 +119,20 @@ func (t *Table) applyObserved(ev *Event, c *Conn) {
 		return
 	}
 	t.defaults[ev.Netns] = o.Defaults
-	c.Settings = ev.Settings
-	t.updateCounters(c, ev)
-	if ev.Counters.Retransmits > 0 && o.RetransAge > 0 {
-		c.RetransSince = ev.Time.Add(-o.RetransAge)
+	// Settings and counters from an event newer than the snapshot win; the
+	// snapshot's measurements of data and queues are its own.
+	if !c.LastUpdate.After(ev.Time) {
+		c.Settings = ev.Settings
+		t.updateCounters(c, ev)
+		if ev.Counters.Retransmits > 0 && o.RetransAge > 0 {
+			c.RetransSince = ev.Time.Add(-o.RetransAge)
+		}
+		c.LastUpdate = ev.Time
 	}
 	c.LastData = ev.Time.Add(-min(o.SendAge, o.RecvAge))
 	c.LastDataAt = ev.Time
 	c.SendQueue, c.RecvQueue = o.SendQueue, o.RecvQueue
+	c.WriteSeq, c.CopiedSeq = o.WriteSeq, o.CopiedSeq
 }
 
 // Sweep retires connections that the snapshot of generation gen, begun at
@@ -158,7 +170,8 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 		if len(idx) == 0 && c.Inode != 0 {
 			idx = byInode[c.Inode]
 		}
-		hs := c.Holders[:0]
+		old := c.Holders
+		hs := make([]Holder, 0, len(idx))
 		for _, i := range idx {
 			r := &recs[i]
 			if cb := c.ClosedBy; cb != nil && cb.At.After(at) && cb.PID == r.Pid && cb.FD == int32(r.Fd) {
@@ -171,5 +184,41 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 		}
 		c.Holders = hs
 		c.HoldersAt = at
+		t.noteExits(c, old, at)
 	}
+}
+
+// noteExits records, as a close, a holder process that has exited while
+// other processes still hold the socket: exit closes fds without a close
+// call, so no close event told of it.
+func (t *Table) noteExits(c *Conn, old []Holder, at time.Time) {
+	if len(c.Holders) == 0 || (c.State != StateEstablished && c.State != StateCloseWait) {
+		return
+	}
+	for _, h := range old {
+		if heldByPID(c.Holders, h.PID) || t.alive(h.PID) {
+			continue
+		}
+		c.ClosedBy = &CloseRecord{
+			PID: h.PID, PPID: h.PPID, Comm: h.Comm, FD: h.FD, At: at,
+			RefsLeft: uint32(len(c.Holders)), Op: "exit",
+			writeSeq: c.WriteSeq, copiedSeq: c.CopiedSeq,
+		}
+		t.pending[c.Cookie] = struct{}{}
+	}
+}
+
+func heldByPID(hs []Holder, pid uint32) bool {
+	for _, h := range hs {
+		if h.PID == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// processAlive reports whether pid exists (in the agent's pid namespace,
+// the host's when the agent runs there).
+func processAlive(pid uint32) bool {
+	return unix.Kill(int(pid), 0) != unix.ESRCH
 }

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -15,10 +16,12 @@ type TableConfig struct {
 	HistoryTTL time.Duration
 	// MaxHistory caps how many closed connections are kept.
 	MaxHistory int
+	// Verdicts holds the rules' thresholds; zero means the defaults.
+	Verdicts VerdictConfig
 }
 
 // DefaultTableConfig is what the agent uses unless told otherwise.
-var DefaultTableConfig = TableConfig{MaxConns: 1 << 20, HistoryTTL: 5 * time.Minute, MaxHistory: 10000}
+var DefaultTableConfig = TableConfig{MaxConns: 1 << 20, HistoryTTL: 5 * time.Minute, MaxHistory: 10000, Verdicts: DefaultVerdictConfig}
 
 // TableStats counts what the table did with its input.
 type TableStats struct {
@@ -28,6 +31,8 @@ type TableStats struct {
 	ReconcileAdds uint64 // connections a snapshot found that no event announced
 	ReconcileGone uint64 // connections a snapshot no longer found
 	ReconcileFix  uint64 // connections whose state a snapshot corrected
+	// Raised counts verdicts newly raised, by kind.
+	Raised map[string]uint64
 }
 
 // Table is the live connection table, keyed by socket cookie. It is safe
@@ -42,6 +47,11 @@ type Table struct {
 	closedIx map[uint64]*Conn  // cookie -> newest closed entry
 	defaults map[uint32]NetDefaults
 	stats    TableStats
+	// pending holds the connections whose ghost decision waits for its
+	// grace period, so they can be checked more often than the rest.
+	pending map[uint64]struct{}
+	// alive reports whether a process still exists.
+	alive func(pid uint32) bool
 	// hook, when set, is called under the lock for each applied event with
 	// the connection it touched.
 	hook func(ev *Event, c *Conn)
@@ -55,13 +65,18 @@ func NewTable(cfg TableConfig) *Table {
 	if cfg.MaxHistory < 0 {
 		cfg.MaxHistory = 0
 	}
+	if cfg.Verdicts == (VerdictConfig{}) {
+		cfg.Verdicts = DefaultVerdictConfig
+	}
 	return &Table{
 		cfg:      cfg,
 		conns:    map[uint64]*Conn{},
 		byInode:  map[uint64]uint64{},
 		closedIx: map[uint64]*Conn{},
 		defaults: map[uint32]NetDefaults{},
-		stats:    TableStats{Applied: map[Kind]uint64{}},
+		stats:    TableStats{Applied: map[Kind]uint64{}, Raised: map[string]uint64{}},
+		pending:  map[uint64]struct{}{},
+		alive:    processAlive,
 	}
 }
 
@@ -116,6 +131,9 @@ func (t *Table) setInode(c *Conn, ino uint64) {
 	if ino == 0 || c.Inode == ino {
 		return
 	}
+	if c.Inode != 0 && t.byInode[c.Inode] == c.Cookie {
+		delete(t.byInode, c.Inode)
+	}
 	c.Inode = ino
 	t.byInode[ino] = c.Cookie
 }
@@ -158,8 +176,12 @@ func (t *Table) apply(ev *Event) {
 		c.ClosedBy = &CloseRecord{
 			PID: ev.Task.PID, PPID: ev.Task.PPID, Comm: ev.Task.Comm,
 			FD: ev.Close.FD, At: ev.Time, RefsLeft: ev.Close.Refs - 1, Op: ev.Close.Op,
+			writeSeq: ev.Close.WriteSeq, copiedSeq: ev.Close.CopiedSeq,
 		}
 		c.Holders = removeHolder(c.Holders, ev.Task.PID, ev.Close.FD)
+		if c.ClosedBy.RefsLeft > 0 {
+			t.pending[c.Cookie] = struct{}{}
+		}
 	case KindSockopt:
 		t.setInode(c, ev.Inode)
 		applySockopt(&c.Settings, ev.Sockopt)
@@ -252,6 +274,9 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 	t.updateCounters(c, ev)
 	if ev.State == StateClose {
 		t.retire(c, ev.Time)
+	} else if len(c.Verdicts) > 0 {
+		// Leaving ESTABLISHED or CLOSE_WAIT clears verdicts at once.
+		t.evaluateOne(c, ev.Time)
 	}
 	if t.hook != nil {
 		t.hook(ev, c)
@@ -263,6 +288,8 @@ func (t *Table) retire(c *Conn, at time.Time) {
 	c.ClosedAt = at
 	c.State = StateClose
 	c.Holders = nil
+	c.Verdicts = nil
+	delete(t.pending, c.Cookie)
 	delete(t.conns, c.Cookie)
 	if c.Inode != 0 && t.byInode[c.Inode] == c.Cookie {
 		delete(t.byInode, c.Inode)
@@ -293,13 +320,20 @@ func (t *Table) dropClosed(n int) {
 func (t *Table) GC(now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	cut := 0
-	for cut < len(t.closed) && now.Sub(t.closed[cut].ClosedAt) > t.cfg.HistoryTTL {
-		cut++
+	// Reconcile retires with the snapshot's start time, so the history is
+	// not strictly ordered by ClosedAt: filter it all.
+	kept := t.closed[:0]
+	for _, c := range t.closed {
+		if now.Sub(c.ClosedAt) > t.cfg.HistoryTTL {
+			if t.closedIx[c.Cookie] == c {
+				delete(t.closedIx, c.Cookie)
+			}
+			continue
+		}
+		kept = append(kept, c)
 	}
-	if cut > 0 {
-		t.dropClosed(cut)
-	}
+	clear(t.closed[len(kept):])
+	t.closed = kept
 }
 
 // Len returns the number of live connections.
@@ -314,10 +348,8 @@ func (t *Table) Stats() TableStats {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	s := t.stats
-	s.Applied = make(map[Kind]uint64, len(t.stats.Applied))
-	for k, v := range t.stats.Applied {
-		s.Applied[k] = v
-	}
+	s.Applied = maps.Clone(t.stats.Applied)
+	s.Raised = maps.Clone(t.stats.Raised)
 	return s
 }
 
@@ -370,4 +402,74 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// Evaluate applies the verdict rules at now: to every live connection when
+// full is set, otherwise only to those waiting on a ghost grace period. It
+// returns the network namespaces whose sockets need a fresh snapshot before
+// a rule can decide.
+func (t *Table) Evaluate(now time.Time, full bool) map[uint32]bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	need := map[uint32]bool{}
+	visit := func(c *Conn) {
+		if t.evaluateOne(c, now) {
+			need[c.Netns] = true
+		}
+	}
+	if full {
+		for _, c := range t.conns {
+			visit(c)
+		}
+	} else {
+		for ck := range t.pending {
+			if c := t.conns[ck]; c != nil {
+				visit(c)
+			} else {
+				delete(t.pending, ck)
+			}
+		}
+	}
+	return need
+}
+
+// evaluateOne updates c's verdicts, keeping the since of those that
+// persist, and reports whether a rule asked for fresher data.
+func (t *Table) evaluateOne(c *Conn, now time.Time) bool {
+	e := evaluate(c, t.defaults[c.Netns], now, t.cfg.Verdicts)
+	if e.pending {
+		t.pending[c.Cookie] = struct{}{}
+	} else {
+		delete(t.pending, c.Cookie)
+	}
+	for i := range e.verdicts {
+		v := &e.verdicts[i]
+		found := false
+		for _, old := range c.Verdicts {
+			if old.Kind == v.Kind {
+				v.Since, found = old.Since, true
+				break
+			}
+		}
+		if !found {
+			t.stats.Raised[v.Kind]++
+		}
+	}
+	if len(e.verdicts) > 0 || len(c.Verdicts) > 0 {
+		c.Verdicts = e.verdicts
+	}
+	return e.refresh
+}
+
+// CountByVerdict counts live connections per verdict kind.
+func (t *Table) CountByVerdict() map[string]int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := map[string]int{}
+	for _, c := range t.conns {
+		for _, v := range c.Verdicts {
+			out[v.Kind]++
+		}
+	}
+	return out
 }

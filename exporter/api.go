@@ -77,10 +77,26 @@ func boolParam(r *http.Request, name string) (bool, error) {
 func (a *API) connections(w http.ResponseWriter, r *http.Request) {
 	for name := range r.URL.Query() {
 		switch name {
-		case "closed", "history":
+		case "closed", "history", "verdict":
 		default:
-			badRequest(w, "unknown parameter %q (known: closed, history)", name)
+			badRequest(w, "unknown parameter %q (known: closed, history, verdict)", name)
 			return
+		}
+	}
+	opts := collector.ListOptions{}
+	if v := r.URL.Query().Get("verdict"); v != "" {
+		kind, err := collector.ParseVerdict(v)
+		if err != nil {
+			badRequest(w, "%v", err)
+			return
+		}
+		opts.Match = func(c *collector.ConnView) bool {
+			for _, v := range c.Verdicts {
+				if v.Kind == kind {
+					return true
+				}
+			}
+			return false
 		}
 	}
 	closed, err := boolParam(r, "closed")
@@ -93,7 +109,8 @@ func (a *API) connections(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "%v", err)
 		return
 	}
-	conns := a.src.Table().List(a.now(), collector.ListOptions{Closed: closed, History: history})
+	opts.Closed, opts.History = closed, history
+	conns := a.src.Table().List(a.now(), opts)
 	writeJSON(w, http.StatusOK, conns)
 }
 

@@ -67,9 +67,20 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, out any) er
 	return nil
 }
 
+// Query selects connections on the agent's side.
+type Query struct {
+	Closed  bool   // include recently closed connections
+	History bool   // include state transitions
+	Verdict string // only connections with this verdict
+}
+
 // Connections lists the agent's connections.
-func (c *Client) Connections(ctx context.Context, closed, history bool) ([]collector.ConnView, error) {
+func (c *Client) Connections(ctx context.Context, query Query) ([]collector.ConnView, error) {
+	closed, history := query.Closed, query.History
 	q := url.Values{}
+	if query.Verdict != "" {
+		q.Set("verdict", query.Verdict)
+	}
 	if closed {
 		q.Set("closed", "true")
 	}

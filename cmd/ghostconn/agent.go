@@ -26,6 +26,11 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	maxHistory := fs.Int("max-history", collector.DefaultTableConfig.MaxHistory, "most closed connections kept")
 	hz := fs.Int("kernel-hz", 0, "kernel CONFIG_HZ; 0 reads it from the kernel config")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	vd := collector.DefaultVerdictConfig
+	ghostGrace := fs.Duration("ghost-grace", vd.GhostGrace, "how long a socket may stay open after an fd of it was closed with other references left")
+	closeWait := fs.Duration("close-wait-after", vd.CloseWaitAfter, "how long CLOSE_WAIT may last before it is flagged")
+	silent := fs.Duration("silent-after", vd.SilentAfter, "how long an ESTABLISHED connection may carry no data without a keepalive at least as frequent")
+	rtos := fs.Int("unresponsive-after-rtos", vd.UnresponsiveRTOs, "consecutive retransmission timeouts that make a peer unresponsive")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -44,6 +49,14 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	if *hz < 0 {
 		return usagef("--kernel-hz=%d must not be negative", *hz)
 	}
+	for name, d := range map[string]time.Duration{"ghost-grace": *ghostGrace, "close-wait-after": *closeWait, "silent-after": *silent} {
+		if d <= 0 {
+			return usagef("--%s=%s must be positive", name, d)
+		}
+	}
+	if *rtos < 1 {
+		return usagef("--unresponsive-after-rtos=%d must be at least 1", *rtos)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return usagef("--log-level=%q: use debug, info, warn or error", *logLevel)
@@ -54,8 +67,11 @@ func runAgent(args []string, _, stderr io.Writer) error {
 		RingBufferBytes:   *ring,
 		ReconcileInterval: *reconcile,
 		KernelHZ:          *hz,
-		Table:             collector.TableConfig{MaxConns: *maxConns, HistoryTTL: *history, MaxHistory: *maxHistory},
-		Logger:            log,
+		Table: collector.TableConfig{
+			MaxConns: *maxConns, HistoryTTL: *history, MaxHistory: *maxHistory,
+			Verdicts: collector.VerdictConfig{GhostGrace: *ghostGrace, CloseWaitAfter: *closeWait, SilentAfter: *silent, UnresponsiveRTOs: *rtos},
+		},
+		Logger: log,
 	})
 	if err != nil {
 		return err

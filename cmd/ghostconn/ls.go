@@ -18,15 +18,21 @@ func runLs(args []string, stdout, stderr io.Writer) error {
 	apiSocket := fs.String("api-socket", exporter.DefaultAPISocket, "the agent's API socket")
 	output := fs.String("o", "table", "output format: table or json")
 	closed := fs.Bool("closed", false, "include recently closed connections")
+	verdict := fs.String("verdict", "", "only connections with this verdict: "+strings.Join(collector.VerdictKinds, ", "))
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *verdict != "" {
+		if _, err := collector.ParseVerdict(*verdict); err != nil {
+			return usageError{err.Error()}
+		}
 	}
 	if *output != "table" && *output != "json" {
 		return usagef("-o %q: use table or json", *output)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conns, err := exporter.NewClient(*apiSocket).Connections(ctx, *closed, false)
+	conns, err := exporter.NewClient(*apiSocket).Connections(ctx, exporter.Query{Closed: *closed, Verdict: *verdict})
 	if err != nil {
 		return err
 	}
