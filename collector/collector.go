@@ -163,6 +163,15 @@ func (c *Collector) Run(ctx context.Context) error {
 	defer tick.Stop()
 	verdicts := time.NewTicker(verdictTick)
 	defer verdicts.Stop()
+	// due fires when the earliest ghost grace period ends, so the decision
+	// does not wait for the next tick.
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
+	schedule := func(next time.Time) {
+		if !next.IsZero() {
+			due.Reset(time.Until(next) + time.Millisecond)
+		}
+	}
 	for n := 0; ; n++ {
 		select {
 		case <-ctx.Done():
@@ -174,7 +183,9 @@ func (c *Collector) Run(ctx context.Context) error {
 			}
 			c.table.GC(time.Now())
 		case <-verdicts.C:
-			c.evaluate(n%fullEvaluationEvery == 0)
+			schedule(c.evaluate(n%fullEvaluationEvery == 0))
+		case <-due.C:
+			schedule(c.evaluate(false))
 		}
 	}
 }
@@ -189,17 +200,19 @@ const (
 
 // evaluate runs the verdict rules; when a rule needs fresher evidence it
 // takes a snapshot of just the namespaces concerned and evaluates again.
-func (c *Collector) evaluate(full bool) {
-	need := c.table.Evaluate(time.Now(), full)
+// It returns when the next pending ghost decision falls due.
+func (c *Collector) evaluate(full bool) time.Time {
+	need, next := c.table.Evaluate(time.Now(), full)
 	if len(need) == 0 {
-		return
+		return next
 	}
 	if err := c.refresh(need); err != nil {
 		c.reconcileErrors.Add(1)
 		c.cfg.Logger.Warn("refresh for verdicts", "err", err)
-		return
+		return next
 	}
-	c.table.Evaluate(time.Now(), full)
+	_, next = c.table.Evaluate(time.Now(), full)
+	return next
 }
 
 // refresh snapshots the sockets of the given namespaces and every holder.

@@ -175,8 +175,8 @@ func TestConnectionBeforeAgentIsSeeded(t *testing.T) {
 	}
 }
 
-// fdOf returns the fd number behind a net.Conn.
-func fdOf(t *testing.T, conn net.Conn) int {
+// fdOf returns the fd number behind a net.Conn or net.Listener.
+func fdOf(t *testing.T, conn any) int {
 	t.Helper()
 	raw, err := conn.(syscall.Conn).SyscallConn()
 	if err != nil {

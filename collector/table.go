@@ -408,13 +408,21 @@ func later(a, b time.Time) time.Time {
 // full is set, otherwise only to those waiting on a ghost grace period. It
 // returns the network namespaces whose sockets need a fresh snapshot before
 // a rule can decide.
-func (t *Table) Evaluate(now time.Time, full bool) map[uint32]bool {
+//
+// It also returns the earliest time a pending ghost decision falls due
+// (zero if none), so the caller can evaluate again right then.
+func (t *Table) Evaluate(now time.Time, full bool) (need map[uint32]bool, nextDue time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	need := map[uint32]bool{}
+	need = map[uint32]bool{}
 	visit := func(c *Conn) {
 		if t.evaluateOne(c, now) {
 			need[c.Netns] = true
+		}
+		if _, ok := t.pending[c.Cookie]; ok && c.ClosedBy != nil {
+			if due := c.ClosedBy.At.Add(t.cfg.Verdicts.GhostGrace); due.After(now) && (nextDue.IsZero() || due.Before(nextDue)) {
+				nextDue = due
+			}
 		}
 	}
 	if full {
@@ -430,13 +438,19 @@ func (t *Table) Evaluate(now time.Time, full bool) map[uint32]bool {
 			}
 		}
 	}
-	return need
+	return need, nextDue
 }
 
 // evaluateOne updates c's verdicts, keeping the since of those that
 // persist, and reports whether a rule asked for fresher data.
 func (t *Table) evaluateOne(c *Conn, now time.Time) bool {
-	e := evaluate(c, t.defaults[c.Netns], now, t.cfg.Verdicts)
+	d, known := t.defaults[c.Netns]
+	e := evaluate(c, d, now, t.cfg.Verdicts)
+	if !known && (c.State == StateEstablished || c.State == StateCloseWait) {
+		// No snapshot has read this namespace's sysctls yet; the evidence
+		// needs them.
+		e.refresh = true
+	}
 	if e.pending {
 		t.pending[c.Cookie] = struct{}{}
 	} else {

@@ -90,8 +90,10 @@ func evaluate(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) evaluati
 		ev.refresh = ev.refresh || refresh
 		ev.pending = pending
 	}
-	if v := closeWaitRule(c, now, cfg); v != nil {
+	if v, refresh := closeWaitRule(c, now, cfg); v != nil {
 		ev.verdicts = append(ev.verdicts, *v)
+	} else {
+		ev.refresh = ev.refresh || refresh
 	}
 	if v, refresh := silentRule(c, d, now, cfg); v != nil {
 		ev.verdicts = append(ev.verdicts, *v)
@@ -171,9 +173,14 @@ func allHeldBy(hs []Holder, pid uint32) bool {
 
 // closeWaitRule: the peer closed its side longer ago than the threshold
 // and the application has not closed its own.
-func closeWaitRule(c *Conn, now time.Time, cfg VerdictConfig) *Verdict {
+func closeWaitRule(c *Conn, now time.Time, cfg VerdictConfig) (*Verdict, bool) {
 	if c.State != StateCloseWait || now.Sub(c.StateSince) < cfg.CloseWaitAfter {
-		return nil
+		return nil, false
+	}
+	due := c.StateSince.Add(cfg.CloseWaitAfter)
+	if !has(c.Verdicts, VerdictCloseWait) && c.HoldersAt.Before(due) {
+		// Name the holder as of now, not as of an older walk.
+		return nil, true
 	}
 	holder := "no process (orphaned)"
 	if len(c.Holders) > 0 {
@@ -184,7 +191,7 @@ func closeWaitRule(c *Conn, now time.Time, cfg VerdictConfig) *Verdict {
 	if c.RecvQueue > 0 {
 		d += fmt.Sprintf("; %d bytes received and never read", c.RecvQueue)
 	}
-	return &Verdict{Kind: VerdictCloseWait, Since: c.StateSince.Add(cfg.CloseWaitAfter), Detail: d}
+	return &Verdict{Kind: VerdictCloseWait, Since: due, Detail: d}, false
 }
 
 // silentRule: ESTABLISHED, no data either way for at least the threshold,
