@@ -533,4 +533,3 @@ func TestUnresponsive(t *testing.T) {
 		t.Errorf("probes_out is 0 on the unresponsive prober")
 	}
 }
-
