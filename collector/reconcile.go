@@ -104,9 +104,13 @@ func (t *Table) applyObserved(ev *Event, c *Conn) {
 			t.stats.ReconcileAdds++
 		}
 		c.addTransition(Transition{At: ev.Time, To: ev.State, Source: "snapshot"})
+		if !o.Seed {
+			t.publish(c, Change{Time: ev.Time, Type: "state", State: ev.State, Source: "snapshot"})
+		}
 	} else if !c.LastUpdate.After(ev.Time) && c.State != ev.State {
 		t.stats.ReconcileFix++
 		c.addTransition(Transition{At: ev.Time, From: c.State, To: ev.State, Source: "reconcile"})
+		t.publish(c, Change{Time: ev.Time, Type: "state", From: c.State, State: ev.State, Source: "reconcile"})
 		c.State = ev.State
 		c.StateSince = ev.Time
 	}
@@ -147,6 +151,7 @@ func (t *Table) Sweep(gen uint64, start time.Time, covered map[uint32]bool) {
 		}
 		t.stats.ReconcileGone++
 		c.addTransition(Transition{At: start, From: c.State, To: StateClose, Source: "reconcile"})
+		t.publish(c, Change{Time: start, Type: "state", From: c.State, State: StateClose, Source: "reconcile"})
 		t.retire(c, start)
 	}
 }

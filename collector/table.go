@@ -52,6 +52,8 @@ type Table struct {
 	pending map[uint64]struct{}
 	// alive reports whether a process still exists.
 	alive func(pid uint32) bool
+	// subs are the watchers of changes.
+	subs map[*Subscription]struct{}
 	// hook, when set, is called under the lock for each applied event with
 	// the connection it touched.
 	hook func(ev *Event, c *Conn)
@@ -77,6 +79,7 @@ func NewTable(cfg TableConfig) *Table {
 		stats:    TableStats{Applied: map[Kind]uint64{}, Raised: map[string]uint64{}},
 		pending:  map[uint64]struct{}{},
 		alive:    processAlive,
+		subs:     map[*Subscription]struct{}{},
 	}
 }
 
@@ -256,6 +259,7 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 		return
 	}
 	c.addTransition(Transition{At: ev.Time, From: ev.OldState, To: ev.State, Task: ev.Task, Source: "kernel"})
+	t.publish(c, Change{Time: ev.Time, Type: "state", From: ev.OldState, State: ev.State, Source: "kernel", Task: ev.Task})
 	c.State = ev.State
 	c.StateSince = ev.Time
 	c.LastUpdate = later(c.LastUpdate, ev.Time)
@@ -287,6 +291,9 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 func (t *Table) retire(c *Conn, at time.Time) {
 	c.ClosedAt = at
 	c.State = StateClose
+	for i := range c.Verdicts {
+		t.publish(c, Change{Time: at, Type: "cleared", Verdict: &c.Verdicts[i]})
+	}
 	c.Holders = nil
 	c.Verdicts = nil
 	delete(t.pending, c.Cookie)
@@ -467,6 +474,12 @@ func (t *Table) evaluateOne(c *Conn, now time.Time) bool {
 		}
 		if !found {
 			t.stats.Raised[v.Kind]++
+			t.publish(c, Change{Time: now, Type: "verdict", Verdict: v})
+		}
+	}
+	for i := range c.Verdicts {
+		if !has(e.verdicts, c.Verdicts[i].Kind) {
+			t.publish(c, Change{Time: now, Type: "cleared", Verdict: &c.Verdicts[i]})
 		}
 	}
 	if len(e.verdicts) > 0 || len(c.Verdicts) > 0 {

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,7 +28,14 @@ type Source interface {
 	Status() (collector.Status, error)
 }
 
-// API answers queries about the connection table.
+// API answers queries about the connection table:
+//
+//	GET /v1/connections?FILTER   a JSON array of connections
+//	GET /v1/watch?FILTER         a stream of changes, one JSON object a line
+//	GET /v1/status               the agent's counters
+//
+// FILTER is what ParseFilter accepts. Bad parameters get 400 with a JSON
+// body {"error": "..."}.
 type API struct {
 	src Source
 	now func() time.Time
@@ -40,7 +46,11 @@ type API struct {
 func NewAPI(src Source) *API {
 	a := &API{src: src, now: time.Now, mux: http.NewServeMux()}
 	a.mux.HandleFunc("GET /v1/connections", a.connections)
+	a.mux.HandleFunc("GET /v1/watch", a.watch)
 	a.mux.HandleFunc("GET /v1/status", a.status)
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status)", r.Method, r.URL.Path)})
+	})
 	return a
 }
 
@@ -58,60 +68,77 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
-func badRequest(w http.ResponseWriter, format string, args ...any) {
-	writeJSON(w, http.StatusBadRequest, Error{Error: fmt.Sprintf(format, args...)})
-}
-
-func boolParam(r *http.Request, name string) (bool, error) {
-	v := r.URL.Query().Get(name)
-	if v == "" {
-		return false, nil
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, fmt.Errorf("parameter %s=%q is not a boolean (use true or false)", name, v)
-	}
-	return b, nil
+func badRequest(w http.ResponseWriter, err error) {
+	writeJSON(w, http.StatusBadRequest, Error{Error: err.Error()})
 }
 
 func (a *API) connections(w http.ResponseWriter, r *http.Request) {
-	for name := range r.URL.Query() {
-		switch name {
-		case "closed", "history", "verdict":
-		default:
-			badRequest(w, "unknown parameter %q (known: closed, history, verdict)", name)
-			return
-		}
+	f, err := ParseFilter(r.URL.Query())
+	if err != nil {
+		badRequest(w, err)
+		return
 	}
-	opts := collector.ListOptions{}
-	if v := r.URL.Query().Get("verdict"); v != "" {
-		kind, err := collector.ParseVerdict(v)
-		if err != nil {
-			badRequest(w, "%v", err)
+	conns := a.src.Table().List(a.now(), collector.ListOptions{Closed: f.Closed, History: f.History, Match: f.Match})
+	Sort(conns, f.Sort)
+	writeJSON(w, http.StatusOK, conns)
+}
+
+// watch streams changes that pass the filter until the client goes away.
+func (a *API) watch(w http.ResponseWriter, r *http.Request) {
+	f, err := ParseFilter(r.URL.Query())
+	if err != nil {
+		badRequest(w, err)
+		return
+	}
+	if f.Sort != "" || f.Closed || f.History || f.Target != nil {
+		badRequest(w, errors.New("watch takes only verdict, state, pid, comm, port and remote"))
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeJSON(w, http.StatusInternalServerError, Error{Error: "streaming unsupported"})
+		return
+	}
+	sub := a.src.Table().Subscribe(4096)
+	defer sub.Cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	enc := json.NewEncoder(w)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
 			return
-		}
-		opts.Match = func(c *collector.ConnView) bool {
-			for _, v := range c.Verdicts {
-				if v.Kind == kind {
-					return true
+		case ch := <-sub.C:
+			v := ch.View()
+			if !f.Match(&v) {
+				continue
+			}
+			if err := enc.Encode(ch); err != nil {
+				return
+			}
+			// Drain what is queued before flushing, one flush a batch.
+			for n := 0; n < 256 && len(sub.C) > 0; n++ {
+				ch := <-sub.C
+				v := ch.View()
+				if f.Match(&v) {
+					if err := enc.Encode(ch); err != nil {
+						return
+					}
 				}
 			}
-			return false
+			flusher.Flush()
+		case <-tick.C:
+			if lost := sub.Lost(); lost > 0 {
+				if err := enc.Encode(collector.Change{Time: a.now(), Type: "lost", Lost: lost}); err != nil {
+					return
+				}
+				flusher.Flush()
+			}
 		}
 	}
-	closed, err := boolParam(r, "closed")
-	if err != nil {
-		badRequest(w, "%v", err)
-		return
-	}
-	history, err := boolParam(r, "history")
-	if err != nil {
-		badRequest(w, "%v", err)
-		return
-	}
-	opts.Closed, opts.History = closed, history
-	conns := a.src.Table().List(a.now(), opts)
-	writeJSON(w, http.StatusOK, conns)
 }
 
 func (a *API) status(w http.ResponseWriter, r *http.Request) {

@@ -67,28 +67,50 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, out any) er
 	return nil
 }
 
-// Query selects connections on the agent's side.
-type Query struct {
-	Closed  bool   // include recently closed connections
-	History bool   // include state transitions
-	Verdict string // only connections with this verdict
+// Connections lists the agent's connections that pass f.
+func (c *Client) Connections(ctx context.Context, f Filter) ([]collector.ConnView, error) {
+	var out []collector.ConnView
+	return out, c.get(ctx, "/v1/connections", f.Values(), &out)
 }
 
-// Connections lists the agent's connections.
-func (c *Client) Connections(ctx context.Context, query Query) ([]collector.ConnView, error) {
-	closed, history := query.Closed, query.History
-	q := url.Values{}
-	if query.Verdict != "" {
-		q.Set("verdict", query.Verdict)
+// Watch streams changes that pass f to fn until ctx ends, the agent goes
+// away, or fn returns an error.
+func (c *Client) Watch(ctx context.Context, f Filter, fn func(collector.Change) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://ghostconn/v1/watch?"+f.Values().Encode(), nil)
+	if err != nil {
+		return err
 	}
-	if closed {
-		q.Set("closed", "true")
+	hc := *c.hc
+	hc.Timeout = 0 // a watch lasts
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
 	}
-	if history {
-		q.Set("history", "true")
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		var e Error
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("agent answered %s: %s", resp.Status, e.Error)
+		}
+		return fmt.Errorf("agent answered %s", resp.Status)
 	}
-	var out []collector.ConnView
-	return out, c.get(ctx, "/v1/connections", q, &out)
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ch collector.Change
+		if err := dec.Decode(&ch); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				return errors.New("the agent closed the stream")
+			}
+			return fmt.Errorf("read watch stream: %w", err)
+		}
+		if err := fn(ch); err != nil {
+			return err
+		}
+	}
 }
 
 // Status returns the agent's account of itself.

@@ -32,7 +32,7 @@ func runLs(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conns, err := exporter.NewClient(*apiSocket).Connections(ctx, exporter.Query{Closed: *closed, Verdict: *verdict})
+	conns, err := exporter.NewClient(*apiSocket).Connections(ctx, exporter.Filter{Closed: *closed, Verdict: *verdict})
 	if err != nil {
 		return err
 	}

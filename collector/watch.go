@@ -1,0 +1,88 @@
+package collector
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Change is one entry of the watch stream: a state change or a verdict
+// raised or cleared.
+type Change struct {
+	Time   time.Time `json:"time"`
+	Type   string    `json:"type"` // "state", "verdict", "cleared" or "lost"
+	Cookie uint64    `json:"cookie,omitempty"`
+	Family string    `json:"family,omitempty"`
+	Local  string    `json:"local,omitempty"`
+	Remote string    `json:"remote,omitempty"`
+	From   State     `json:"from,omitempty"`
+	State  State     `json:"state,omitempty"`
+	// Source is "kernel", "snapshot" or "reconcile" for state changes.
+	Source  string   `json:"source,omitempty"`
+	Task    *Task    `json:"task,omitempty"`
+	Holders []Holder `json:"holders,omitempty"`
+	Verdict *Verdict `json:"verdict,omitempty"`
+	// Lost counts changes this watcher missed because it read too slowly.
+	Lost uint64 `json:"lost,omitempty"`
+}
+
+// View renders the change as a connection view, for filters.
+func (ch *Change) View() ConnView {
+	v := ConnView{Cookie: ch.Cookie, Family: ch.Family, State: ch.State, Local: ch.Local, Remote: ch.Remote, Holders: ch.Holders, Opener: ch.Task}
+	if ch.Verdict != nil {
+		v.Verdicts = []Verdict{*ch.Verdict}
+	}
+	return v
+}
+
+// Subscription receives changes until Cancel.
+type Subscription struct {
+	C    <-chan Change
+	ch   chan Change
+	lost atomic.Uint64
+	t    *Table
+}
+
+// Lost returns how many changes were dropped because the subscriber did not
+// keep up, and resets the count.
+func (s *Subscription) Lost() uint64 { return s.lost.Swap(0) }
+
+// Cancel stops the subscription.
+func (s *Subscription) Cancel() {
+	s.t.mu.Lock()
+	delete(s.t.subs, s)
+	s.t.mu.Unlock()
+}
+
+// Subscribe returns a subscription with a buffer of size changes; a
+// subscriber that falls further behind loses changes, counted by Lost.
+func (t *Table) Subscribe(size int) *Subscription {
+	s := &Subscription{ch: make(chan Change, size), t: t}
+	s.C = s.ch
+	t.mu.Lock()
+	t.subs[s] = struct{}{}
+	t.mu.Unlock()
+	return s
+}
+
+// publish sends a change to every subscriber without blocking. It is called
+// with t.mu held; with no subscribers it costs a map length check.
+func (t *Table) publish(c *Conn, ch Change) {
+	if len(t.subs) == 0 {
+		return
+	}
+	ch.Cookie, ch.Family, ch.Local, ch.Remote = c.Cookie, c.Family.String(), c.Local.String(), c.Remote.String()
+	if ch.State == 0 {
+		ch.State = c.State
+	}
+	ch.Holders = append([]Holder(nil), c.Holders...)
+	if ch.Task == nil {
+		ch.Task = c.Opener
+	}
+	for s := range t.subs {
+		select {
+		case s.ch <- ch:
+		default:
+			s.lost.Add(1)
+		}
+	}
+}
