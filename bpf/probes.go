@@ -75,6 +75,9 @@ type Options struct {
 	WakeupBytes int
 	// Skip names programs not to load, for tests of degraded operation.
 	Skip map[string]bool
+	// IteratorsOnly loads just the two iterators, for a one-shot snapshot
+	// without an agent.
+	IteratorsOnly bool
 }
 
 // Probes holds the loaded maps and the attached programs.
@@ -131,8 +134,14 @@ func Load(opts Options) (*Probes, error) {
 
 	// Only the syscall hooks need tracefs, and they are optional: without
 	// it they stay detached, with the reason.
-	tracefsErr := EnsureTracefs()
+	var tracefsErr error
+	if !opts.IteratorsOnly {
+		tracefsErr = EnsureTracefs()
+	}
 	for _, def := range programs {
+		if opts.IteratorsOnly && def.kind != "iter" {
+			continue
+		}
 		var err error
 		if def.kind == "tracepoint" && tracefsErr != nil && !opts.Skip[def.name] {
 			err = tracefsErr

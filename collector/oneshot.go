@@ -1,0 +1,65 @@
+package collector
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/ghostconn/ghostconn/bpf"
+)
+
+// OneShot takes a snapshot straight from the iterators, without an agent:
+// every TCP socket in every namespace with its holders. There is no history,
+// so no closer and no state durations; verdicts that need them (ghost,
+// close-wait) cannot be given, while silent and unresponsive can, from the
+// sockets' own counters.
+func OneShot(hz int, vcfg VerdictConfig) ([]ConnView, error) {
+	if hz == 0 {
+		var err error
+		if hz, err = KernelHZ(); err != nil {
+			return nil, err
+		}
+	}
+	probes, err := bpf.Load(bpf.Options{IteratorsOnly: true, RingBufferBytes: 4096})
+	if err != nil {
+		return nil, err
+	}
+	defer probes.Close()
+	if vcfg == (VerdictConfig{}) {
+		vcfg = DefaultVerdictConfig
+	}
+	t := NewTable(TableConfig{MaxConns: DefaultTableConfig.MaxConns, Verdicts: vcfg})
+	dec := Decoder{HZ: hz}
+	namespaces, err := Namespaces()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	var batch []Event
+	covered := 0
+	for _, path := range namespaces {
+		recs, err := probes.Sockets(path)
+		if err != nil {
+			continue // gone since listed
+		}
+		covered++
+		batch = batch[:0]
+		for i := range recs {
+			if ev, ok := dec.ObservedEvent(&recs[i], now, 1, true); ok {
+				batch = append(batch, ev)
+			}
+		}
+		t.Apply(batch)
+	}
+	if covered == 0 {
+		return nil, fmt.Errorf("no network namespace could be read")
+	}
+	holders, err := probes.Holders()
+	if err != nil {
+		return nil, fmt.Errorf("snapshot socket holders: %w", err)
+	}
+	t.SetHolders(holders, now)
+	// Without history the ghost and close-wait rules have nothing to go
+	// on: a seeded connection's state began "now".
+	t.Evaluate(now, true)
+	return t.List(now, ListOptions{}), nil
+}
