@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +86,42 @@ type Collector struct {
 	// last reconcile found, under it.
 	reconcileMu sync.Mutex
 	nsPaths     map[uint32]string
+
+	reconcileHist histogram
+}
+
+// ReconcileBuckets are the upper bounds of the reconcile duration
+// histogram, in seconds.
+var ReconcileBuckets = []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// histogram is a fixed-bucket histogram safe for concurrent use.
+type histogram struct {
+	mu     sync.Mutex
+	counts [13]uint64 // len(ReconcileBuckets)+1, the last is +Inf
+	sum    float64
+}
+
+func (h *histogram) observe(v float64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	i := sort.SearchFloat64s(ReconcileBuckets, v)
+	h.counts[i]++
+	h.sum += v
+}
+
+// ReconcileDurations returns the reconcile duration histogram: the count,
+// the sum in seconds, and cumulative counts per bucket of ReconcileBuckets.
+func (c *Collector) ReconcileDurations() (count uint64, sum float64, buckets map[float64]uint64) {
+	h := &c.reconcileHist
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	buckets = make(map[float64]uint64, len(ReconcileBuckets))
+	var cum uint64
+	for i, b := range ReconcileBuckets {
+		cum += h.counts[i]
+		buckets[b] = cum
+	}
+	return cum + h.counts[len(ReconcileBuckets)], h.sum, buckets
 }
 
 // New loads and attaches the probes. Call Run to start collecting and
@@ -340,7 +377,9 @@ func (c *Collector) reconcile(seed bool) error {
 	c.table.SetHolders(holders, start)
 	c.table.Sweep(gen, start, covered)
 	c.reconciles.Add(1)
-	c.lastReconcile.Store(int64(time.Since(start)))
+	took := time.Since(start)
+	c.lastReconcile.Store(int64(took))
+	c.reconcileHist.observe(took.Seconds())
 	if len(errs) > 0 && len(covered) == 0 {
 		return errors.Join(errs...)
 	}
@@ -375,6 +414,10 @@ type Status struct {
 	ReconcileCorrected uint64            `json:"reconcile_corrected"`
 	Refreshes          uint64            `json:"verdict_refreshes"`
 	VerdictsRaised     map[string]uint64 `json:"verdicts_raised"`
+	Transitions        map[string]uint64 `json:"state_transitions"`
+	RetransmitEvents   uint64            `json:"retransmit_events"`
+	KeepaliveFirings   uint64            `json:"keepalive_timer_firings"`
+	KeepaliveProbes    uint64            `json:"keepalive_probes"`
 	Programs           map[string]string `json:"programs"` // "attached" or the reason not
 	KernelHZ           int               `json:"kernel_hz"`
 	CloseLastRef       uint64            `json:"close_last_ref"`
@@ -412,6 +455,10 @@ func (c *Collector) Status() (Status, error) {
 		ReconcileCorrected: ts.ReconcileFix,
 		Refreshes:          c.refreshes.Load(),
 		VerdictsRaised:     ts.Raised,
+		Transitions:        map[string]uint64{},
+		RetransmitEvents:   ts.Applied[KindRetransmit],
+		KeepaliveFirings:   ts.KeepaliveFirings,
+		KeepaliveProbes:    ts.KeepaliveProbes,
 		Programs:           map[string]string{},
 		KernelHZ:           c.dec.HZ,
 		CloseLastRef:       kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
@@ -423,6 +470,11 @@ func (c *Collector) Status() (Status, error) {
 	}
 	for k, idx := range lostIndex {
 		s.EventsLost[k] = kstats[idx]
+	}
+	for st, n := range ts.Transitions {
+		if n > 0 {
+			s.Transitions[State(st).String()] = n
+		}
 	}
 	for name, err := range c.probes.Attached {
 		if err == nil {

@@ -33,6 +33,12 @@ type TableStats struct {
 	ReconcileFix  uint64 // connections whose state a snapshot corrected
 	// Raised counts verdicts newly raised, by kind.
 	Raised map[string]uint64
+	// Transitions counts kernel-reported state changes by the new state.
+	Transitions [maxState + 1]uint64
+	// KeepaliveFirings counts keepalive timer expiries; KeepaliveProbes
+	// those that found the connection idle long enough to send a probe.
+	KeepaliveFirings uint64
+	KeepaliveProbes  uint64
 }
 
 // Table is the live connection table, keyed by socket cookie. It is safe
@@ -171,6 +177,13 @@ func (t *Table) apply(ev *Event) {
 		c.Settings = ev.Settings
 	case KindKeepalive:
 		c.KeepaliveFirings++
+		t.stats.KeepaliveFirings++
+		ka := EffectiveKeepalive(ev.Settings, t.defaults[c.Netns])
+		if ka.Enabled && ev.Counters.KeepaliveIdle.Seconds() >= ka.IdleSeconds {
+			// tcp_keepalive_timer sends a probe (or gives up) when nothing
+			// was received for the keepalive time.
+			t.stats.KeepaliveProbes++
+		}
 		c.LastKeepalive = ev.Time
 		t.updateCounters(c, ev)
 		c.Settings = ev.Settings
@@ -258,6 +271,7 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 	} else if !c.ClosedAt.IsZero() {
 		return
 	}
+	t.stats.Transitions[ev.State]++
 	c.addTransition(Transition{At: ev.Time, From: ev.OldState, To: ev.State, Task: ev.Task, Source: "kernel"})
 	t.publish(c, Change{Time: ev.Time, Type: "state", From: ev.OldState, State: ev.State, Source: "kernel", Task: ev.Task})
 	c.State = ev.State
@@ -499,4 +513,41 @@ func (t *Table) CountByVerdict() map[string]int {
 		}
 	}
 	return out
+}
+
+// Summary is the table counted for metrics.
+type Summary struct {
+	ByState   map[State]int
+	ByVerdict map[string]int
+	// ByProcess counts by (process, state) and (process, verdict); it is
+	// filled only when Summarize is given a process namer.
+	StateByProcess   map[[2]string]int
+	VerdictByProcess map[[2]string]int
+}
+
+// Summarize counts live connections by state and verdict, and by process
+// when process is not nil. process names a connection's process; it is
+// called under the table's lock and must not block.
+func (t *Table) Summarize(process func(c *Conn) string) Summary {
+	s := Summary{ByState: map[State]int{}, ByVerdict: map[string]int{}}
+	if process != nil {
+		s.StateByProcess, s.VerdictByProcess = map[[2]string]int{}, map[[2]string]int{}
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, c := range t.conns {
+		s.ByState[c.State]++
+		var p string
+		if process != nil {
+			p = process(c)
+			s.StateByProcess[[2]string{p, c.State.String()}]++
+		}
+		for _, v := range c.Verdicts {
+			s.ByVerdict[v.Kind]++
+			if process != nil {
+				s.VerdictByProcess[[2]string{p, v.Kind}]++
+			}
+		}
+	}
+	return s
 }

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs what a make target needs on a Debian machine, only when missing.
-#   deps.sh test      iproute2 and nftables (network namespaces, packet drops)
+#   deps.sh test      iproute2 and nftables (network namespaces, packet drops),
+#                     prometheus (promtool checks the metrics)
 #   deps.sh generate  clang-19 and llvm-19 (pinned compiler for bpf2go)
 set -eu
 
@@ -10,6 +11,7 @@ test)
 	command -v ip >/dev/null 2>&1 || need="$need iproute2"
 	command -v nft >/dev/null 2>&1 || need="$need nftables"
 	command -v setpriv >/dev/null 2>&1 || need="$need util-linux"
+	command -v promtool >/dev/null 2>&1 || need="$need prometheus"
 	;;
 generate)
 	command -v clang-19 >/dev/null 2>&1 || need="$need clang-19"

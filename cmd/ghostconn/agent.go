@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -31,6 +32,9 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	closeWait := fs.Duration("close-wait-after", vd.CloseWaitAfter, "how long CLOSE_WAIT may last before it is flagged")
 	silent := fs.Duration("silent-after", vd.SilentAfter, "how long an ESTABLISHED connection may carry no data without a keepalive at least as frequent")
 	rtos := fs.Int("unresponsive-after-rtos", vd.UnresponsiveRTOs, "consecutive retransmission timeouts that make a peer unresponsive")
+	metricsAddr := fs.String("metrics-address", ":9977", "listen address for /metrics, /healthz and /readyz; empty disables")
+	processLabel := fs.Bool("metrics-process-label", false, "add per-process series (label process, capped by --metrics-max-processes)")
+	maxProcesses := fs.Int("metrics-max-processes", 100, "distinct process label values before the rest count as \"other\"")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -56,6 +60,14 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	}
 	if *rtos < 1 {
 		return usagef("--unresponsive-after-rtos=%d must be at least 1", *rtos)
+	}
+	if *maxProcesses < 1 {
+		return usagef("--metrics-max-processes=%d must be at least 1", *maxProcesses)
+	}
+	if *metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(*metricsAddr); err != nil {
+			return usagef("--metrics-address=%q: %v (want HOST:PORT or :PORT)", *metricsAddr, err)
+		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -90,6 +102,24 @@ func runAgent(args []string, _, stderr io.Writer) error {
 		}
 	}()
 	defer srv.Close()
+
+	if *metricsAddr != "" {
+		ml, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen for metrics on %s: %w", *metricsAddr, err)
+		}
+		msrv := &http.Server{
+			Handler:           exporter.NewMetricsHandler(c, exporter.MetricsOptions{ProcessLabel: *processLabel, MaxProcesses: *maxProcesses}),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		go func() {
+			if err := msrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		defer msrv.Close()
+		log.Info("serving metrics", "address", ml.Addr().String())
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -62,7 +62,9 @@ func startAgent(t *testing.T, args ...string) string {
 	privtest.Require(t)
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	var logs bytes.Buffer
-	cmd := exec.Command(binary, append([]string{"agent", "--api-socket", sock}, args...)...)
+	// A port of its own, so agents of concurrent tests do not clash; later
+	// flags in args override it.
+	cmd := exec.Command(binary, append([]string{"agent", "--api-socket", sock, "--metrics-address", "127.0.0.1:0"}, args...)...)
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -201,7 +203,7 @@ func TestAgentMountsTracefs(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	script := `umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null
 if [ -e /sys/kernel/tracing/events ]; then echo "tracefs still mounted" >&2; exit 3; fi
-exec "$0" agent --api-socket "$1"`
+exec "$0" agent --api-socket "$1" --metrics-address 127.0.0.1:0`
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, binary, sock)
 	var logs bytes.Buffer
 	cmd.Stderr = &logs

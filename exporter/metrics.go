@@ -1,0 +1,249 @@
+package exporter
+
+import (
+	"net/http"
+	"runtime/debug"
+	"sort"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ghostconn/ghostconn/bpf"
+	"github.com/ghostconn/ghostconn/collector"
+)
+
+// MetricsSource is what the Prometheus collector reads at scrape time;
+// *collector.Collector implements it.
+type MetricsSource interface {
+	Source
+	Ready() <-chan struct{}
+	ReconcileDurations() (count uint64, sum float64, buckets map[float64]uint64)
+}
+
+// MetricsOptions tune the metrics.
+type MetricsOptions struct {
+	// ProcessLabel adds per-process series (a "process" label with the
+	// name of the connection's first holder).
+	ProcessLabel bool
+	// MaxProcesses caps the distinct process label values; connections of
+	// processes beyond it are counted as "other".
+	MaxProcesses int
+}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("ghostconn_"+name, help, labels, nil)
+}
+
+var (
+	connectionsDesc      = desc("connections", "TCP connections in the table, by state.", "state")
+	flaggedDesc          = desc("flagged_connections", "Connections that carry a verdict, by verdict.", "verdict")
+	connectionsProcDesc  = desc("connections_by_process", "TCP connections by process name (first holder; capped, see --metrics-max-processes) and state.", "process", "state")
+	flaggedProcDesc      = desc("flagged_connections_by_process", "Connections that carry a verdict, by process name (capped) and verdict.", "process", "verdict")
+	eventsReadDesc       = desc("events_read_total", "Events read from the kernel ring buffer.")
+	eventsLostDesc       = desc("events_lost_total", "Events the kernel could not put in the ring buffer because it was full, by event kind.", "event")
+	decodeErrorsDesc     = desc("decode_errors_total", "Ring-buffer records that could not be decoded and were skipped.")
+	transitionsDesc      = desc("state_transitions_total", "TCP state changes reported by the kernel, by new state.", "state")
+	retransmitsDesc      = desc("retransmits_total", "TCP segment retransmissions reported by the kernel.")
+	kaFiringsDesc        = desc("keepalive_timer_firings_total", "Expiries of TCP keepalive timers.")
+	kaProbesDesc         = desc("keepalive_probes_total", "Keepalive timer expiries that found the connection idle for its keepalive time, so sent a probe or gave up.")
+	raisedDesc           = desc("verdicts_raised_total", "Verdicts raised, by verdict; verdict=\"ghost\" counts ghost detections.", "verdict")
+	reconcileDesc        = desc("reconcile_duration_seconds", "Time to snapshot every namespace and correct the table.")
+	reconcileErrorsDesc  = desc("reconcile_errors_total", "Reconciles and verdict refreshes that failed.")
+	correctionsDesc      = desc("reconcile_corrections_total", "Table entries a snapshot corrected: added (no event announced them), removed (the kernel no longer had them), state (the state differed).", "kind")
+	refreshesDesc        = desc("verdict_refreshes_total", "Targeted snapshots taken because a verdict needed fresh evidence.")
+	tableFullDesc        = desc("table_dropped_total", "New connections not tracked because the table was at --max-connections.")
+	unknownSocketDesc    = desc("unknown_socket_events_total", "Close and setsockopt events for sockets the table did not know.")
+	programAttachedDesc  = desc("program_attached", "Whether an eBPF program is loaded and attached (1) or not (0).", "program")
+	readyDesc            = desc("ready", "Whether the first snapshot has seeded the table (1) or not yet (0).")
+	buildInfoDesc        = desc("build_info", "Build information; always 1.", "version", "revision", "goversion")
+	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
+	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc}
+	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt"}
+	correctionKinds      = []string{"added", "removed", "state"}
+	build                = buildInfo()
+	otherProcess         = "other"
+	noProcess            = "none"
+	alwaysReportedStates = []collector.State{collector.StateEstablished, collector.StateCloseWait, collector.StateListen, collector.StateTimeWait}
+)
+
+// Metrics is a prometheus.Collector that builds every metric from the
+// agent's table and counters at scrape time.
+type Metrics struct {
+	src  MetricsSource
+	opts MetricsOptions
+
+	mu       sync.Mutex
+	admitted map[string]bool // process names with a label value of their own
+}
+
+// NewMetrics returns the collector over src.
+func NewMetrics(src MetricsSource, opts MetricsOptions) *Metrics {
+	if opts.MaxProcesses <= 0 {
+		opts.MaxProcesses = 100
+	}
+	return &Metrics{src: src, opts: opts, admitted: map[string]bool{}}
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range descsWithoutProcess {
+		ch <- d
+	}
+	if m.opts.ProcessLabel {
+		ch <- connectionsProcDesc
+		ch <- flaggedProcDesc
+	}
+}
+
+// processLabel names a connection's process for the label: its first
+// holder, else its opener, else "none". Names beyond the cap become
+// "other"; names once admitted keep their series for the agent's life, so
+// series do not flap between scrapes.
+func (m *Metrics) processLabel(c *collector.Conn) string {
+	name := noProcess
+	switch {
+	case len(c.Holders) > 0:
+		name = c.Holders[0].Comm
+	case c.Opener != nil:
+		name = c.Opener.Comm
+	}
+	if m.admitted[name] {
+		return name
+	}
+	if len(m.admitted) < m.opts.MaxProcesses {
+		m.admitted[name] = true
+		return name
+	}
+	return otherProcess
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+
+	var namer func(*collector.Conn) string
+	if m.opts.ProcessLabel {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		namer = m.processLabel
+	}
+	sum := m.src.Table().Summarize(namer)
+	for _, st := range alwaysReportedStates {
+		if _, ok := sum.ByState[st]; !ok {
+			sum.ByState[st] = 0
+		}
+	}
+	for st, n := range sum.ByState {
+		gauge(connectionsDesc, float64(n), st.String())
+	}
+	for _, kind := range collector.VerdictKinds {
+		gauge(flaggedDesc, float64(sum.ByVerdict[kind]), kind)
+	}
+	for k, n := range sum.StateByProcess {
+		gauge(connectionsProcDesc, float64(n), k[0], k[1])
+	}
+	for k, n := range sum.VerdictByProcess {
+		gauge(flaggedProcDesc, float64(n), k[0], k[1])
+	}
+
+	ready := 0.0
+	select {
+	case <-m.src.Ready():
+		ready = 1
+	default:
+	}
+	gauge(readyDesc, ready)
+	gauge(buildInfoDesc, 1, build.version, build.revision, build.goversion)
+
+	st, err := m.src.Status()
+	if err != nil {
+		// The kernel counters could not be read: say so rather than report
+		// zeros.
+		gauge(scrapeErrorDesc, 1)
+		return
+	}
+	gauge(scrapeErrorDesc, 0)
+	counter(eventsReadDesc, st.EventsRead)
+	for _, k := range lostEventKinds {
+		counter(eventsLostDesc, st.EventsLost[k], k)
+	}
+	counter(decodeErrorsDesc, st.DecodeErrors)
+	for name, n := range st.Transitions {
+		counter(transitionsDesc, n, name)
+	}
+	counter(retransmitsDesc, st.RetransmitEvents)
+	counter(kaFiringsDesc, st.KeepaliveFirings)
+	counter(kaProbesDesc, st.KeepaliveProbes)
+	for _, kind := range collector.VerdictKinds {
+		counter(raisedDesc, st.VerdictsRaised[kind], kind)
+	}
+	counter(reconcileErrorsDesc, st.ReconcileErrors)
+	for i, n := range []uint64{st.ReconcileAdded, st.ReconcileRemoved, st.ReconcileCorrected} {
+		counter(correctionsDesc, n, correctionKinds[i])
+	}
+	counter(refreshesDesc, st.Refreshes)
+	counter(tableFullDesc, st.TableFullDrops)
+	counter(unknownSocketDesc, st.UnknownSocket)
+	names := bpf.ProgramNames()
+	sort.Strings(names)
+	for _, name := range names {
+		v := 0.0
+		if st.Programs[name] == "attached" {
+			v = 1
+		}
+		gauge(programAttachedDesc, v, name)
+	}
+	count, total, buckets := m.src.ReconcileDurations()
+	ch <- prometheus.MustNewConstHistogram(reconcileDesc, count, total, buckets)
+}
+
+type buildInfoT struct{ version, revision, goversion string }
+
+func buildInfo() buildInfoT {
+	b := buildInfoT{version: "(devel)", revision: "unknown", goversion: "unknown"}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return b
+	}
+	b.goversion = info.GoVersion
+	if info.Main.Version != "" {
+		b.version = info.Main.Version
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" {
+			b.revision = s.Value
+		}
+	}
+	return b
+}
+
+// NewMetricsHandler serves /metrics from its own registry (the agent's
+// collector plus the Go runtime and process collectors), /healthz (the
+// process answers) and /readyz (the table is seeded).
+func NewMetricsHandler(src MetricsSource, opts MetricsOptions) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewMetrics(src, opts),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-src.Ready():
+			w.Write([]byte("ready\n"))
+		default:
+			http.Error(w, "not ready: the first snapshot has not seeded the table yet", http.StatusServiceUnavailable)
+		}
+	})
+	return mux
+}
