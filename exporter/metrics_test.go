@@ -28,7 +28,7 @@ type fakeSource struct {
 	ready  chan struct{}
 }
 
-func (f *fakeSource) Table() *collector.Table            { return f.table }
+func (f *fakeSource) Table() *collector.Table           { return f.table }
 func (f *fakeSource) Status() (collector.Status, error) { return f.status, f.err }
 func (f *fakeSource) Ready() <-chan struct{}            { return f.ready }
 func (f *fakeSource) ReconcileDurations() (uint64, float64, map[float64]uint64) {
