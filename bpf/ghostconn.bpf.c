@@ -130,8 +130,36 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+// close_rec is the evidence of the last close of an fd of a socket that left
+// other references behind.
+struct close_rec {
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 ppid;
+	__s32 fd;
+	__u32 refs;
+	__u32 write_seq;
+	__u32 copied_seq;
+	__u8 op;
+	__u8 pad[7];
+	char comm[16];
+};
+
+// closes keeps close_rec by socket cookie. It is pinned in bpffs, so ghost
+// evidence survives an agent restart or crash.
+// Writer: on_fd_close. Reader: the agent, at start. Deleter: the agent, for
+// sockets that are gone; LRU eviction bounds it meanwhile.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct close_rec);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} closes SEC(".maps");
+
 // Force the generated Go types.
 const struct event *unused_event __attribute__((unused));
+const struct close_rec *unused_close_rec __attribute__((unused));
 const enum event_type *unused_event_type __attribute__((unused));
 const enum stat_index *unused_stat_index __attribute__((unused));
 const enum close_op *unused_close_op __attribute__((unused));
@@ -393,6 +421,20 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 	set_task(e);
 	struct task_struct *task = bpf_get_current_task_btf();
 	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+
+	struct close_rec rec = {
+		.ts_ns = e->ts_ns,
+		.pid = e->pid,
+		.ppid = e->ppid,
+		.fd = fd,
+		.refs = refs,
+		.write_seq = e->write_seq,
+		.copied_seq = e->copied_seq,
+		.op = op,
+	};
+	__builtin_memcpy(rec.comm, e->comm, sizeof(rec.comm));
+	if (e->cookie)
+		bpf_map_update_elem(&closes, &e->cookie, &rec, BPF_ANY);
 	submit(e);
 }
 

@@ -22,6 +22,20 @@ const (
 	GhostconnCloseOpCLOSE_OP_DUP3        GhostconnCloseOp = 4
 )
 
+type GhostconnCloseRec struct {
+	_         structs.HostLayout
+	TsNs      uint64
+	Pid       uint32
+	Ppid      uint32
+	Fd        int32
+	Refs      uint32
+	WriteSeq  uint32
+	CopiedSeq uint32
+	Op        uint8
+	Pad       [7]uint8
+	Comm      [16]int8
+}
+
 type GhostconnEvent struct {
 	_             structs.HostLayout
 	TsNs          uint64
@@ -140,6 +154,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	GhostconnMapCloses              = "closes"
 	GhostconnMapEvents              = "events"
 	GhostconnMapStats               = "stats"
 	GhostconnProgInetSockSetState   = "inet_sock_set_state"
@@ -155,6 +170,7 @@ const (
 	GhostconnVarKeepaliveTimerFn    = "keepalive_timer_fn"
 	GhostconnVarSockCloseFn         = "sock_close_fn"
 	GhostconnVarUnusedCloseOp       = "unused_close_op"
+	GhostconnVarUnusedCloseRec      = "unused_close_rec"
 	GhostconnVarUnusedEvent         = "unused_event"
 	GhostconnVarUnusedEventType     = "unused_event_type"
 	GhostconnVarUnusedHolderRec     = "unused_holder_rec"
@@ -221,6 +237,7 @@ type GhostconnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnMapSpecs struct {
+	Closes *ebpf.MapSpec `ebpf:"closes"`
 	Events *ebpf.MapSpec `ebpf:"events"`
 	Stats  *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -232,6 +249,7 @@ type GhostconnVariableSpecs struct {
 	KeepaliveTimerFn *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
 	SockCloseFn      *ebpf.VariableSpec `ebpf:"sock_close_fn"`
 	UnusedCloseOp    *ebpf.VariableSpec `ebpf:"unused_close_op"`
+	UnusedCloseRec   *ebpf.VariableSpec `ebpf:"unused_close_rec"`
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
@@ -260,12 +278,14 @@ func (o *GhostconnObjects) Close() error {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnMaps struct {
+	Closes *ebpf.Map `ebpf:"closes"`
 	Events *ebpf.Map `ebpf:"events"`
 	Stats  *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *GhostconnMaps) Close() error {
 	return _GhostconnClose(
+		m.Closes,
 		m.Events,
 		m.Stats,
 	)
@@ -278,6 +298,7 @@ type GhostconnVariables struct {
 	KeepaliveTimerFn *ebpf.Variable `ebpf:"keepalive_timer_fn"`
 	SockCloseFn      *ebpf.Variable `ebpf:"sock_close_fn"`
 	UnusedCloseOp    *ebpf.Variable `ebpf:"unused_close_op"`
+	UnusedCloseRec   *ebpf.Variable `ebpf:"unused_close_rec"`
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.Variable `ebpf:"unused_holder_rec"`

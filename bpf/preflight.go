@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -82,4 +83,66 @@ func effectiveCaps() (uint64, error) {
 		}
 	}
 	return 0, errors.New("read capabilities: no CapEff line in /proc/self/status")
+}
+
+// BPFFSPath is where bpffs is mounted.
+const BPFFSPath = "/sys/fs/bpf"
+
+const bpfFSMagic = 0xcafe4a11
+
+// EnsureBPFFS mounts bpffs at BPFFSPath unless it is there already.
+func EnsureBPFFS() error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(BPFFSPath, &st); err == nil && st.Type == bpfFSMagic {
+		return nil
+	}
+	if err := unix.Mount("bpf", BPFFSPath, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("bpffs is not mounted and mounting it at %s failed: %w (mount it with: mount -t bpf bpf %s, or pass --pin-dir= to run without pins)", BPFFSPath, err, BPFFSPath)
+	}
+	return nil
+}
+
+// PreparePinDir makes sure dir is a safe place for pins: a directory on
+// bpffs, not a symlink, owned by the agent's user and writable by no one
+// else. bpffs's root is world-writable (1777), so another user could have
+// created dir first to plant or read pins. It creates dir (0700) if
+// missing.
+func PreparePinDir(dir string) error {
+	if err := EnsureBPFFS(); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return fmt.Errorf("create pin directory: %w", err)
+		}
+		fi, err = os.Lstat(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("check pin directory: %w", err)
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		return fmt.Errorf("pin directory %s is a symlink: refusing it", dir)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("pin directory %s is not a directory", dir)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("pin directory %s: cannot read its owner", dir)
+	}
+	if st.Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("pin directory %s is owned by uid %d, not by the agent (uid %d): refusing it; remove it or choose another --pin-dir", dir, st.Uid, os.Geteuid())
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("pin directory %s has mode %04o, writable by group or others: refusing it (chmod 0700 it)", dir, perm)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return fmt.Errorf("check pin directory: %w", err)
+	}
+	if fs.Type != bpfFSMagic {
+		return fmt.Errorf("pin directory %s is not on bpffs", dir)
+	}
+	return nil
 }

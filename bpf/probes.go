@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -56,6 +57,16 @@ var programs = []program{
 	{name: ProgSetsockopt, group: "syscalls", kind: "tracepoint"},
 }
 
+// Required reports whether the agent cannot run without the program.
+func Required(name string) bool {
+	for _, p := range programs {
+		if p.name == name {
+			return p.required
+		}
+	}
+	return false
+}
+
 // ProgramNames lists every program in attach order.
 func ProgramNames() []string {
 	names := make([]string, len(programs))
@@ -78,12 +89,22 @@ type Options struct {
 	// IteratorsOnly loads just the two iterators, for a one-shot snapshot
 	// without an agent.
 	IteratorsOnly bool
+	// PinDir is the bpffs directory where the closes map is pinned so that
+	// ghost evidence survives a restart. Empty means no pinning.
+	PinDir string
 }
 
 // Probes holds the loaded maps and the attached programs.
 type Probes struct {
 	Events *ebpf.Map
 	Stats  *ebpf.Map
+	Closes *ebpf.Map
+
+	// PinReset says that a pinned closes map from an earlier, incompatible
+	// build was replaced, losing the evidence it held.
+	PinReset bool
+	// ProgramIDs maps each loaded program to its kernel id.
+	ProgramIDs map[string]uint32
 
 	// Attached maps each program name to nil when it is attached, or to the
 	// reason it is not.
@@ -126,11 +147,35 @@ func Load(opts Options) (*Probes, error) {
 	}
 
 	var maps GhostconnMaps
-	if err := spec.LoadAndAssign(&maps, nil); err != nil {
+	var pinReset bool
+	if opts.PinDir == "" || opts.IteratorsOnly {
+		spec.Maps["closes"].Pinning = ebpf.PinNone
+		err = spec.LoadAndAssign(&maps, nil)
+	} else {
+		if err := PreparePinDir(opts.PinDir); err != nil {
+			return nil, err
+		}
+		mopts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
+		err = spec.LoadAndAssign(&maps, mopts)
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			// Pinned by a build with another layout: start afresh.
+			if rmErr := os.Remove(filepath.Join(opts.PinDir, "closes")); rmErr != nil {
+				return nil, fmt.Errorf("replace incompatible pinned map: %w", rmErr)
+			}
+			pinReset = true
+			err = spec.LoadAndAssign(&maps, mopts)
+		}
+		if err == nil {
+			// Pins are created 0600; make sure an older pin is too.
+			err = os.Chmod(filepath.Join(opts.PinDir, "closes"), 0o600)
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("create bpf maps: %w", err)
 	}
-	p := &Probes{Events: maps.Events, Stats: maps.Stats, Attached: map[string]error{}}
-	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats}
+	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, PinReset: pinReset,
+		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}}
+	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes}
 
 	// Only the syscall hooks need tracefs, and they are optional: without
 	// it they stay detached, with the reason.
@@ -182,6 +227,11 @@ func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]
 	prog := coll.DetachProgram(def.name)
 	coll.Close()
 	p.progs = append(p.progs, prog)
+	if info, err := prog.Info(); err == nil {
+		if id, ok := info.ID(); ok {
+			p.ProgramIDs[def.name] = uint32(id)
+		}
+	}
 
 	switch def.kind {
 	case "tp_btf":
@@ -237,8 +287,46 @@ func (p *Probes) Close() error {
 	for _, prog := range p.progs {
 		errs = append(errs, prog.Close())
 	}
-	errs = append(errs, p.Events.Close(), p.Stats.Close())
+	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close())
 	return errors.Join(errs...)
+}
+
+// CloseRecords returns the close evidence kept in the kernel, by cookie.
+func (p *Probes) CloseRecords() (map[uint64]GhostconnCloseRec, error) {
+	out := map[uint64]GhostconnCloseRec{}
+	var k uint64
+	var v GhostconnCloseRec
+	it := p.Closes.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read closes map: %w", err)
+	}
+	return out, nil
+}
+
+// ForgetCloses deletes the close evidence of every socket for which live
+// returns false.
+func (p *Probes) ForgetCloses(live func(cookie uint64) bool) (int, error) {
+	var gone []uint64
+	var k uint64
+	var v GhostconnCloseRec
+	it := p.Closes.Iterate()
+	for it.Next(&k, &v) {
+		if !live(k) {
+			gone = append(gone, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("read closes map: %w", err)
+	}
+	for _, c := range gone {
+		if err := p.Closes.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, fmt.Errorf("delete from closes map: %w", err)
+		}
+	}
+	return len(gone), nil
 }
 
 // ReadStats returns the kernel-side counters summed over CPUs, indexed by

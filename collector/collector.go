@@ -34,8 +34,11 @@ type Config struct {
 	// KernelHZ overrides CONFIG_HZ detection when non-zero.
 	KernelHZ int
 	Table    TableConfig
-	// Skip names programs not to load (tests of degraded operation).
-	Skip   map[string]bool
+	// Skip names programs not to load (tests of degraded operation, and
+	// --disable-programs).
+	Skip map[string]bool
+	// PinDir is where the close evidence is pinned (see bpf.Options).
+	PinDir string
 	Logger *slog.Logger
 }
 
@@ -82,6 +85,7 @@ type Collector struct {
 	lastReconcile   atomic.Int64 // duration in ns
 	gen             atomic.Uint64
 	refreshes       atomic.Uint64
+	replayed        atomic.Uint64
 	// reconcileMu serialises snapshots; nsPaths is the namespace list the
 	// last reconcile found, under it.
 	reconcileMu sync.Mutex
@@ -139,9 +143,13 @@ func New(cfg Config) (*Collector, error) {
 		RingBufferBytes: cfg.RingBufferBytes,
 		WakeupBytes:     cfg.WakeupBytes,
 		Skip:            cfg.Skip,
+		PinDir:          cfg.PinDir,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if probes.PinReset {
+		cfg.Logger.Warn("the pinned close evidence was from an incompatible build and has been replaced", "pin_dir", cfg.PinDir)
 	}
 	for _, name := range bpf.ProgramNames() {
 		if err := probes.Attached[name]; err != nil {
@@ -193,6 +201,9 @@ func (c *Collector) Run(ctx context.Context) error {
 
 	if err := c.reconcile(true); err != nil {
 		return fmt.Errorf("seed connection table: %w", err)
+	}
+	if err := c.replayCloses(); err != nil {
+		return fmt.Errorf("replay close evidence: %w", err)
 	}
 	c.readyOnce.Do(func() { close(c.ready) })
 
@@ -338,6 +349,39 @@ func (c *Collector) readLoop() {
 	}
 }
 
+// replayCloses feeds the close evidence the kernel kept (across agent
+// restarts, when pinned) to the table as close events, the same path a live
+// close takes, for the sockets the seed snapshot found.
+func (c *Collector) replayCloses() error {
+	recs, err := c.probes.CloseRecords()
+	if err != nil {
+		return err
+	}
+	var evs []Event
+	for cookie, r := range recs {
+		if !c.table.Has(cookie) {
+			continue
+		}
+		op, ok := closeOps[r.Op]
+		if !ok || r.Refs < 2 {
+			c.decodeErrors.Add(1)
+			continue
+		}
+		evs = append(evs, Event{
+			Kind:   KindClose,
+			Time:   time.Unix(0, int64(r.TsNs)+c.dec.MonoOffset),
+			Cookie: cookie,
+			Task:   &Task{PID: r.Pid, PPID: r.Ppid, Comm: cString(r.Comm[:])},
+			Close:  Close{FD: r.Fd, Refs: r.Refs, Op: op, WriteSeq: r.WriteSeq, CopiedSeq: r.CopiedSeq},
+		})
+	}
+	// Oldest first, so the newest close of a socket is the one that stays.
+	sort.Slice(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+	c.table.Apply(evs)
+	c.replayed.Add(uint64(len(evs)))
+	return nil
+}
+
 // Reconcile takes a fresh snapshot now and corrects the table with it.
 func (c *Collector) Reconcile() error { return c.reconcile(false) }
 
@@ -376,6 +420,12 @@ func (c *Collector) reconcile(seed bool) error {
 	}
 	c.table.SetHolders(holders, start)
 	c.table.Sweep(gen, start, covered)
+	if !seed {
+		// Evidence of sockets that are gone is no longer needed.
+		if _, err := c.probes.ForgetCloses(c.table.Has); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	c.reconciles.Add(1)
 	took := time.Since(start)
 	c.lastReconcile.Store(int64(took))
@@ -419,6 +469,8 @@ type Status struct {
 	KeepaliveFirings   uint64            `json:"keepalive_timer_firings"`
 	KeepaliveProbes    uint64            `json:"keepalive_probes"`
 	Programs           map[string]string `json:"programs"` // "attached" or the reason not
+	ProgramIDs         map[string]uint32 `json:"program_ids"`
+	ClosesReplayed     uint64            `json:"closes_replayed"`
 	KernelHZ           int               `json:"kernel_hz"`
 	CloseLastRef       uint64            `json:"close_last_ref"`
 }
@@ -460,6 +512,8 @@ func (c *Collector) Status() (Status, error) {
 		KeepaliveFirings:   ts.KeepaliveFirings,
 		KeepaliveProbes:    ts.KeepaliveProbes,
 		Programs:           map[string]string{},
+		ProgramIDs:         c.probes.ProgramIDs,
+		ClosesReplayed:     c.replayed.Load(),
 		KernelHZ:           c.dec.HZ,
 		CloseLastRef:       kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
 	}

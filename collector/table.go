@@ -273,16 +273,17 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 	}
 	t.stats.Transitions[ev.State]++
 	c.addTransition(Transition{At: ev.Time, From: ev.OldState, To: ev.State, Task: ev.Task, Source: "kernel"})
+	// Take the tuple as the newest event gives it (a connecting socket
+	// gets its local port late), but not from a socket already unhashed on
+	// its way to CLOSE, whose local port reads 0. Before publishing, so
+	// that watchers see the ESTABLISHED change with its local port.
+	if ev.Local.Port() != 0 {
+		c.Local, c.Remote = ev.Local, ev.Remote
+	}
 	t.publish(c, Change{Time: ev.Time, Type: "state", From: ev.OldState, State: ev.State, Source: "kernel", Task: ev.Task})
 	c.State = ev.State
 	c.StateSince = ev.Time
 	c.LastUpdate = later(c.LastUpdate, ev.Time)
-	// Take the tuple as the newest event gives it (a connecting socket
-	// gets its local port late), but not from a socket already unhashed on
-	// its way to CLOSE, whose local port reads 0.
-	if ev.Local.Port() != 0 {
-		c.Local, c.Remote = ev.Local, ev.Remote
-	}
 	if ev.Task != nil && (ev.State == StateSynSent || ev.State == StateListen) {
 		c.Opener = ev.Task
 	}
@@ -550,4 +551,12 @@ func (t *Table) Summarize(process func(c *Conn) string) Summary {
 		}
 	}
 	return s
+}
+
+// Has reports whether the live table holds cookie.
+func (t *Table) Has(cookie uint64) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	_, ok := t.conns[cookie]
+	return ok
 }

@@ -10,9 +10,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
 )
@@ -32,6 +36,8 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	closeWait := fs.Duration("close-wait-after", vd.CloseWaitAfter, "how long CLOSE_WAIT may last before it is flagged")
 	silent := fs.Duration("silent-after", vd.SilentAfter, "how long an ESTABLISHED connection may carry no data without a keepalive at least as frequent")
 	rtos := fs.Int("unresponsive-after-rtos", vd.UnresponsiveRTOs, "consecutive retransmission timeouts that make a peer unresponsive")
+	pinDir := fs.String("pin-dir", "/sys/fs/bpf/ghostconn", "bpffs directory that keeps close evidence across restarts (0700, owned by the agent); empty disables pinning")
+	disable := fs.String("disable-programs", "", "comma-separated optional programs not to load: "+strings.Join(optionalPrograms(), ", "))
 	metricsAddr := fs.String("metrics-address", ":9977", "listen address for /metrics, /healthz and /readyz; empty disables")
 	processLabel := fs.Bool("metrics-process-label", false, "add per-process series (label process, capped by --metrics-max-processes)")
 	maxProcesses := fs.Int("metrics-max-processes", 100, "distinct process label values before the rest count as \"other\"")
@@ -61,6 +67,18 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	if *rtos < 1 {
 		return usagef("--unresponsive-after-rtos=%d must be at least 1", *rtos)
 	}
+	skip := map[string]bool{}
+	if *disable != "" {
+		for _, name := range strings.Split(*disable, ",") {
+			if !slices.Contains(optionalPrograms(), name) {
+				return usagef("--disable-programs: %q is not an optional program (optional: %s)", name, strings.Join(optionalPrograms(), ", "))
+			}
+			skip[name] = true
+		}
+	}
+	if *pinDir != "" && !filepath.IsAbs(*pinDir) {
+		return usagef("--pin-dir=%q must be an absolute path", *pinDir)
+	}
 	if *maxProcesses < 1 {
 		return usagef("--metrics-max-processes=%d must be at least 1", *maxProcesses)
 	}
@@ -79,6 +97,8 @@ func runAgent(args []string, _, stderr io.Writer) error {
 		RingBufferBytes:   *ring,
 		ReconcileInterval: *reconcile,
 		KernelHZ:          *hz,
+		Skip:              skip,
+		PinDir:            *pinDir,
 		Table: collector.TableConfig{
 			MaxConns: *maxConns, HistoryTTL: *history, MaxHistory: *maxHistory,
 			Verdicts: collector.VerdictConfig{GhostGrace: *ghostGrace, CloseWaitAfter: *closeWait, SilentAfter: *silent, UnresponsiveRTOs: *rtos},
@@ -136,4 +156,15 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	}
 	log.Info("stopping: detaching programs")
 	return nil
+}
+
+// optionalPrograms lists the programs the agent can run without.
+func optionalPrograms() []string {
+	var out []string
+	for _, name := range bpf.ProgramNames() {
+		if !bpf.Required(name) {
+			out = append(out, name)
+		}
+	}
+	return out
 }

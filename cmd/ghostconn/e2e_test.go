@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -59,36 +60,68 @@ func ghostconn(t *testing.T, args ...string) (string, string, int) {
 // answers on its API socket.
 func startAgent(t *testing.T, args ...string) string {
 	t.Helper()
+	a := launchAgent(t, "", "", args...)
+	t.Cleanup(func() { a.stop(t) })
+	return a.sock
+}
+
+// agentProc is a running `ghostconn agent`.
+type agentProc struct {
+	sock   string
+	cmd    *exec.Cmd
+	logs   *bytes.Buffer
+	exited chan error
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (a *agentProc) stop(t *testing.T) {
+	t.Helper()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-a.exited:
+		if err != nil {
+			t.Errorf("agent exited with %v after SIGTERM\n%s", err, a.logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		a.cmd.Process.Kill()
+		t.Errorf("agent did not stop within 10s of SIGTERM")
+	}
+}
+
+// tempPinDir returns a fresh pin directory under bpffs, removed at cleanup.
+func tempPinDir(t *testing.T) string {
+	t.Helper()
+	dir := fmt.Sprintf("/sys/fs/bpf/gctest-%d-%d", os.Getpid(), time.Now().UnixNano())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// launchAgent starts an agent with its own API socket (in sockDir, or a
+// temp dir), metrics port and pin directory (pinDir, or a temp one); args
+// come last and override those. It waits until the agent is ready.
+func launchAgent(t *testing.T, sockDir, pinDir string, args ...string) *agentProc {
+	t.Helper()
 	privtest.Require(t)
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	var logs bytes.Buffer
-	// A port of its own, so agents of concurrent tests do not clash; later
-	// flags in args override it.
-	cmd := exec.Command(binary, append([]string{"agent", "--api-socket", sock, "--metrics-address", "127.0.0.1:0"}, args...)...)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
+	if sockDir == "" {
+		sockDir = t.TempDir()
+	}
+	if pinDir == "" {
+		pinDir = tempPinDir(t)
+	}
+	a := &agentProc{sock: filepath.Join(sockDir, "api.sock"), logs: &bytes.Buffer{}, exited: make(chan error, 1)}
+	a.cmd = exec.Command(binary, append([]string{"agent", "--api-socket", a.sock, "--metrics-address", "127.0.0.1:0", "--pin-dir", pinDir}, args...)...)
+	a.cmd.Stderr = a.logs
+	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("agent exited with %v after SIGTERM\n%s", err, logs.String())
-			}
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			t.Errorf("agent did not stop within 10s of SIGTERM")
-		}
-	})
+	go func() { a.exited <- a.cmd.Wait() }()
+	sock, logs, exited := a.sock, a.logs, a.exited
 	client := exporter.NewClient(sock)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := client.Status(context.Background())
 		if err == nil && st.Ready {
-			return sock
+			return a
 		}
 		select {
 		case err := <-exited:

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/exporter"
+	"github.com/ghostconn/ghostconn/internal/privtest"
+)
+
+// programsGone fails the test unless every program id no longer exists.
+func programsGone(t *testing.T, ids map[string]uint32) {
+	t.Helper()
+	if len(ids) == 0 {
+		t.Fatal("agent reported no program ids")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for name, id := range ids {
+		for {
+			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+			if errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if err == nil {
+				p.Close()
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("program %s (id %d) still loaded after the agent exited: %v", name, id, err)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func status(t *testing.T, sock string) collector.Status {
+	t.Helper()
+	st, err := exporter.NewClient(sock).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestSIGTERMDetaches(t *testing.T) {
+	a := launchAgent(t, "", "")
+	ids := status(t, a.sock).ProgramIDs
+	a.stop(t)
+	programsGone(t, ids)
+	if _, err := os.Stat(a.sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("api socket left behind: %v", err)
+	}
+}
+
+func waitGhost(t *testing.T, sock, local string) collector.ConnView {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		conns, err := exporter.NewClient(sock).Connections(context.Background(), exporter.Filter{Verdict: collector.VerdictGhost})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range conns {
+			if c.Local == local {
+				return c
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ghost on %s", local)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestGhostEvidenceSurvivesKill: a ghost, then kill -9 of the agent; the
+// restarted agent reports the same ghost with the original closer.
+func TestGhostEvidenceSurvivesKill(t *testing.T) {
+	pins := tempPinDir(t)
+	a := launchAgent(t, "", pins, "--ghost-grace", "1s")
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if s, err := ln.Accept(); err == nil {
+			defer s.Close()
+			time.Sleep(time.Minute)
+		}
+	}()
+	conn, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := conn.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	local := conn.LocalAddr().String()
+	conn.Close()
+
+	start := time.Now()
+	before := waitGhost(t, a.sock, local)
+	t.Logf("ghost after %s", time.Since(start))
+	ids := status(t, a.sock).ProgramIDs
+	a.cmd.Process.Kill()
+	<-a.exited
+	programsGone(t, ids)
+
+	b := launchAgent(t, "", pins, "--ghost-grace", "1s")
+	defer b.stop(t)
+	start = time.Now()
+	after := waitGhost(t, b.sock, local)
+	t.Logf("ghost after restart in %s", time.Since(start))
+	if before.ClosedBy == nil || after.ClosedBy == nil {
+		t.Fatalf("closed_by before %+v after %+v", before.ClosedBy, after.ClosedBy)
+	}
+	x, y := *before.ClosedBy, *after.ClosedBy
+	if x.PID != y.PID || x.FD != y.FD || x.Comm != y.Comm || x.Op != y.Op {
+		t.Errorf("closer changed across the restart: before %+v, after %+v", x, y)
+	}
+	if d := x.At.Sub(y.At).Abs(); d > time.Millisecond {
+		t.Errorf("close time moved by %s across the restart (%s vs %s)", d, x.At, y.At)
+	}
+	if st := status(t, b.sock); st.ClosesReplayed == 0 {
+		t.Errorf("restarted agent replayed no close evidence")
+	}
+	fi, err := os.Stat(filepath.Join(pins, "closes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("pinned map has mode %04o, want 0600", fi.Mode().Perm())
+	}
+}
+
+// TestPinDirRefused: a pin directory someone else owns or can write to is
+// refused with a message that says why.
+func TestPinDirRefused(t *testing.T) {
+	privtest.Require(t)
+	for _, tc := range []struct {
+		name  string
+		setup func(dir string) error
+		want  string
+	}{
+		{"owned by nobody", func(dir string) error { return os.Chown(dir, 65534, 65534) }, "owned by uid 65534"},
+		{"world-writable", func(dir string) error { return os.Chmod(dir, 0o777) }, "writable by group or others"},
+		{"symlink", func(dir string) error {
+			if err := os.Remove(dir); err != nil {
+				return err
+			}
+			return os.Symlink("/tmp", dir)
+		}, "is a symlink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := tempPinDir(t)
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.setup(dir); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(binary, "agent", "--api-socket", filepath.Join(t.TempDir(), "api.sock"), "--metrics-address", "", "--pin-dir", dir)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+				t.Errorf("agent with pin dir %s: %v, want exit 2 mentioning %q\n%s", tc.name, err, tc.want, out)
+			}
+		})
+	}
+}
+
+// TestDisabledProgramDegrades: an optional program that does not load
+// leaves the agent running, warned about once, and exported as 0.
+func TestDisabledProgramDegrades(t *testing.T) {
+	addr := freePort(t)
+	a := launchAgent(t, "", "", "--disable-programs", "timer_expire_entry,sys_enter_close", "--metrics-address", addr)
+	defer a.stop(t)
+	st := status(t, a.sock)
+	for _, p := range []string{"timer_expire_entry", "sys_enter_close"} {
+		if st.Programs[p] == "attached" {
+			t.Errorf("%s attached although disabled", p)
+		}
+	}
+	if st.Programs["inet_sock_set_state"] != "attached" {
+		t.Errorf("inet_sock_set_state: %s", st.Programs["inet_sock_set_state"])
+	}
+	_, body := httpGet(t, "http://"+addr+"/metrics")
+	for _, want := range []string{`ghostconn_program_attached{program="timer_expire_entry"} 0`, `ghostconn_program_attached{program="sys_enter_close"} 0`, `ghostconn_program_attached{program="tcp_retransmit_skb"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if n := strings.Count(a.logs.String(), "program=timer_expire_entry"); n != 1 {
+		t.Errorf("warned %d times about timer_expire_entry, want once:\n%s", n, a.logs.String())
+	}
+	// Bad names are refused.
+	_, stderr, code := ghostconn(t, "agent", "--disable-programs", "inet_sock_set_state")
+	if code != 2 || !strings.Contains(stderr, "not an optional program") {
+		t.Errorf("disabling a required program: exit %d %s", code, stderr)
+	}
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
