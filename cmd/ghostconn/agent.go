@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/exporter-toolkit/web"
+
 	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
@@ -39,6 +41,7 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	pinDir := fs.String("pin-dir", "/sys/fs/bpf/ghostconn", "bpffs directory that keeps close evidence across restarts (0700, owned by the agent); empty disables pinning")
 	disable := fs.String("disable-programs", "", "comma-separated optional programs not to load: "+strings.Join(optionalPrograms(), ", "))
 	metricsAddr := fs.String("metrics-address", ":9977", "listen address for /metrics, /healthz and /readyz; empty disables")
+	webConfig := fs.String("web.config.file", "", "exporter-toolkit web config file enabling TLS and/or basic auth on the metrics listener")
 	processLabel := fs.Bool("metrics-process-label", false, "add per-process series (label process, capped by --metrics-max-processes)")
 	maxProcesses := fs.Int("metrics-max-processes", 100, "distinct process label values before the rest count as \"other\"")
 	if err := parseFlags(fs, args); err != nil {
@@ -87,6 +90,11 @@ func runAgent(args []string, _, stderr io.Writer) error {
 			return usagef("--metrics-address=%q: %v (want HOST:PORT or :PORT)", *metricsAddr, err)
 		}
 	}
+	if *webConfig != "" {
+		if err := web.Validate(*webConfig); err != nil {
+			return usagef("--web.config.file=%s: %v", *webConfig, err)
+		}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return usagef("--log-level=%q: use debug, info, warn or error", *logLevel)
@@ -133,7 +141,10 @@ func runAgent(args []string, _, stderr io.Writer) error {
 			ReadHeaderTimeout: 10 * time.Second,
 		}
 		go func() {
-			if err := msrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			// exporter-toolkit adds TLS and basic auth from the web config
+			// file; without one it serves plain HTTP.
+			flags := &web.FlagConfig{WebConfigFile: webConfig}
+			if err := web.Serve(ml, msrv, flags, log); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics server stopped", "err", err)
 			}
 		}()
