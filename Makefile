@@ -14,8 +14,9 @@ LLVMSTRIP := llvm-strip-19
 
 all: build
 
+# Without cgo, so the agent can drop capabilities on every thread.
 build:
-	$(GO) build -o $(BIN) ./cmd/ghostconn
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/ghostconn
 
 run: build
 	./$(BIN) agent

@@ -8,17 +8,12 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ghostconn/ghostconn/internal/caps"
 )
 
 // TracefsPath is where classic tracepoints are looked up.
 const TracefsPath = "/sys/kernel/tracing"
-
-// Capability numbers from linux/capability.h.
-const (
-	capSysAdmin = 21
-	capPerfmon  = 38
-	capBPF      = 39
-)
 
 // Preflight checks what the agent cannot run without. Each error names
 // what is missing and how to fix it.
@@ -44,45 +39,23 @@ func EnsureTracefs() error {
 	return nil
 }
 
-// checkCaps makes sure the effective set holds what loading and attaching
-// need: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which implies both on
-// older kernels), and CAP_SYS_ADMIN for mounting tracefs and the task
-// iterator.
+// RequiredCaps are the capabilities the agent needs to start: CAP_BPF and
+// CAP_PERFMON to load and attach, CAP_SYSLOG to read kernel addresses from
+// /proc/kallsyms, CAP_SYS_ADMIN to mount tracefs and bpffs and to enter
+// other network namespaces, CAP_SYS_PTRACE to find the namespaces of other
+// users' processes.
+var RequiredCaps = []int{caps.BPF, caps.Perfmon, caps.SysAdmin, caps.SysPtrace, caps.Syslog}
+
+// checkCaps makes sure the effective set holds RequiredCaps.
 func checkCaps() error {
-	eff, err := effectiveCaps()
+	missing, err := caps.Missing(RequiredCaps...)
 	if err != nil {
 		return err
-	}
-	var missing []string
-	for _, c := range []struct {
-		bit  uint
-		name string
-	}{{capBPF, "CAP_BPF"}, {capPerfmon, "CAP_PERFMON"}, {capSysAdmin, "CAP_SYS_ADMIN"}} {
-		if eff&(1<<c.bit) == 0 {
-			missing = append(missing, c.name)
-		}
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("missing capabilities %s: run ghostconn agent as root or grant them (for example with setpriv or AmbientCapabilities=)", strings.Join(missing, ", "))
 	}
 	return nil
-}
-
-func effectiveCaps() (uint64, error) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, fmt.Errorf("read capabilities: %w", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			var caps uint64
-			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%x", &caps); err != nil {
-				return 0, fmt.Errorf("parse CapEff %q: %w", v, err)
-			}
-			return caps, nil
-		}
-	}
-	return 0, errors.New("read capabilities: no CapEff line in /proc/self/status")
 }
 
 // BPFFSPath is where bpffs is mounted.

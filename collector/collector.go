@@ -92,7 +92,12 @@ type Collector struct {
 	nsPaths     map[uint32]string
 
 	reconcileHist histogram
+	capsDropped   atomic.Bool
 }
+
+// SetCapsDropped records that the agent gave up the capabilities it needed
+// only to start.
+func (c *Collector) SetCapsDropped(v bool) { c.capsDropped.Store(v) }
 
 // ReconcileBuckets are the upper bounds of the reconcile duration
 // histogram, in seconds.
@@ -471,6 +476,7 @@ type Status struct {
 	Programs           map[string]string `json:"programs"` // "attached" or the reason not
 	ProgramIDs         map[string]uint32 `json:"program_ids"`
 	ClosesReplayed     uint64            `json:"closes_replayed"`
+	CapsDropped        bool              `json:"capabilities_dropped"`
 	KernelHZ           int               `json:"kernel_hz"`
 	CloseLastRef       uint64            `json:"close_last_ref"`
 }
@@ -514,6 +520,7 @@ func (c *Collector) Status() (Status, error) {
 		Programs:           map[string]string{},
 		ProgramIDs:         c.probes.ProgramIDs,
 		ClosesReplayed:     c.replayed.Load(),
+		CapsDropped:        c.capsDropped.Load(),
 		KernelHZ:           c.dec.HZ,
 		CloseLastRef:       kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
 	}

@@ -59,7 +59,8 @@ var (
 	readyDesc            = desc("ready", "Whether the first snapshot has seeded the table (1) or not yet (0).")
 	buildInfoDesc        = desc("build_info", "Build information; always 1.", "version", "revision", "goversion")
 	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
-	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc}
+	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
+	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
 	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
@@ -189,6 +190,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(correctionsDesc, n, correctionKinds[i])
 	}
 	counter(refreshesDesc, st.Refreshes)
+	dropped := 0.0
+	if st.CapsDropped {
+		dropped = 1
+	}
+	gauge(capsDroppedDesc, dropped)
 	counter(tableFullDesc, st.TableFullDrops)
 	counter(unknownSocketDesc, st.UnknownSocket)
 	names := bpf.ProgramNames()

@@ -21,9 +21,23 @@ import (
 	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
+	"github.com/ghostconn/ghostconn/internal/caps"
 )
 
-func runAgent(args []string, _, stderr io.Writer) error {
+// agentConfig is the agent's validated configuration.
+type agentConfig struct {
+	apiSocket    string
+	metricsAddr  string
+	webConfig    string
+	processLabel bool
+	maxProcesses int
+	logLevel     slog.Level
+	collector    collector.Config
+}
+
+// parseAgentFlags parses and validates the agent's flags. Every problem is a
+// usageError that names the flag.
+func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 	fs := newFlags("agent", stderr)
 	apiSocket := fs.String("api-socket", exporter.DefaultAPISocket, "unix socket for the local query API (mode 0600)")
 	reconcile := fs.Duration("reconcile-interval", 30*time.Second, "how often a fresh kernel snapshot corrects the table (at least 1s)")
@@ -45,84 +59,105 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	processLabel := fs.Bool("metrics-process-label", false, "add per-process series (label process, capped by --metrics-max-processes)")
 	maxProcesses := fs.Int("metrics-max-processes", 100, "distinct process label values before the rest count as \"other\"")
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return nil, err
+	}
+	if *apiSocket == "" || !filepath.IsAbs(*apiSocket) {
+		return nil, usagef("--api-socket=%q must be an absolute path", *apiSocket)
 	}
 	if *reconcile < time.Second {
-		return usagef("--reconcile-interval=%s is too short: use at least 1s", *reconcile)
+		return nil, usagef("--reconcile-interval=%s is too short: use at least 1s", *reconcile)
 	}
-	if *ring < 4096 || *ring&(*ring-1) != 0 {
-		return usagef("--ring-buffer-bytes=%d must be a power of two of at least 4096", *ring)
+	if *ring < 4096 || *ring&(*ring-1) != 0 || *ring > 1<<30 {
+		return nil, usagef("--ring-buffer-bytes=%d must be a power of two from 4096 to 1073741824", *ring)
 	}
 	if *maxConns <= 0 {
-		return usagef("--max-connections=%d must be positive", *maxConns)
+		return nil, usagef("--max-connections=%d must be positive", *maxConns)
 	}
 	if *history < 0 || *maxHistory < 0 {
-		return usagef("--history and --max-history must not be negative")
+		return nil, usagef("--history and --max-history must not be negative")
 	}
-	if *hz < 0 {
-		return usagef("--kernel-hz=%d must not be negative", *hz)
+	if *hz < 0 || *hz > 100000 {
+		return nil, usagef("--kernel-hz=%d: want 0 (detect) or the kernel's CONFIG_HZ, such as 100, 250 or 1000", *hz)
 	}
-	for name, d := range map[string]time.Duration{"ghost-grace": *ghostGrace, "close-wait-after": *closeWait, "silent-after": *silent} {
-		if d <= 0 {
-			return usagef("--%s=%s must be positive", name, d)
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"ghost-grace", *ghostGrace}, {"close-wait-after", *closeWait}, {"silent-after", *silent}} {
+		if d.v <= 0 {
+			return nil, usagef("--%s=%s must be positive", d.name, d.v)
 		}
 	}
-	if *rtos < 1 {
-		return usagef("--unresponsive-after-rtos=%d must be at least 1", *rtos)
+	if *rtos < 1 || *rtos > 255 {
+		return nil, usagef("--unresponsive-after-rtos=%d must be from 1 to 255", *rtos)
 	}
 	skip := map[string]bool{}
 	if *disable != "" {
 		for _, name := range strings.Split(*disable, ",") {
 			if !slices.Contains(optionalPrograms(), name) {
-				return usagef("--disable-programs: %q is not an optional program (optional: %s)", name, strings.Join(optionalPrograms(), ", "))
+				return nil, usagef("--disable-programs: %q is not an optional program (optional: %s)", name, strings.Join(optionalPrograms(), ", "))
 			}
 			skip[name] = true
 		}
 	}
 	if *pinDir != "" && !filepath.IsAbs(*pinDir) {
-		return usagef("--pin-dir=%q must be an absolute path", *pinDir)
+		return nil, usagef("--pin-dir=%q must be an absolute path", *pinDir)
 	}
 	if *maxProcesses < 1 {
-		return usagef("--metrics-max-processes=%d must be at least 1", *maxProcesses)
+		return nil, usagef("--metrics-max-processes=%d must be at least 1", *maxProcesses)
 	}
 	if *metricsAddr != "" {
 		if _, _, err := net.SplitHostPort(*metricsAddr); err != nil {
-			return usagef("--metrics-address=%q: %v (want HOST:PORT or :PORT)", *metricsAddr, err)
+			return nil, usagef("--metrics-address=%q: %v (want HOST:PORT or :PORT)", *metricsAddr, err)
 		}
 	}
 	if *webConfig != "" {
 		if err := web.Validate(*webConfig); err != nil {
-			return usagef("--web.config.file=%s: %v", *webConfig, err)
+			return nil, usagef("--web.config.file=%s: %v", *webConfig, err)
 		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return usagef("--log-level=%q: use debug, info, warn or error", *logLevel)
+		return nil, usagef("--log-level=%q: use debug, info, warn or error", *logLevel)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-
-	c, err := collector.New(collector.Config{
-		RingBufferBytes:   *ring,
-		ReconcileInterval: *reconcile,
-		KernelHZ:          *hz,
-		Skip:              skip,
-		PinDir:            *pinDir,
-		Table: collector.TableConfig{
-			MaxConns: *maxConns, HistoryTTL: *history, MaxHistory: *maxHistory,
-			Verdicts: collector.VerdictConfig{GhostGrace: *ghostGrace, CloseWaitAfter: *closeWait, SilentAfter: *silent, UnresponsiveRTOs: *rtos},
+	return &agentConfig{
+		apiSocket:    *apiSocket,
+		metricsAddr:  *metricsAddr,
+		webConfig:    *webConfig,
+		processLabel: *processLabel,
+		maxProcesses: *maxProcesses,
+		logLevel:     level,
+		collector: collector.Config{
+			RingBufferBytes:   *ring,
+			ReconcileInterval: *reconcile,
+			KernelHZ:          *hz,
+			Skip:              skip,
+			PinDir:            *pinDir,
+			Table: collector.TableConfig{
+				MaxConns: *maxConns, HistoryTTL: *history, MaxHistory: *maxHistory,
+				Verdicts: collector.VerdictConfig{GhostGrace: *ghostGrace, CloseWaitAfter: *closeWait, SilentAfter: *silent, UnresponsiveRTOs: *rtos},
+			},
 		},
-		Logger: log,
-	})
+	}, nil
+}
+
+func runAgent(args []string, _, stderr io.Writer) error {
+	cfg, err := parseAgentFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	cfg.collector.Logger = log
+	c, err := collector.New(cfg.collector)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 
-	l, err := exporter.ListenUnix(*apiSocket)
+	l, err := exporter.ListenUnix(cfg.apiSocket)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(*apiSocket)
+	defer os.Remove(cfg.apiSocket)
 	srv := &http.Server{Handler: exporter.NewAPI(c), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -131,19 +166,19 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	}()
 	defer srv.Close()
 
-	if *metricsAddr != "" {
-		ml, err := net.Listen("tcp", *metricsAddr)
+	if cfg.metricsAddr != "" {
+		ml, err := net.Listen("tcp", cfg.metricsAddr)
 		if err != nil {
-			return fmt.Errorf("listen for metrics on %s: %w", *metricsAddr, err)
+			return fmt.Errorf("listen for metrics on %s: %w", cfg.metricsAddr, err)
 		}
 		msrv := &http.Server{
-			Handler:           exporter.NewMetricsHandler(c, exporter.MetricsOptions{ProcessLabel: *processLabel, MaxProcesses: *maxProcesses}),
+			Handler:           exporter.NewMetricsHandler(c, exporter.MetricsOptions{ProcessLabel: cfg.processLabel, MaxProcesses: cfg.maxProcesses}),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
 		go func() {
 			// exporter-toolkit adds TLS and basic auth from the web config
 			// file; without one it serves plain HTTP.
-			flags := &web.FlagConfig{WebConfigFile: webConfig}
+			flags := &web.FlagConfig{WebConfigFile: &cfg.webConfig}
 			if err := web.Serve(ml, msrv, flags, log); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics server stopped", "err", err)
 			}
@@ -155,19 +190,44 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
+	dropErr := make(chan error, 1)
 	go func() {
 		select {
 		case <-c.Ready():
-			log.Info("ready", "connections", c.Table().Len(), "startup", time.Since(start).Round(time.Millisecond), "api", *apiSocket)
+			log.Info("ready", "connections", c.Table().Len(), "startup", time.Since(start).Round(time.Millisecond), "api", cfg.apiSocket)
 		case <-ctx.Done():
+			return
+		}
+		// Everything is loaded, attached, mounted and listening: keep only
+		// what reconcile needs.
+		err := caps.KeepOnly(runtimeCaps...)
+		switch {
+		case err == nil:
+			c.SetCapsDropped(true)
+			log.Info("dropped capabilities", "kept", "CAP_SYS_ADMIN (enter network namespaces), CAP_SYS_PTRACE (read other processes' namespaces)")
+		case errors.Is(err, caps.ErrCgo):
+			log.Warn("capabilities not dropped", "err", err)
+		default:
+			dropErr <- fmt.Errorf("drop capabilities: %w", err)
+			stop()
 		}
 	}()
 	if err := c.Run(ctx); err != nil {
 		return fmt.Errorf("collector: %w", err)
 	}
+	select {
+	case err := <-dropErr:
+		return err
+	default:
+	}
 	log.Info("stopping: detaching programs")
 	return nil
 }
+
+// runtimeCaps are the capabilities the agent keeps once it is ready:
+// reconcile enters other network namespaces (setns needs CAP_SYS_ADMIN) and
+// finds them through /proc/PID/ns of any process (CAP_SYS_PTRACE).
+var runtimeCaps = []int{caps.SysAdmin, caps.SysPtrace}
 
 // optionalPrograms lists the programs the agent can run without.
 func optionalPrograms() []string {

@@ -31,7 +31,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "ghostconn")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+	// As the Makefile builds it: without cgo, so the agent can drop
+	// capabilities on every thread.
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
 		panic("build ghostconn: " + err.Error() + "\n" + string(out))
 	}
 	code := m.Run()
@@ -201,8 +205,10 @@ func TestBadInputExitsTwo(t *testing.T) {
 	}{
 		{[]string{"bogus"}, `unknown command "bogus"`},
 		{[]string{"ls", "--no-such-flag"}, "flag provided but not defined"},
-		{[]string{"ls", "-o", "yaml"}, `-o "yaml": use table or json`},
-		{[]string{"ls", "--api-socket", missing}, "no agent is listening on " + missing},
+		{[]string{"ls", "-o", "yaml"}, `-o "yaml": use table, wide or json`},
+		// ls and who fall back to a one-shot snapshot (TestNoAgentFallback);
+		// watch has no fallback.
+		{[]string{"watch", "--api-socket", missing}, "no agent is listening on " + missing},
 		{[]string{"agent", "--reconcile-interval", "0s"}, "--reconcile-interval=0s is too short"},
 		{[]string{"agent", "--ring-buffer-bytes", "5000"}, "must be a power of two"},
 		{[]string{"agent", "--reconcile-interval", "soon"}, "invalid value"},

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ghostconn/ghostconn/internal/privtest"
+)
+
+// minimalCaps is the documented set (README, deploy/): setpriv syntax.
+var minimalCaps = []string{"bpf", "perfmon", "sys_admin", "sys_ptrace", "syslog"}
+
+// withCaps runs the agent as root but with only the given capabilities in
+// every set, as systemd's CapabilityBoundingSet= or Kubernetes'
+// capabilities.add would.
+func withCaps(t *testing.T, capList []string, args ...string) *exec.Cmd {
+	t.Helper()
+	set := "-all"
+	for _, c := range capList {
+		set += ",+" + c
+	}
+	full := append([]string{"--bounding-set=" + set, "--inh-caps=" + set, "--ambient-caps=" + set, binary, "agent"}, args...)
+	return exec.Command("setpriv", full...)
+}
+
+func procCaps(t *testing.T, pid int) (eff, bnd string) {
+	t.Helper()
+	return procField(t, pid, "CapEff:"), procField(t, pid, "CapBnd:")
+}
+
+func procField(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
+}
+
+// TestRootAgentDropsBoundingSetToo: launched as full root (with
+// CAP_SETPCAP), the agent shrinks its bounding set as well.
+func TestRootAgentDropsBoundingSetToo(t *testing.T) {
+	a := launchAgent(t, "", "")
+	defer a.stop(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for !status(t, a.sock).CapsDropped {
+		if time.Now().After(deadline) {
+			t.Fatalf("capabilities never dropped:\n%s", a.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	const want = "0000000000280000"
+	if eff, bnd := procCaps(t, a.cmd.Process.Pid); eff != want || bnd != want {
+		t.Errorf("CapEff=%s CapBnd=%s, want both %s", eff, bnd, want)
+	}
+}
+
+func TestAgentRunsWithMinimalCapsAndDropsAfterAttach(t *testing.T) {
+	privtest.Require(t)
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	cmd := withCaps(t, minimalCaps, "--api-socket", sock, "--metrics-address", "", "--pin-dir", tempPinDir(t), "--reconcile-interval", "1s")
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &agentProc{sock: sock, cmd: cmd, logs: &logs, exited: make(chan error, 1)}
+	go func() { a.exited <- cmd.Wait() }()
+	defer a.stop(t)
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _, code := ghostconn(t, "status", "--api-socket", sock)
+		if code == 0 && strings.Contains(out, `"capabilities_dropped": true`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent with minimal caps never became ready and dropped caps:\n%s\n%s", out, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	st := status(t, sock)
+	for name, s := range st.Programs {
+		if s != "attached" {
+			t.Errorf("with minimal caps, %s: %s", name, s)
+		}
+	}
+	// CAP_SYS_ADMIN (21) and CAP_SYS_PTRACE (19) only, and no execve can
+	// bring the others back. (Without CAP_SETPCAP the bounding set stays as
+	// setpriv limited it.)
+	const want = "0000000000280000"
+	if eff, _ := procCaps(t, cmd.Process.Pid); eff != want {
+		t.Errorf("after attach CapEff=%s, want %s (CAP_SYS_ADMIN, CAP_SYS_PTRACE)", eff, want)
+	}
+	if nnp := procField(t, cmd.Process.Pid, "NoNewPrivs:"); nnp != "1" {
+		t.Errorf("NoNewPrivs=%s after dropping, want 1", nnp)
+	}
+	// It still sees new connections and reconciles without errors.
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(2500 * time.Millisecond) // two reconciles
+	out, stderr, code := ghostconn(t, "ls", "-o", "json", "--api-socket", sock, "--port", fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
+	if code != 0 || !strings.Contains(out, c.LocalAddr().String()) {
+		t.Errorf("after dropping caps, new connection not listed (exit %d): %s %s", code, out, stderr)
+	}
+	if st := status(t, sock); st.ReconcileErrors != 0 || st.Reconciles < 2 {
+		t.Errorf("after dropping caps: %d reconciles, %d errors", st.Reconciles, st.ReconcileErrors)
+	}
+}
+
+func TestEachMissingCapabilityIsNamed(t *testing.T) {
+	privtest.Require(t)
+	for i, missing := range minimalCaps {
+		rest := append(append([]string{}, minimalCaps[:i]...), minimalCaps[i+1:]...)
+		cmd := withCaps(t, rest, "--api-socket", filepath.Join(t.TempDir(), "api.sock"), "--metrics-address", "", "--pin-dir", "")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		want := "CAP_" + strings.ToUpper(missing)
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "missing capabilities "+want) {
+			t.Errorf("without %s: %v\n%s", want, err, out)
+		}
+	}
+}
