@@ -584,7 +584,7 @@ struct sock_rec {
 	__u32 net_retries2;
 	__u32 send_age_jiffies; // since the last data sent
 	__u32 recv_age_jiffies; // since the last data received
-	__u32 retrans_age_jiffies; // since the first retransmit of the current timeout, if any
+	__u32 retrans_age_ms; // since the first retransmit of the current timeout, if any
 	__u32 retransmits;         // consecutive RTO retransmissions
 	__u32 total_retrans;
 	__u32 rto_jiffies;
@@ -608,6 +608,20 @@ static __always_inline void rec_tuple(struct sock_rec *r, struct sock_common *sk
 	r->dport = __builtin_bswap16(skc->skc_dport);
 	r->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
 	read_addrs(r->family, r->saddr, r->daddr, skc);
+}
+
+// retrans_age_ms is how long ago the current run of retransmissions began.
+// retrans_stamp is on the TCP clock (CLOCK_MONOTONIC): milliseconds, or
+// microseconds on sockets with tcp_usec_ts (6.7+), not jiffies.
+static __always_inline __u32 retrans_age_ms(struct tcp_sock *tp)
+{
+	__u32 stamp = BPF_CORE_READ(tp, retrans_stamp);
+	if (!stamp)
+		return 0;
+	__u64 now_us = bpf_ktime_get_ns() / 1000;
+	if (bpf_core_field_exists(struct tcp_sock, tcp_usec_ts) && BPF_CORE_READ_BITFIELD_PROBED(tp, tcp_usec_ts))
+		return ((__u32)now_us - stamp) / 1000;
+	return (__u32)(now_us / 1000) - stamp;
 }
 
 // iter_tcp writes one sock_rec per TCP socket in the network namespace of
@@ -644,8 +658,7 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		__u32 now = (__u32)bpf_jiffies64();
 		r.send_age_jiffies = now - BPF_CORE_READ(tp, lsndtime);
 		r.recv_age_jiffies = now - BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime);
-		__u32 rstamp = BPF_CORE_READ(tp, retrans_stamp);
-		r.retrans_age_jiffies = rstamp ? now - rstamp : 0;
+		r.retrans_age_ms = retrans_age_ms(tp);
 		r.retransmits = BPF_CORE_READ(tp, inet_conn.icsk_retransmits);
 		r.backoff = BPF_CORE_READ(tp, inet_conn.icsk_backoff);
 		r.probes_out = BPF_CORE_READ(tp, inet_conn.icsk_probes_out);

@@ -84,7 +84,13 @@ type Conn struct {
 	Counters         TCPCounters
 	RetransmitEvents uint64
 	KeepaliveFirings uint64
-	LastKeepalive    time.Time
+	// LastKeepalive is when the keepalive timer last fired; KeepaliveProbesOut
+	// and KeepaliveIdle are what it found then (probes unanswered before
+	// that firing, time since data was received). Snapshots do not touch
+	// them: they read probes_out after the timer has counted its probe.
+	LastKeepalive      time.Time
+	KeepaliveProbesOut uint8
+	KeepaliveIdle      time.Duration
 
 	// LastData is when data last went either way, as of LastDataAt (the
 	// snapshot that measured it). Zero until a snapshot has seen the socket.

@@ -60,7 +60,7 @@ func (d *Decoder) ObservedEvent(r *bpf.GhostconnSockRec, at time.Time, gen uint6
 			},
 			SendAge:    d.Jiffies(r.SendAgeJiffies),
 			RecvAge:    d.Jiffies(r.RecvAgeJiffies),
-			RetransAge: d.Jiffies(r.RetransAgeJiffies),
+			RetransAge: time.Duration(r.RetransAgeMs) * time.Millisecond,
 			SendQueue:  r.SendQueue,
 			RecvQueue:  r.RecvQueue,
 			WriteSeq:   r.WriteSeq,
@@ -92,6 +92,14 @@ func (d *Decoder) ObservedEvent(r *bpf.GhostconnSockRec, at time.Time, gen uint6
 // when no kernel event about the socket is newer than the snapshot.
 func (t *Table) applyObserved(ev *Event, c *Conn) {
 	o := ev.Observed
+	if ev.State == StateClose {
+		// A socket on its way out: the snapshot says it is gone.
+		if c != nil && !c.LastUpdate.After(ev.Time) {
+			c.addTransition(Transition{At: ev.Time, From: c.State, To: StateClose, Source: "reconcile"})
+			t.retire(c, ev.Time)
+		}
+		return
+	}
 	if c == nil {
 		if old := t.closedIx[ev.Cookie]; old != nil && !old.ClosedAt.Before(ev.Time) && ev.State != StateTimeWait {
 			// Closed after the snapshot began: the event is newer.

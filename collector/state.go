@@ -50,8 +50,15 @@ func (s State) String() string {
 // MarshalText makes states appear by name in JSON.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
-// UnmarshalText parses a state name, case-insensitively, with - or _.
+// UnmarshalText parses a state name, case-insensitively, with - or _, or
+// the STATE(n) form MarshalText gives a state with no name (0 in the
+// transition that records a connection first found by a snapshot).
 func (s *State) UnmarshalText(b []byte) error {
+	var n uint8
+	if _, err := fmt.Sscanf(string(b), "STATE(%d)", &n); err == nil && State(n).String() == string(b) {
+		*s = State(n)
+		return nil
+	}
 	v, err := ParseState(string(b))
 	if err != nil {
 		return err

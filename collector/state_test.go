@@ -115,4 +115,13 @@ func TestStateJSON(t *testing.T) {
 	if s != collector.StateTimeWait {
 		t.Fatalf("failed Unmarshal changed the state to %v", s)
 	}
+	// What Marshal gives a state with no name reads back: the API's own
+	// JSON (a snapshot's transition from state 0) must decode.
+	for _, n := range []collector.State{0, 99} {
+		b, _ := json.Marshal(n)
+		var got collector.State = 5
+		if err := json.Unmarshal(b, &got); err != nil || got != n {
+			t.Errorf("Unmarshal(%s) = %v, %v; want %d", b, got, err, n)
+		}
+	}
 }

@@ -159,7 +159,7 @@ func (t *Table) apply(ev *Event) {
 		return
 	}
 	if c == nil {
-		if ev.Kind == KindClose || ev.Kind == KindSockopt {
+		if ev.Kind == KindClose || ev.Kind == KindSockopt || ev.State == StateClose {
 			// A socket that has not connected yet (or one whose namespace
 			// no snapshot covers): nothing to attach the fact to.
 			t.stats.Unknown++
@@ -185,6 +185,8 @@ func (t *Table) apply(ev *Event) {
 			t.stats.KeepaliveProbes++
 		}
 		c.LastKeepalive = ev.Time
+		c.KeepaliveProbesOut = ev.Counters.ProbesOut
+		c.KeepaliveIdle = ev.Counters.KeepaliveIdle
 		t.updateCounters(c, ev)
 		c.Settings = ev.Settings
 	case KindClose:

@@ -528,7 +528,7 @@ func TestObservedEvent(t *testing.T) {
 	r.NetRetries2 = 15
 	r.SendAgeJiffies = 250 * 3
 	r.RecvAgeJiffies = 250 * 2
-	r.RetransAgeJiffies = 250
+	r.RetransAgeMs = 1000
 	r.Retransmits = 2
 	r.RtoJiffies = 100
 	r.SendQueue, r.RecvQueue = 10, 20
@@ -597,7 +597,7 @@ func TestReconcileSeed(t *testing.T) {
 		r.SendAgeJiffies = 250 * 3
 		r.RecvAgeJiffies = 250 * 2
 		r.Retransmits = 1
-		r.RetransAgeJiffies = 250 * 4
+		r.RetransAgeMs = 4000
 		r.SendQueue = 7
 		tb.Apply([]Event{tbObserve(t, r, tbT0, 1, seed)})
 		c := tb.conns[10]

@@ -218,7 +218,7 @@ func silentRule(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) (*Verd
 	switch {
 	case !ka.Enabled:
 		why = "keepalive is off (SO_KEEPALIVE not set)"
-	case ka.Source == "socket":
+	case c.Settings.KeepIdle > 0:
 		why = fmt.Sprintf("keepalive idle %s, set on the socket (TCP_KEEPIDLE), is longer than that", round(kaIdle))
 	default:
 		why = fmt.Sprintf("keepalive idle %s, from the namespace's net.ipv4.tcp_keepalive_time, is longer than that", round(kaIdle))
@@ -286,16 +286,18 @@ func GiveUp(c *Conn, d NetDefaults) (time.Time, string) {
 		}
 		return start.Add(retransTimeout(d.Retries2)), fmt.Sprintf("net.ipv4.tcp_retries2=%d", d.Retries2)
 	}
-	if n.ProbesOut > 0 && c.Settings.Keepalive {
+	if n.ProbesOut > 0 && c.Settings.Keepalive && !c.LastKeepalive.IsZero() {
 		ka := EffectiveKeepalive(c.Settings, d)
 		intvl := time.Duration(ka.IntervalSeconds * float64(time.Second))
 		if ut > 0 {
 			// tcp_keepalive_timer aborts once nothing was received for the
 			// user timeout and a probe is out.
-			lastRecv := c.LastKeepalive.Add(-n.KeepaliveIdle)
+			lastRecv := c.LastKeepalive.Add(-c.KeepaliveIdle)
 			return lastRecv.Add(ut), fmt.Sprintf("TCP_USER_TIMEOUT=%s", ut)
 		}
-		left := ka.Count - int(n.ProbesOut)
+		// At each firing the timer gives up once the probes already out
+		// reach the count, else sends one more and waits an interval.
+		left := ka.Count - int(c.KeepaliveProbesOut)
 		if left < 0 {
 			left = 0
 		}
