@@ -4,13 +4,14 @@
 #   sudo make test       install test dependencies, vet, run every test
 #   make generate        rebuild the eBPF objects (needs clang-19, llvm-19)
 #   make check-generate  fail if the committed objects are stale
+#   make fuzz            run every fuzz target for FUZZTIME (60s) each
 
 GO        ?= go
 BIN       := bin/ghostconn
 CLANG     := clang-19
 LLVMSTRIP := llvm-strip-19
 
-.PHONY: all build run test test-deps vet generate generate-deps check-generate vmlinux clean
+.PHONY: all build run test test-deps vet fuzz generate generate-deps check-generate vmlinux clean
 
 all: build
 
@@ -31,6 +32,17 @@ test-deps:
 
 vet:
 	$(GO) vet ./...
+
+# Each target gets FUZZTIME of its own: event decoding, the table under
+# arbitrary events, API query and target parsing, agent flag parsing.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := ./collector:FuzzDecode ./collector:FuzzTableApply ./exporter:FuzzParseFilter ./exporter:FuzzParseTarget ./cmd/ghostconn:FuzzAgentFlags
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME); \
+	done
 
 generate-deps:
 	@./scripts/deps.sh generate
