@@ -686,6 +686,7 @@ struct holder_rec {
 	__u32 netns;
 	__u32 refs; // references to the file
 	__u32 pad;
+	__u64 cgroup_id; // the task's cgroup v2 id (the cgroup directory's inode)
 	char comm[16];
 };
 
@@ -711,6 +712,7 @@ int iter_task_file(struct bpf_iter__task_file *ctx)
 	r.fd = ctx->fd;
 	r.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	r.refs = file_ref_count(f);
+	r.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	BPF_CORE_READ_STR_INTO(&r.comm, task, comm);
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;

@@ -86,16 +86,17 @@ const (
 )
 
 type GhostconnHolderRec struct {
-	_      structs.HostLayout
-	Cookie uint64
-	Ino    uint64
-	Pid    uint32
-	Ppid   uint32
-	Fd     uint32
-	Netns  uint32
-	Refs   uint32
-	Pad    uint32
-	Comm   [16]int8
+	_        structs.HostLayout
+	Cookie   uint64
+	Ino      uint64
+	Pid      uint32
+	Ppid     uint32
+	Fd       uint32
+	Netns    uint32
+	Refs     uint32
+	Pad      uint32
+	CgroupId uint64
+	Comm     [16]int8
 }
 
 type GhostconnSockRec struct {

@@ -7,10 +7,11 @@ import (
 
 // Holder is a process that holds an fd referring to a socket.
 type Holder struct {
-	PID  uint32 `json:"pid"`
-	PPID uint32 `json:"ppid"`
-	Comm string `json:"comm"`
-	FD   int32  `json:"fd"`
+	PID    uint32  `json:"pid"`
+	PPID   uint32  `json:"ppid"`
+	Comm   string  `json:"comm"`
+	FD     int32   `json:"fd"`
+	Cgroup *Cgroup `json:"cgroup,omitempty"`
 }
 
 // CloseRecord says who closed an fd of a socket while other references to

@@ -168,6 +168,9 @@ func (t *Table) Sweep(gen uint64, start time.Time, covered map[uint32]bool) {
 // task_file walk begun at at. Closes seen after at are applied again so the
 // walk cannot resurrect an fd that is already gone.
 func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
+	if t.cgroups != nil {
+		t.cgroups.prime(recs) // reads /proc, so outside the lock
+	}
 	byCookie := map[uint64][]int{}
 	byInode := map[uint64][]int{}
 	for i := range recs {
@@ -190,7 +193,7 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 			if cb := c.ClosedBy; cb != nil && cb.At.After(at) && cb.PID == r.Pid && cb.FD == int32(r.Fd) {
 				continue
 			}
-			hs = append(hs, Holder{PID: r.Pid, PPID: r.Ppid, Comm: cString(r.Comm[:]), FD: int32(r.Fd)})
+			hs = append(hs, Holder{PID: r.Pid, PPID: r.Ppid, Comm: cString(r.Comm[:]), FD: int32(r.Fd), Cgroup: t.cgroups.lookup(r.CgroupId)})
 			// The holder's inode is the one users see in /proc/PID/fd (for
 			// MPTCP it differs from the subflow's).
 			t.setInode(c, r.Ino)

@@ -60,6 +60,8 @@ type Table struct {
 	alive func(pid uint32) bool
 	// subs are the watchers of changes.
 	subs map[*Subscription]struct{}
+	// cgroups resolves holders' cgroup ids; nil leaves them unresolved.
+	cgroups *cgroupCache
 	// hook, when set, is called under the lock for each applied event with
 	// the connection it touched.
 	hook func(ev *Event, c *Conn)
@@ -86,6 +88,7 @@ func NewTable(cfg TableConfig) *Table {
 		pending:  map[uint64]struct{}{},
 		alive:    processAlive,
 		subs:     map[*Subscription]struct{}{},
+		cgroups:  newCgroupCache(),
 	}
 }
 
@@ -522,33 +525,33 @@ func (t *Table) CountByVerdict() map[string]int {
 type Summary struct {
 	ByState   map[State]int
 	ByVerdict map[string]int
-	// ByProcess counts by (process, state) and (process, verdict); it is
-	// filled only when Summarize is given a process namer.
-	StateByProcess   map[[2]string]int
-	VerdictByProcess map[[2]string]int
+	// StateBy and VerdictBy count by (label value, state) and (label
+	// value, verdict) for each labeler given to Summarize, by its name.
+	StateBy   map[string]map[[2]string]int
+	VerdictBy map[string]map[[2]string]int
 }
 
-// Summarize counts live connections by state and verdict, and by process
-// when process is not nil. process names a connection's process; it is
+// Summarize counts live connections by state and verdict, and by the value
+// each labeler gives a connection (a process name, a pod). Labelers are
 // called under the table's lock and must not block.
-func (t *Table) Summarize(process func(c *Conn) string) Summary {
-	s := Summary{ByState: map[State]int{}, ByVerdict: map[string]int{}}
-	if process != nil {
-		s.StateByProcess, s.VerdictByProcess = map[[2]string]int{}, map[[2]string]int{}
+func (t *Table) Summarize(labelers map[string]func(c *Conn) string) Summary {
+	s := Summary{ByState: map[State]int{}, ByVerdict: map[string]int{},
+		StateBy: map[string]map[[2]string]int{}, VerdictBy: map[string]map[[2]string]int{}}
+	for name := range labelers {
+		s.StateBy[name], s.VerdictBy[name] = map[[2]string]int{}, map[[2]string]int{}
 	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for _, c := range t.conns {
 		s.ByState[c.State]++
-		var p string
-		if process != nil {
-			p = process(c)
-			s.StateByProcess[[2]string{p, c.State.String()}]++
-		}
 		for _, v := range c.Verdicts {
 			s.ByVerdict[v.Kind]++
-			if process != nil {
-				s.VerdictByProcess[[2]string{p, v.Kind}]++
+		}
+		for name, label := range labelers {
+			l := label(c)
+			s.StateBy[name][[2]string{l, c.State.String()}]++
+			for _, v := range c.Verdicts {
+				s.VerdictBy[name][[2]string{l, v.Kind}]++
 			}
 		}
 	}

@@ -30,6 +30,10 @@ type MetricsOptions struct {
 	// MaxProcesses caps the distinct process label values; connections of
 	// processes beyond it are counted as "other".
 	MaxProcesses int
+	// PodLabel adds per-pod series (a "pod_uid" label from the first
+	// holder's cgroup; "none" outside Kubernetes), capped by MaxPods.
+	PodLabel bool
+	MaxPods  int
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -41,6 +45,8 @@ var (
 	flaggedDesc          = desc("flagged_connections", "Connections that carry a verdict, by verdict.", "verdict")
 	connectionsProcDesc  = desc("connections_by_process", "TCP connections by process name (first holder; capped, see --metrics-max-processes) and state.", "process", "state")
 	flaggedProcDesc      = desc("flagged_connections_by_process", "Connections that carry a verdict, by process name (capped) and verdict.", "process", "verdict")
+	connectionsPodDesc   = desc("connections_by_pod", "TCP connections by Kubernetes pod UID of the first holder (capped, see --metrics-max-pods) and state.", "pod_uid", "state")
+	flaggedPodDesc       = desc("flagged_connections_by_pod", "Connections that carry a verdict, by pod UID (capped) and verdict.", "pod_uid", "verdict")
 	eventsReadDesc       = desc("events_read_total", "Events read from the kernel ring buffer.")
 	eventsLostDesc       = desc("events_lost_total", "Events the kernel could not put in the ring buffer because it was full, by event kind.", "event")
 	decodeErrorsDesc     = desc("decode_errors_total", "Ring-buffer records that could not be decoded and were skipped.")
@@ -75,8 +81,28 @@ type Metrics struct {
 	src  MetricsSource
 	opts MetricsOptions
 
-	mu       sync.Mutex
-	admitted map[string]bool // process names with a label value of their own
+	mu        sync.Mutex
+	processes *capped
+	pods      *capped
+}
+
+// capped hands out label values up to a limit; the rest become "other".
+// Values once admitted keep their series for the agent's life, so series
+// do not flap between scrapes.
+type capped struct {
+	limit    int
+	admitted map[string]bool
+}
+
+func (c *capped) value(v string) string {
+	if c.admitted[v] {
+		return v
+	}
+	if len(c.admitted) < c.limit {
+		c.admitted[v] = true
+		return v
+	}
+	return otherProcess
 }
 
 // NewMetrics returns the collector over src.
@@ -84,7 +110,12 @@ func NewMetrics(src MetricsSource, opts MetricsOptions) *Metrics {
 	if opts.MaxProcesses <= 0 {
 		opts.MaxProcesses = 100
 	}
-	return &Metrics{src: src, opts: opts, admitted: map[string]bool{}}
+	if opts.MaxPods <= 0 {
+		opts.MaxPods = 200
+	}
+	return &Metrics{src: src, opts: opts,
+		processes: &capped{limit: opts.MaxProcesses, admitted: map[string]bool{}},
+		pods:      &capped{limit: opts.MaxPods, admitted: map[string]bool{}}}
 }
 
 // Describe implements prometheus.Collector.
@@ -96,12 +127,14 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		ch <- connectionsProcDesc
 		ch <- flaggedProcDesc
 	}
+	if m.opts.PodLabel {
+		ch <- connectionsPodDesc
+		ch <- flaggedPodDesc
+	}
 }
 
 // processLabel names a connection's process for the label: its first
-// holder, else its opener, else "none". Names beyond the cap become
-// "other"; names once admitted keep their series for the agent's life, so
-// series do not flap between scrapes.
+// holder, else its opener, else "none"; capped.
 func (m *Metrics) processLabel(c *collector.Conn) string {
 	name := noProcess
 	switch {
@@ -110,14 +143,17 @@ func (m *Metrics) processLabel(c *collector.Conn) string {
 	case c.Opener != nil:
 		name = c.Opener.Comm
 	}
-	if m.admitted[name] {
-		return name
+	return m.processes.value(name)
+}
+
+// podLabel names a connection's pod by UID, from its first holder's
+// cgroup; "none" outside Kubernetes; capped.
+func (m *Metrics) podLabel(c *collector.Conn) string {
+	uid := noProcess
+	if len(c.Holders) > 0 && c.Holders[0].Cgroup != nil && c.Holders[0].Cgroup.PodUID != "" {
+		uid = c.Holders[0].Cgroup.PodUID
 	}
-	if len(m.admitted) < m.opts.MaxProcesses {
-		m.admitted[name] = true
-		return name
-	}
-	return otherProcess
+	return m.pods.value(uid)
 }
 
 // Collect implements prometheus.Collector.
@@ -129,13 +165,16 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 
-	var namer func(*collector.Conn) string
+	labelers := map[string]func(*collector.Conn) string{}
 	if m.opts.ProcessLabel {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		namer = m.processLabel
+		labelers["process"] = m.processLabel
 	}
-	sum := m.src.Table().Summarize(namer)
+	if m.opts.PodLabel {
+		labelers["pod"] = m.podLabel
+	}
+	m.mu.Lock()
+	sum := m.src.Table().Summarize(labelers)
+	m.mu.Unlock()
 	for _, st := range alwaysReportedStates {
 		if _, ok := sum.ByState[st]; !ok {
 			sum.ByState[st] = 0
@@ -147,11 +186,17 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, kind := range collector.VerdictKinds {
 		gauge(flaggedDesc, float64(sum.ByVerdict[kind]), kind)
 	}
-	for k, n := range sum.StateByProcess {
+	for k, n := range sum.StateBy["process"] {
 		gauge(connectionsProcDesc, float64(n), k[0], k[1])
 	}
-	for k, n := range sum.VerdictByProcess {
+	for k, n := range sum.VerdictBy["process"] {
 		gauge(flaggedProcDesc, float64(n), k[0], k[1])
+	}
+	for k, n := range sum.StateBy["pod"] {
+		gauge(connectionsPodDesc, float64(n), k[0], k[1])
+	}
+	for k, n := range sum.VerdictBy["pod"] {
+		gauge(flaggedPodDesc, float64(n), k[0], k[1])
 	}
 
 	ready := 0.0

@@ -31,6 +31,8 @@ type agentConfig struct {
 	webConfig    string
 	processLabel bool
 	maxProcesses int
+	podLabel     bool
+	maxPods      int
 	logLevel     slog.Level
 	collector    collector.Config
 }
@@ -58,6 +60,8 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 	webConfig := fs.String("web.config.file", "", "exporter-toolkit web config file enabling TLS and/or basic auth on the metrics listener")
 	processLabel := fs.Bool("metrics-process-label", false, "add per-process series (label process, capped by --metrics-max-processes)")
 	maxProcesses := fs.Int("metrics-max-processes", 100, "distinct process label values before the rest count as \"other\"")
+	podLabel := fs.Bool("metrics-pod-label", false, "add per-pod series (label pod_uid from the holder's cgroup, capped by --metrics-max-pods)")
+	maxPods := fs.Int("metrics-max-pods", 200, "distinct pod_uid label values before the rest count as \"other\"")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
@@ -105,6 +109,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 	if *maxProcesses < 1 {
 		return nil, usagef("--metrics-max-processes=%d must be at least 1", *maxProcesses)
 	}
+	if *maxPods < 1 {
+		return nil, usagef("--metrics-max-pods=%d must be at least 1", *maxPods)
+	}
 	if *metricsAddr != "" {
 		if _, _, err := net.SplitHostPort(*metricsAddr); err != nil {
 			return nil, usagef("--metrics-address=%q: %v (want HOST:PORT or :PORT)", *metricsAddr, err)
@@ -125,6 +132,8 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 		webConfig:    *webConfig,
 		processLabel: *processLabel,
 		maxProcesses: *maxProcesses,
+		podLabel:     *podLabel,
+		maxPods:      *maxPods,
 		logLevel:     level,
 		collector: collector.Config{
 			RingBufferBytes:   *ring,
@@ -172,7 +181,7 @@ func runAgent(args []string, _, stderr io.Writer) error {
 			return fmt.Errorf("listen for metrics on %s: %w", cfg.metricsAddr, err)
 		}
 		msrv := &http.Server{
-			Handler:           exporter.NewMetricsHandler(c, exporter.MetricsOptions{ProcessLabel: cfg.processLabel, MaxProcesses: cfg.maxProcesses}),
+			Handler:           exporter.NewMetricsHandler(c, exporter.MetricsOptions{ProcessLabel: cfg.processLabel, MaxProcesses: cfg.maxProcesses, PodLabel: cfg.podLabel, MaxPods: cfg.maxPods}),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
 		go func() {

@@ -1,0 +1,31 @@
+package collector
+
+import "testing"
+
+func TestParseCgroupPath(t *testing.T) {
+	const id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct {
+		path                   string
+		pod, container, runtim string
+	}{
+		{"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1f2e3d4c_5b6a_7980_a1b2_c3d4e5f60718.slice/cri-containerd-" + id + ".scope",
+			"1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718", id, "containerd"},
+		{"/kubepods/besteffort/pod1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718/" + id,
+			"1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718", id, ""},
+		{"/kubepods.slice/kubepods-pod1f2e3d4c_5b6a_7980_a1b2_c3d4e5f60718.slice/crio-" + id + ".scope",
+			"1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718", id, "cri-o"},
+		{"/kubepods/pod1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718/docker-" + id + ".scope",
+			"1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718", id, "docker"},
+		{"/system.slice/docker-" + id + ".scope", "", id, "docker"},
+		{"/docker/" + id, "", id, "docker"},
+		{"/machine.slice/libpod-" + id + ".scope/container", "", id, "podman"},
+		{"/user.slice/user-0.slice/session-1.scope", "", "", ""},
+		{"/", "", "", ""},
+		{"/kubepods.slice/kubepods-podnotauid.slice/cri-containerd-abc.scope", "", "", ""},
+	} {
+		cg := ParseCgroupPath(tc.path)
+		if cg.PodUID != tc.pod || cg.ContainerID != tc.container || cg.Runtime != tc.runtim || cg.Path != tc.path {
+			t.Errorf("%s:\n got pod=%q container=%q runtime=%q\nwant pod=%q container=%q runtime=%q", tc.path, cg.PodUID, cg.ContainerID, cg.Runtime, tc.pod, tc.container, tc.runtim)
+		}
+	}
+}
