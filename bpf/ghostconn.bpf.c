@@ -183,12 +183,17 @@ static __always_inline struct event *reserve(__u32 lost_idx)
 	return e;
 }
 
-// submit wakes the reader only once enough data is pending, so a burst of
-// events costs one wakeup rather than one per event.
+// submit wakes the reader only when the backlog crosses wakeup_bytes, so
+// a burst costs one wakeup per wakeup_bytes of events rather than one per
+// event (a wakeup is an IPI: costly, more so in a VM). Below the threshold
+// the reader's periodic poll picks events up. The window is a few records
+// wide because other CPUs may reserve between our reserve and this query;
+// should they all miss it, the poll is the backstop.
 static __always_inline void submit(struct event *e)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (avail >= wakeup_bytes && avail < wakeup_bytes + 4 * (sizeof(struct event) + 8))
 		flags = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(e, flags);
 }
@@ -222,6 +227,44 @@ static __always_inline void fill_tuple(struct event *e, struct sock *sk)
 	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	read_addrs(e->family, e->saddr, e->daddr, &sk->__sk_common);
+}
+
+// fill_tuple_btf is fill_tuple for a trusted socket pointer (a tp_btf
+// argument): plain CO-RE-relocated loads instead of probe-read calls.
+static __always_inline void fill_tuple_btf(struct event *e, struct sock *sk)
+{
+	struct sock_common *skc = &sk->__sk_common;
+	e->family = skc->skc_family;
+	e->sport = skc->skc_num;
+	e->dport = __builtin_bswap16(skc->skc_dport);
+	e->netns = skc->skc_net.net->ns.inum;
+	if (e->family == AF_INET) {
+		__builtin_memcpy(e->saddr, &skc->skc_rcv_saddr, 4);
+		__builtin_memcpy(e->daddr, &skc->skc_daddr, 4);
+	} else {
+		__builtin_memcpy(e->saddr, &skc->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(e->daddr, &skc->skc_v6_daddr, 16);
+	}
+}
+
+// fill_tcp_btf reads keepalive settings and retransmission counters of a
+// trusted socket with plain loads.
+static __always_inline void fill_tcp_btf(struct event *e, struct sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	if (sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)))
+		e->flags |= EVENT_FLAG_KEEPALIVE;
+	e->ka_time = tp->keepalive_time;
+	e->ka_intvl = tp->keepalive_intvl;
+	e->ka_probes = BPF_CORE_READ_BITFIELD_PROBED(tp, keepalive_probes);
+	e->user_timeout_ms = tp->inet_conn.icsk_user_timeout;
+	e->retransmits = tp->inet_conn.icsk_retransmits;
+	e->backoff = tp->inet_conn.icsk_backoff;
+	e->probes_out = tp->inet_conn.icsk_probes_out;
+	e->rto_jiffies = tp->inet_conn.icsk_rto;
+	e->total_retrans = tp->total_retrans;
 }
 
 static __always_inline void fill_keepalive(struct event *e, struct sock *sk)
@@ -276,11 +319,9 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 	e->cookie = bpf_get_socket_cookie(sk);
 	e->old_state = oldstate;
 	e->state = newstate;
-	fill_tuple(e, sk);
-	if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT) {
-		fill_keepalive(e, sk);
-		fill_retrans(e, sk);
-	}
+	fill_tuple_btf(e, sk);
+	if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT)
+		fill_tcp_btf(e, sk);
 	if (state_by_syscall(oldstate, newstate))
 		set_task(e);
 	submit(e);
@@ -296,9 +337,8 @@ int BPF_PROG(tcp_retransmit_skb, struct sock *sk, struct sk_buff *skb)
 	e->type = EVENT_RETRANSMIT;
 	e->cookie = bpf_get_socket_cookie(sk);
 	e->state = sk->__sk_common.skc_state;
-	fill_tuple(e, sk);
-	fill_retrans(e, sk);
-	fill_keepalive(e, sk);
+	fill_tuple_btf(e, sk);
+	fill_tcp_btf(e, sk);
 	submit(e);
 	return 0;
 }
