@@ -5,8 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"strings"
-	"text/tabwriter"
+	"strconv"
 	"time"
 
 	"github.com/ghostconn/ghostconn/collector"
@@ -16,25 +15,26 @@ import (
 func runLs(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("ls", stderr)
 	apiSocket := fs.String("api-socket", exporter.DefaultAPISocket, "the agent's API socket")
-	output := fs.String("o", "table", "output format: table or json")
-	closed := fs.Bool("closed", false, "include recently closed connections")
-	verdict := fs.String("verdict", "", "only connections with this verdict: "+strings.Join(collector.VerdictKinds, ", "))
+	output := fs.String("o", "table", "output format: table, wide or json")
+	ff := addFilterFlags(fs, true)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *verdict != "" {
-		if _, err := collector.ParseVerdict(*verdict); err != nil {
-			return usageError{err.Error()}
-		}
+	if err := checkOutput(*output, "table", "wide", "json"); err != nil {
+		return err
 	}
-	if *output != "table" && *output != "json" {
-		return usagef("-o %q: use table or json", *output)
+	f, err := ff.filter()
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conns, err := exporter.NewClient(*apiSocket).Connections(ctx, exporter.Filter{Closed: *closed, Verdict: *verdict})
+	conns, snapshot, err := connections(ctx, *apiSocket, f, stderr)
 	if err != nil {
 		return err
+	}
+	if conns == nil {
+		conns = []collector.ConnView{}
 	}
 	if *output == "json" {
 		enc := json.NewEncoder(stdout)
@@ -42,59 +42,65 @@ func runLs(args []string, stdout, stderr io.Writer) error {
 		if err := enc.Encode(conns); err != nil {
 			return err
 		}
-	} else {
-		printTable(stdout, conns, time.Now())
+	} else if len(conns) > 0 {
+		if err := printTable(stdout, conns, time.Now(), *output == "wide", snapshot, painter(colorEnabled(stdout))); err != nil {
+			return err
+		}
 	}
 	if len(conns) == 0 {
+		fmt.Fprintln(stderr, "ghostconn ls: no connection matches")
 		return errNoMatch
 	}
 	return nil
 }
 
-func printTable(w io.Writer, conns []collector.ConnView, now time.Time) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "STATE\tLOCAL\tREMOTE\tPROCESS\tIDLE\tRETRANS\tVERDICTS")
-	for _, c := range conns {
-		idle := "-"
-		if c.IdleSeconds != nil {
-			idle = humanDuration(time.Duration(*c.IdleSeconds * float64(time.Second)))
+// printTable prints connections as aligned columns:
+//
+//	table: STATE LOCAL REMOTE PROCESS IDLE RETRANS VERDICTS
+//	wide:  the same, then COOKIE INODE UID KEEPALIVE SENDQ RECVQ AGE HOLDERS
+//
+// A socket held by more than one fd is marked "+N*" in PROCESS, and a
+// footer explains the mark. A one-shot snapshot knows no ages.
+func printTable(w io.Writer, conns []collector.ConnView, now time.Time, wide, snapshot bool, p painter) error {
+	t := table{header: []string{"STATE", "LOCAL", "REMOTE", "PROCESS", "IDLE", "RETRANS", "VERDICTS"}}
+	if wide {
+		t.header = append(t.header, "COOKIE", "INODE", "UID", "KEEPALIVE", "SENDQ", "RECVQ", "AGE", "HOLDERS")
+	}
+	anyShared := false
+	for i := range conns {
+		c := &conns[i]
+		anyShared = anyShared || shared(c.Holders)
+		row := []cell{
+			plain(c.State.String()), plain(c.Local), plain(c.Remote), plain(processText(c)),
+			plain(idleText(c)), plain(strconv.FormatUint(uint64(c.Retransmits), 10)), verdictsCell(p, c.Verdicts),
 		}
-		var verdicts []string
-		for _, v := range c.Verdicts {
-			verdicts = append(verdicts, v.Kind)
+		if wide {
+			uid := "-"
+			if c.UID != nil {
+				uid = strconv.FormatUint(uint64(*c.UID), 10)
+			}
+			age := ago(now, c.FirstSeen)
+			if snapshot {
+				age = "-"
+			}
+			row = append(row,
+				plain(strconv.FormatUint(c.Cookie, 10)), plain(strconv.FormatUint(c.Inode, 10)), plain(uid),
+				plain(keepaliveText(c.Keepalive)),
+				plain(strconv.FormatUint(uint64(c.SendQueue), 10)), plain(strconv.FormatUint(uint64(c.RecvQueue), 10)),
+				plain(age), plain(holdersList(c.Holders)))
 		}
-		vs := strings.Join(verdicts, ",")
-		if vs == "" {
-			vs = "-"
+		t.add(row...)
+	}
+	if err := t.write(w); err != nil {
+		return err
+	}
+	if anyShared {
+		hint := "-o wide"
+		if wide {
+			hint = "HOLDERS"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", c.State, c.Local, c.Remote, holdersText(c.Holders), idle, c.Retransmits, vs)
+		_, err := fmt.Fprintf(w, "\n* shared: more than one fd refers to the socket, in one process or several (+N more holders; see %s or 'ghostconn who')\n", hint)
+		return err
 	}
-	tw.Flush()
-}
-
-func holdersText(hs []collector.Holder) string {
-	if len(hs) == 0 {
-		return "-"
-	}
-	s := fmt.Sprintf("%s/%d fd=%d", hs[0].Comm, hs[0].PID, hs[0].FD)
-	if len(hs) > 1 {
-		s += fmt.Sprintf(" +%d", len(hs)-1)
-	}
-	return s
-}
-
-// humanDuration prints durations the way people read them: 850ms, 42s,
-// 3m12s, 5h4m, 2d3h.
-func humanDuration(d time.Duration) string {
-	switch {
-	case d < time.Second:
-		return fmt.Sprintf("%dms", d.Milliseconds())
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm%ds", int(d.Minutes()), int(d.Seconds())%60)
-	case d < 24*time.Hour:
-		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
-	}
-	return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
+	return nil
 }

@@ -3,6 +3,8 @@
 //
 //	ghostconn agent    run the agent (root)
 //	ghostconn ls       list connections
+//	ghostconn who      everything about one connection
+//	ghostconn watch    a live stream of state and verdict changes
 //	ghostconn status   the agent's account of itself
 package main
 
@@ -41,6 +43,8 @@ type command struct {
 var commands = []command{
 	{"agent", "run the agent: load the eBPF programs, keep the table, serve the API", runAgent},
 	{"ls", "list connections with their verdicts", runLs},
+	{"who", "show everything about one connection: verdicts, holders, closer, history", runWho},
+	{"watch", "stream state and verdict changes as they happen", runWatch},
 	{"status", "show the agent's counters: events read and lost, programs attached", runStatus},
 }
 
