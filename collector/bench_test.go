@@ -1,0 +1,109 @@
+package collector
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/ghostconn/ghostconn/bpf"
+)
+
+func benchRecord() []byte {
+	k := bpf.GhostconnEvent{TsNs: 1e9, Cookie: 42, Type: uint8(KindState), Family: uint8(FamilyIPv4),
+		OldState: uint8(StateSynSent), State: uint8(StateEstablished), Sport: 5000, Dport: 80}
+	copy(k.Saddr[:], []byte{127, 0, 0, 1})
+	copy(k.Daddr[:], []byte{127, 0, 0, 1})
+	raw := make([]byte, EventSize)
+	copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&k)), EventSize))
+	return raw
+}
+
+// BenchmarkDecode is the per-event user-space decoding cost.
+func BenchmarkDecode(b *testing.B) {
+	d := Decoder{HZ: 250}
+	raw := benchRecord()
+	var ev Event
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := d.Decode(raw, &ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// lifecycle is the state events of one short loopback connection, both
+// ends, as the kernel reports them.
+func lifecycle(cookie uint64, at time.Time) []Event {
+	l := netip.MustParseAddrPort("127.0.0.1:40000")
+	r := netip.MustParseAddrPort("127.0.0.1:80")
+	mk := func(c uint64, from, to State, loc, rem netip.AddrPort) Event {
+		return Event{Kind: KindState, Time: at, Cookie: c, Netns: 1, Family: FamilyIPv4, Local: loc, Remote: rem, OldState: from, State: to}
+	}
+	return []Event{
+		mk(cookie, StateClose, StateSynSent, l, r),
+		mk(cookie+1, StateListen, StateSynRecv, r, l),
+		mk(cookie, StateSynSent, StateEstablished, l, r),
+		mk(cookie+1, StateSynRecv, StateEstablished, r, l),
+		mk(cookie, StateEstablished, StateFinWait1, l, r),
+		mk(cookie+1, StateEstablished, StateCloseWait, r, l),
+		mk(cookie, StateFinWait1, StateFinWait2, l, r),
+		mk(cookie+1, StateCloseWait, StateLastAck, r, l),
+		mk(cookie, StateFinWait2, StateClose, l, r),
+		mk(cookie+1, StateLastAck, StateClose, r, l),
+	}
+}
+
+// BenchmarkTableChurn applies the ten state events of one connection's
+// life, both ends; ns/op is per connection.
+func BenchmarkTableChurn(b *testing.B) {
+	t := NewTable(TableConfig{MaxConns: 1 << 20, MaxHistory: 10000, HistoryTTL: time.Minute, Verdicts: DefaultVerdictConfig})
+	at := time.Unix(1000, 0)
+	evs := lifecycle(0, at)
+	b.ReportAllocs()
+	var n uint64
+	for b.Loop() {
+		n += 2
+		for i := range evs {
+			evs[i].Cookie = n + uint64(i%2)
+		}
+		t.Apply(evs)
+	}
+}
+
+func bigTable(n int) (*Table, time.Time) {
+	t := NewTable(TableConfig{MaxConns: 1 << 20, Verdicts: DefaultVerdictConfig})
+	at := time.Unix(1000, 0)
+	evs := make([]Event, 0, n)
+	for i := 0; i < n; i++ {
+		evs = append(evs, Event{Kind: KindState, Time: at, Cookie: uint64(i + 1), Netns: 1, Family: FamilyIPv4,
+			Local:    netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, byte(i >> 16), byte(i >> 8)}), uint16(i)),
+			Remote:   netip.MustParseAddrPort("127.0.0.1:80"),
+			OldState: StateSynSent, State: StateEstablished})
+	}
+	t.Apply(evs)
+	return t, at
+}
+
+// BenchmarkList100k is the table side of `ghostconn ls` at 100k
+// connections.
+func BenchmarkList100k(b *testing.B) {
+	t, at := bigTable(100_000)
+	b.ReportAllocs()
+	for b.Loop() {
+		if got := t.List(at.Add(time.Second), ListOptions{}); len(got) != 100_000 {
+			b.Fatal(len(got))
+		}
+	}
+}
+
+// BenchmarkEvaluate100k is one full verdict evaluation at 100k
+// connections, which the agent runs every second.
+func BenchmarkEvaluate100k(b *testing.B) {
+	t, at := bigTable(100_000)
+	t.defaults[1] = NetDefaults{KeepIdle: 2 * time.Hour, KeepInterval: 75 * time.Second, KeepCount: 9, Retries2: 15}
+	b.ReportAllocs()
+	for b.Loop() {
+		t.Evaluate(at.Add(time.Second), true)
+	}
+}
