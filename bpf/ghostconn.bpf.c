@@ -343,6 +343,20 @@ int BPF_PROG(tcp_retransmit_skb, struct sock *sk, struct sk_buff *skb)
 	return 0;
 }
 
+// Some kernels (Debian's 6.1 among them) keep the keepalive timer in
+// inet_connection_sock rather than in sock.sk_timer.
+struct inet_connection_sock___ka {
+	struct timer_list icsk_keepalive_timer;
+} __attribute__((preserve_access_index));
+
+// keepalive_timer_sock returns the socket that owns a keepalive timer.
+static __always_inline struct sock *keepalive_timer_sock(struct timer_list *timer)
+{
+	if (bpf_core_field_exists(struct inet_connection_sock___ka, icsk_keepalive_timer))
+		return (void *)timer - bpf_core_field_offset(struct inet_connection_sock___ka, icsk_keepalive_timer);
+	return (void *)timer - bpf_core_field_offset(struct sock, sk_timer);
+}
+
 // timer_expire_entry runs for every timer on the host; all but keepalive
 // timers leave after one load and one compare.
 SEC("tp_btf/timer_expire_entry")
@@ -352,7 +366,7 @@ int BPF_PROG(timer_expire_entry, struct timer_list *timer, unsigned long baseclk
 		return 0;
 	// The verifier allows direct access only within timer_list, so the
 	// enclosing socket is read with probe reads.
-	struct sock *sk = (void *)timer - bpf_core_field_offset(struct sock, sk_timer);
+	struct sock *sk = keepalive_timer_sock(timer);
 	struct event *e = reserve(STAT_LOST_KEEPALIVE);
 	if (!e)
 		return 0;
@@ -473,8 +487,11 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 		.op = op,
 	};
 	__builtin_memcpy(rec.comm, e->comm, sizeof(rec.comm));
-	if (e->cookie)
-		bpf_map_update_elem(&closes, &e->cookie, &rec, BPF_ANY);
+	// The key is copied to the stack: 6.1's verifier refuses ring-buffer
+	// memory as a map key.
+	__u64 cookie = e->cookie;
+	if (cookie)
+		bpf_map_update_elem(&closes, &cookie, &rec, BPF_ANY);
 	submit(e);
 }
 

@@ -40,7 +40,7 @@ func FuzzTableApply(f *testing.F) {
 		}
 		tbl.Apply(evs)
 		now := base.Add(10 * time.Minute)
-		tbl.Evaluate(now, true)
+		tbl.Evaluate(now)
 		tbl.Sweep(2, base.Add(time.Minute), map[uint32]bool{1: true})
 		tbl.GC(now)
 		live := tbl.List(now, ListOptions{})

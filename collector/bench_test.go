@@ -104,6 +104,6 @@ func BenchmarkEvaluate100k(b *testing.B) {
 	t.defaults[1] = NetDefaults{KeepIdle: 2 * time.Hour, KeepInterval: 75 * time.Second, KeepCount: 9, Retries2: 15}
 	b.ReportAllocs()
 	for b.Loop() {
-		t.Evaluate(at.Add(time.Second), true)
+		t.Evaluate(at.Add(time.Second))
 	}
 }

@@ -229,7 +229,7 @@ func (c *Collector) Run(ctx context.Context) error {
 			due.Reset(time.Until(next) + time.Millisecond)
 		}
 	}
-	for n := 0; ; n++ {
+	for {
 		select {
 		case <-ctx.Done():
 			return nil
@@ -240,26 +240,22 @@ func (c *Collector) Run(ctx context.Context) error {
 			}
 			c.table.GC(time.Now())
 		case <-verdicts.C:
-			schedule(c.evaluate(n%fullEvaluationEvery == 0))
+			schedule(c.evaluate())
 		case <-due.C:
-			schedule(c.evaluate(false))
+			schedule(c.evaluate())
 		}
 	}
 }
 
-// Verdicts are evaluated for connections waiting on a ghost grace period
-// every verdictTick, and for the whole table every fullEvaluationEvery
-// ticks.
-const (
-	verdictTick         = 250 * time.Millisecond
-	fullEvaluationEvery = 4
-)
+// verdictTick is how often the connections that changed are evaluated;
+// deadlines (a grace period ending) also wake the loop on their own.
+const verdictTick = 250 * time.Millisecond
 
 // evaluate runs the verdict rules; when a rule needs fresher evidence it
 // takes a snapshot of just the namespaces concerned and evaluates again.
 // It returns when the next pending ghost decision falls due.
-func (c *Collector) evaluate(full bool) time.Time {
-	need, next := c.table.Evaluate(time.Now(), full)
+func (c *Collector) evaluate() time.Time {
+	need, next := c.table.Evaluate(time.Now())
 	if len(need) == 0 {
 		return next
 	}
@@ -268,7 +264,7 @@ func (c *Collector) evaluate(full bool) time.Time {
 		c.cfg.Logger.Warn("refresh for verdicts", "err", err)
 		return next
 	}
-	_, next = c.table.Evaluate(time.Now(), full)
+	_, next = c.table.Evaluate(time.Now())
 	return next
 }
 

@@ -110,6 +110,11 @@ type Conn struct {
 	Verdicts []Verdict
 
 	observedGen uint64
+	// dirty marks a connection changed since its last evaluation;
+	// nextEval is when time alone could change its verdicts (zero: never).
+	// A full evaluation skips connections that are neither.
+	dirty    bool
+	nextEval time.Time
 }
 
 func (c *Conn) addTransition(t Transition) {

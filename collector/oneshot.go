@@ -60,6 +60,6 @@ func OneShot(hz int, vcfg VerdictConfig) ([]ConnView, error) {
 	t.SetHolders(holders, now)
 	// Without history the ghost and close-wait rules have nothing to go
 	// on: a seeded connection's state began "now".
-	t.Evaluate(now, true)
+	t.Evaluate(now)
 	return t.List(now, ListOptions{}), nil
 }

@@ -123,6 +123,7 @@ func (t *Table) applyObserved(ev *Event, c *Conn) {
 		c.StateSince = ev.Time
 	}
 	c.observedGen = o.Gen
+	t.markDirty(c)
 	c.UID, c.HasUID = o.UID, true
 	if c.Inode == 0 {
 		t.setInode(c, ev.Inode)
@@ -200,6 +201,7 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 		}
 		c.Holders = hs
 		c.HoldersAt = at
+		t.markDirty(c)
 		t.noteExits(c, old, at)
 	}
 }
@@ -220,7 +222,7 @@ func (t *Table) noteExits(c *Conn, old []Holder, at time.Time) {
 			RefsLeft: uint32(len(c.Holders)), Op: "exit",
 			writeSeq: c.WriteSeq, copiedSeq: c.CopiedSeq,
 		}
-		t.pending[c.Cookie] = struct{}{}
+		t.markDirty(c)
 	}
 }
 

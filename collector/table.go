@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"container/heap"
 	"maps"
 	"sort"
 	"sync"
@@ -53,15 +54,17 @@ type Table struct {
 	closedIx map[uint64]*Conn  // cookie -> newest closed entry
 	defaults map[uint32]NetDefaults
 	stats    TableStats
-	// pending holds the connections whose ghost decision waits for its
-	// grace period, so they can be checked more often than the rest.
-	pending map[uint64]struct{}
 	// alive reports whether a process still exists.
 	alive func(pid uint32) bool
 	// subs are the watchers of changes.
 	subs map[*Subscription]struct{}
 	// cgroups resolves holders' cgroup ids; nil leaves them unresolved.
 	cgroups *cgroupCache
+	// dirtyList holds the connections changed since the last evaluation;
+	// deadlines the times at which time alone could change a connection's
+	// verdicts. Together they keep evaluation proportional to change.
+	dirtyList []*Conn
+	deadlines deadlineHeap
 	// hook, when set, is called under the lock for each applied event with
 	// the connection it touched.
 	hook func(ev *Event, c *Conn)
@@ -85,7 +88,6 @@ func NewTable(cfg TableConfig) *Table {
 		closedIx: map[uint64]*Conn{},
 		defaults: map[uint32]NetDefaults{},
 		stats:    TableStats{Applied: map[Kind]uint64{}, Raised: map[string]uint64{}},
-		pending:  map[uint64]struct{}{},
 		alive:    processAlive,
 		subs:     map[*Subscription]struct{}{},
 		cgroups:  newCgroupCache(),
@@ -126,6 +128,8 @@ func (t *Table) create(ev *Event) *Conn {
 		return nil
 	}
 	c := &Conn{
+		// Room for a short connection's whole life without regrowth.
+		History:    make([]Transition, 0, 6),
 		Cookie:     ev.Cookie,
 		Netns:      ev.Netns,
 		Family:     ev.Family,
@@ -136,6 +140,7 @@ func (t *Table) create(ev *Event) *Conn {
 		StateSince: ev.Time,
 	}
 	t.conns[ev.Cookie] = c
+	t.markDirty(c)
 	return c
 }
 
@@ -173,6 +178,7 @@ func (t *Table) apply(ev *Event) {
 		}
 	}
 	c.LastUpdate = later(c.LastUpdate, ev.Time)
+	t.markDirty(c)
 	switch ev.Kind {
 	case KindRetransmit:
 		c.RetransmitEvents++
@@ -200,9 +206,6 @@ func (t *Table) apply(ev *Event) {
 			writeSeq: ev.Close.WriteSeq, copiedSeq: ev.Close.CopiedSeq,
 		}
 		c.Holders = removeHolder(c.Holders, ev.Task.PID, ev.Close.FD)
-		if c.ClosedBy.RefsLeft > 0 {
-			t.pending[c.Cookie] = struct{}{}
-		}
 	case KindSockopt:
 		t.setInode(c, ev.Inode)
 		applySockopt(&c.Settings, ev.Sockopt)
@@ -277,6 +280,7 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 		return
 	}
 	t.stats.Transitions[ev.State]++
+	t.markDirty(c)
 	c.addTransition(Transition{At: ev.Time, From: ev.OldState, To: ev.State, Task: ev.Task, Source: "kernel"})
 	// Take the tuple as the newest event gives it (a connecting socket
 	// gets its local port late), but not from a socket already unhashed on
@@ -316,7 +320,6 @@ func (t *Table) retire(c *Conn, at time.Time) {
 	}
 	c.Holders = nil
 	c.Verdicts = nil
-	delete(t.pending, c.Cookie)
 	delete(t.conns, c.Cookie)
 	if c.Inode != 0 && t.byInode[c.Inode] == c.Cookie {
 		delete(t.byInode, c.Inode)
@@ -325,7 +328,9 @@ func (t *Table) retire(c *Conn, at time.Time) {
 		return
 	}
 	if len(t.closed) >= t.cfg.MaxHistory {
-		t.dropClosed(1)
+		// Drop an eighth at once: shifting the slice on every close made
+		// each close cost O(MaxHistory).
+		t.dropClosed(min(len(t.closed), t.cfg.MaxHistory/8+1))
 	}
 	t.closed = append(t.closed, c)
 	t.closedIx[c.Cookie] = c
@@ -431,41 +436,70 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
-// Evaluate applies the verdict rules at now: to every live connection when
-// full is set, otherwise only to those waiting on a ghost grace period. It
-// returns the network namespaces whose sockets need a fresh snapshot before
-// a rule can decide.
-//
-// It also returns the earliest time a pending ghost decision falls due
-// (zero if none), so the caller can evaluate again right then.
-func (t *Table) Evaluate(now time.Time, full bool) (need map[uint32]bool, nextDue time.Time) {
+// Evaluate applies the verdict rules at now to the connections that
+// changed since the last evaluation and to those whose deadline (a
+// threshold, a grace period, a recheck) has come. The cost is proportional
+// to what changed, not to the size of the table. It returns the network
+// namespaces whose sockets need a fresh snapshot before a rule can decide,
+// and the earliest deadline still ahead (zero if none), so the caller can
+// evaluate again right then.
+func (t *Table) Evaluate(now time.Time) (need map[uint32]bool, next time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	need = map[uint32]bool{}
 	visit := func(c *Conn) {
+		if !c.ClosedAt.IsZero() {
+			return // retired
+		}
 		if t.evaluateOne(c, now) {
 			need[c.Netns] = true
 		}
-		if _, ok := t.pending[c.Cookie]; ok && c.ClosedBy != nil {
-			if due := c.ClosedBy.At.Add(t.cfg.Verdicts.GhostGrace); due.After(now) && (nextDue.IsZero() || due.Before(nextDue)) {
-				nextDue = due
-			}
+	}
+	dirty := t.dirtyList
+	t.dirtyList = nil
+	for _, c := range dirty {
+		visit(c)
+	}
+	for len(t.deadlines) > 0 && !t.deadlines[0].at.After(now) {
+		d := heap.Pop(&t.deadlines).(deadline)
+		if d.c.nextEval.Equal(d.at) && !d.c.dirty {
+			visit(d.c)
 		}
 	}
-	if full {
-		for _, c := range t.conns {
-			visit(c)
-		}
-	} else {
-		for ck := range t.pending {
-			if c := t.conns[ck]; c != nil {
-				visit(c)
-			} else {
-				delete(t.pending, ck)
-			}
-		}
+	if len(t.deadlines) > 0 {
+		next = t.deadlines[0].at
 	}
-	return need, nextDue
+	return need, next
+}
+
+// markDirty queues c for the next evaluation.
+func (t *Table) markDirty(c *Conn) {
+	if !c.dirty {
+		c.dirty = true
+		t.dirtyList = append(t.dirtyList, c)
+	}
+}
+
+// deadline is a time at which a connection must be evaluated again.
+type deadline struct {
+	at time.Time
+	c  *Conn
+}
+
+// deadlineHeap is a min-heap of deadlines. Entries go stale when a
+// connection's deadline moves; Evaluate skips those.
+type deadlineHeap []deadline
+
+func (h deadlineHeap) Len() int           { return len(h) }
+func (h deadlineHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h deadlineHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *deadlineHeap) Push(x any)        { *h = append(*h, x.(deadline)) }
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	d := old[len(old)-1]
+	old[len(old)-1] = deadline{}
+	*h = old[:len(old)-1]
+	return d
 }
 
 // evaluateOne updates c's verdicts, keeping the since of those that
@@ -477,11 +511,14 @@ func (t *Table) evaluateOne(c *Conn, now time.Time) bool {
 		// No snapshot has read this namespace's sysctls yet; the evidence
 		// needs them.
 		e.refresh = true
+		e.wake(now.Add(time.Second))
 	}
-	if e.pending {
-		t.pending[c.Cookie] = struct{}{}
-	} else {
-		delete(t.pending, c.Cookie)
+	c.dirty = false
+	if !e.next.Equal(c.nextEval) {
+		c.nextEval = e.next
+		if !e.next.IsZero() {
+			heap.Push(&t.deadlines, deadline{at: e.next, c: c})
+		}
 	}
 	for i := range e.verdicts {
 		v := &e.verdicts[i]

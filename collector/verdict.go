@@ -76,6 +76,15 @@ type evaluation struct {
 	refresh bool
 	// pending is true while a ghost decision waits for its grace period.
 	pending bool
+	// next is the earliest time the verdicts could change with no new
+	// event or snapshot; zero means not before one.
+	next time.Time
+}
+
+func (e *evaluation) wake(t time.Time) {
+	if !t.IsZero() && (e.next.IsZero() || t.Before(e.next)) {
+		e.next = t
+	}
 }
 
 // evaluate applies every rule to c at now.
@@ -105,6 +114,24 @@ func evaluate(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) evaluati
 		if now.Sub(c.LastDataAt) >= recheckUnresponsive {
 			ev.refresh = true
 		}
+		ev.wake(c.LastDataAt.Add(recheckUnresponsive))
+	}
+	// When could time alone change the verdicts?
+	if ev.refresh {
+		ev.wake(now.Add(time.Second))
+	}
+	if ev.pending && c.ClosedBy != nil {
+		ev.wake(c.ClosedBy.At.Add(cfg.GhostGrace))
+	}
+	if c.State == StateCloseWait && !has(ev.verdicts, VerdictCloseWait) {
+		ev.wake(c.StateSince.Add(cfg.CloseWaitAfter))
+	}
+	if c.State == StateEstablished && !has(ev.verdicts, VerdictSilent) {
+		last := c.LastData
+		if last.IsZero() {
+			last = c.StateSince
+		}
+		ev.wake(last.Add(cfg.SilentAfter))
 	}
 	return ev
 }

@@ -3,6 +3,7 @@ package collector_test
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -25,11 +26,12 @@ func TestMain(m *testing.M) {
 		recvFDHelper()
 		return
 	case "writefd":
-		// A worker handed a connection on fd 3: it answers a little later,
-		// then holds the connection until stdin closes.
-		time.Sleep(500 * time.Millisecond)
+		// A worker handed a connection on fd 3: it answers when told (a
+		// line on stdin), then holds the connection until stdin closes.
+		in := bufio.NewReader(os.Stdin)
+		in.ReadString('\n')
 		unix.Write(3, []byte("hello\n"))
-		bufio.NewReader(os.Stdin).ReadString('\n')
+		in.ReadString('\n')
 		return
 	}
 	os.Exit(m.Run())
@@ -329,6 +331,11 @@ func TestNoFalseGhosts(t *testing.T) {
 	}()
 	f.Close()
 	s.Close()
+	// The worker answers after the parent's close, as a forked server
+	// child does.
+	if _, err := io.WriteString(workerIn, "go\n"); err != nil {
+		t.Fatal(err)
+	}
 	// 1,000 churned connections.
 	for i := 0; i < 1000; i++ {
 		cl, s := dial()
@@ -341,7 +348,7 @@ func TestNoFalseGhosts(t *testing.T) {
 	if err := c.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
-	c.Table().Evaluate(time.Now(), true)
+	c.Table().Evaluate(time.Now())
 	st, err := c.Status()
 	if err != nil {
 		t.Fatal(err)
