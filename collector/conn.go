@@ -115,6 +115,9 @@ type Conn struct {
 	// A full evaluation skips connections that are neither.
 	dirty    bool
 	nextEval time.Time
+	// localStr and remoteStr print localOf and remoteOf (see tupleStrings).
+	localStr, remoteStr string
+	localOf, remoteOf   netip.AddrPort
 }
 
 func (c *Conn) addTransition(t Transition) {
@@ -184,18 +187,25 @@ type ConnView struct {
 	History            []Transition `json:"history,omitempty"`
 }
 
-// view renders c at now. Slices are copied so the view stays valid after
-// the table lock is released.
-func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool) ConnView {
+// view renders c at now. Holders and Verdicts are shared, not copied: the
+// table replaces those slices rather than changing them in place. uid and
+// idle are where the view's pointers point, so a caller rendering many
+// connections can hand out slots of one slab instead of two allocations
+// each.
+func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, uid *uint32, idle *float64) ConnView {
+	local, remote := c.localStr, c.remoteStr
+	if c.localOf != c.Local || c.remoteOf != c.Remote || local == "" {
+		local, remote = c.Local.String(), c.Remote.String()
+	}
 	v := ConnView{
 		Cookie:             c.Cookie,
 		Family:             c.Family.String(),
 		State:              c.State,
-		Local:              c.Local.String(),
-		Remote:             c.Remote.String(),
+		Local:              local,
+		Remote:             remote,
 		Netns:              c.Netns,
 		Inode:              c.Inode,
-		Holders:            append([]Holder{}, c.Holders...),
+		Holders:            c.Holders,
 		Keepalive:          EffectiveKeepalive(c.Settings, d),
 		UserTimeoutSeconds: c.Settings.UserTimeout.Seconds(),
 		Retransmits:        c.Counters.TotalRetrans,
@@ -207,11 +217,17 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool) ConnView {
 		Opener:             c.Opener,
 		FirstSeen:          c.FirstSeen,
 		StateSince:         c.StateSince,
-		Verdicts:           append([]Verdict{}, c.Verdicts...),
+		Verdicts:           c.Verdicts,
+	}
+	if v.Holders == nil {
+		v.Holders = []Holder{}
+	}
+	if v.Verdicts == nil {
+		v.Verdicts = []Verdict{}
 	}
 	if c.HasUID {
-		uid := c.UID
-		v.UID = &uid
+		*uid = c.UID
+		v.UID = uid
 	}
 	if c.ClosedBy != nil {
 		cb := *c.ClosedBy
@@ -221,14 +237,22 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool) ConnView {
 		at := c.ClosedAt
 		v.ClosedAt = &at
 	}
-	if idle, ok := c.Idle(now); ok {
-		s := idle.Seconds()
-		v.IdleSeconds = &s
+	if d, ok := c.Idle(now); ok {
+		*idle = d.Seconds()
+		v.IdleSeconds = idle
 	}
 	if withHistory {
 		v.History = append([]Transition{}, c.History...)
 	}
 	return v
+}
+
+// setTuple sets the addresses and caches their printed form, which views
+// read under the table's read lock.
+func (c *Conn) setTuple(local, remote netip.AddrPort) {
+	c.Local, c.Remote = local, remote
+	c.localStr, c.remoteStr = local.String(), remote.String()
+	c.localOf, c.remoteOf = local, remote
 }
 
 // Idle is how long no data has gone either way on a connection that can

@@ -134,11 +134,10 @@ func (t *Table) create(ev *Event) *Conn {
 		Netns:      ev.Netns,
 		Family:     ev.Family,
 		State:      ev.State,
-		Local:      ev.Local,
-		Remote:     ev.Remote,
 		FirstSeen:  ev.Time,
 		StateSince: ev.Time,
 	}
+	c.setTuple(ev.Local, ev.Remote)
 	t.conns[ev.Cookie] = c
 	t.markDirty(c)
 	return c
@@ -255,8 +254,10 @@ func applySockopt(s *SockSettings, o Sockopt) {
 	}
 }
 
+// removeHolder returns hs without (pid, fd), in a new slice: views share
+// holder slices, so they are never changed in place.
 func removeHolder(hs []Holder, pid uint32, fd int32) []Holder {
-	out := hs[:0]
+	out := make([]Holder, 0, len(hs))
 	for _, h := range hs {
 		if h.PID != pid || h.FD != fd {
 			out = append(out, h)
@@ -287,7 +288,7 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 	// its way to CLOSE, whose local port reads 0. Before publishing, so
 	// that watchers see the ESTABLISHED change with its local port.
 	if ev.Local.Port() != 0 {
-		c.Local, c.Remote = ev.Local, ev.Remote
+		c.setTuple(ev.Local, ev.Remote)
 	}
 	t.publish(c, Change{Time: ev.Time, Type: "state", From: ev.OldState, State: ev.State, Source: "kernel", Task: ev.Task})
 	c.State = ev.State
@@ -398,23 +399,29 @@ type ListOptions struct {
 // List returns views of the connections at now, ordered by cookie.
 func (t *Table) List(now time.Time, opts ListOptions) []ConnView {
 	t.mu.RLock()
-	out := make([]ConnView, 0, len(t.conns))
-	add := func(c *Conn) {
-		v := c.view(now, t.defaults[c.Netns], opts.History)
+	defer t.mu.RUnlock()
+	n := len(t.conns)
+	if opts.Closed {
+		n += len(t.closed)
+	}
+	// Sort pointers, not views: a view is a few hundred bytes.
+	conns := make([]*Conn, 0, n)
+	for _, c := range t.conns {
+		conns = append(conns, c)
+	}
+	if opts.Closed {
+		conns = append(conns, t.closed...)
+	}
+	sort.Slice(conns, func(i, j int) bool { return conns[i].Cookie < conns[j].Cookie })
+	out := make([]ConnView, 0, len(conns))
+	uids := make([]uint32, len(conns))
+	idles := make([]float64, len(conns))
+	for i, c := range conns {
+		v := c.view(now, t.defaults[c.Netns], opts.History, &uids[i], &idles[i])
 		if opts.Match == nil || opts.Match(&v) {
 			out = append(out, v)
 		}
 	}
-	for _, c := range t.conns {
-		add(c)
-	}
-	if opts.Closed {
-		for _, c := range t.closed {
-			add(c)
-		}
-	}
-	t.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Cookie < out[j].Cookie })
 	return out
 }
 

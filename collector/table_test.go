@@ -908,7 +908,9 @@ func TestConnIdle(t *testing.T) {
 			if got != tc.want || ok != tc.ok {
 				t.Fatalf("Idle = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
 			}
-			v := c.view(tc.now, NetDefaults{}, false)
+			var uid uint32
+			var idle float64
+			v := c.view(tc.now, NetDefaults{}, false, &uid, &idle)
 			switch {
 			case tc.ok && (v.IdleSeconds == nil || *v.IdleSeconds != tc.want.Seconds()):
 				t.Fatalf("view IdleSeconds = %v, want %v", v.IdleSeconds, tc.want.Seconds())

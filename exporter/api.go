@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -80,8 +81,15 @@ func (a *API) connections(w http.ResponseWriter, r *http.Request) {
 	}
 	conns := a.src.Table().List(a.now(), collector.ListOptions{Closed: f.Closed, History: f.History, Match: f.Match})
 	Sort(conns, f.Sort)
-	writeJSON(w, http.StatusOK, conns)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(CountHeader, strconv.Itoa(len(conns)))
+	w.WriteHeader(http.StatusOK)
+	_ = WriteConnViews(w, conns) // the client went away
 }
+
+// CountHeader carries the number of connections in a /v1/connections
+// answer, so a client that copies the body through knows it.
+const CountHeader = "X-Ghostconn-Count"
 
 // watch streams changes that pass the filter until the client goes away.
 func (a *API) watch(w http.ResponseWriter, r *http.Request) {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -71,6 +72,36 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, out any) er
 func (c *Client) Connections(ctx context.Context, f Filter) ([]collector.ConnView, error) {
 	var out []collector.ConnView
 	return out, c.get(ctx, "/v1/connections", f.Values(), &out)
+}
+
+// ConnectionsRaw copies the agent's JSON answer for f to w as it arrives,
+// without decoding it, and returns how many connections it holds.
+func (c *Client) ConnectionsRaw(ctx context.Context, f Filter, w io.Writer) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://ghostconn/v1/connections?"+f.Values().Encode(), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		var e Error
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return 0, fmt.Errorf("agent answered %s: %s", resp.Status, e.Error)
+		}
+		return 0, fmt.Errorf("agent answered %s", resp.Status)
+	}
+	n, err := strconv.Atoi(resp.Header.Get(CountHeader))
+	if err != nil {
+		return 0, fmt.Errorf("agent answer lacks a valid %s header", CountHeader)
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return 0, fmt.Errorf("read agent answer: %w", err)
+	}
+	return n, nil
 }
 
 // Watch streams changes that pass f to fn until ctx ends, the agent goes

@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -29,6 +29,21 @@ func runLs(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if *output == "json" {
+		// The agent's answer is already the JSON to print: copy it
+		// through (at 100k connections decoding and re-encoding would
+		// take most of the time).
+		n, err := exporter.NewClient(*apiSocket).ConnectionsRaw(ctx, f, stdout)
+		switch {
+		case err == nil && n == 0:
+			fmt.Fprintln(stderr, "ghostconn ls: no connection matches")
+			return errNoMatch
+		case err == nil:
+			return nil
+		case !errors.Is(err, exporter.ErrNoAgent):
+			return agentError(*apiSocket, err)
+		}
+	}
 	conns, snapshot, err := connections(ctx, *apiSocket, f, stderr)
 	if err != nil {
 		return err
@@ -37,9 +52,7 @@ func runLs(args []string, stdout, stderr io.Writer) error {
 		conns = []collector.ConnView{}
 	}
 	if *output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(conns); err != nil {
+		if err := exporter.WriteConnViews(stdout, conns); err != nil {
 			return err
 		}
 	} else if len(conns) > 0 {
