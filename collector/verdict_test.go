@@ -281,7 +281,7 @@ func TestVerdictGhostTableLifecycle(t *testing.T) {
 	tb.Apply([]Event{tbObserve(t, r, snapAt, 2, false)})
 	tb.SetHolders([]bpf.GhostconnHolderRec{vtHolderRec(200, 1, 9, "keeper")}, snapAt)
 
-	need, next = tb.Evaluate(snapAt.Add(50*time.Millisecond))
+	need, next = tb.Evaluate(snapAt.Add(50 * time.Millisecond))
 	if len(need) != 0 || !next.After(snapAt) {
 		// The next deadline is another rule's (silent), not the ghost's.
 		t.Fatalf("Evaluate after refresh asked for %v, next due %v", need, next)
@@ -446,7 +446,7 @@ func TestVerdictCloseWaitTableClears(t *testing.T) {
 	tb.Apply([]Event{tbStateEv(1, cwAt, StateEstablished, StateCloseWait, "10.0.0.1:40000", "10.0.0.2:443")})
 	c := tb.conns[1]
 
-	if need, _ := tb.Evaluate(cwAt.Add(vtCfg.CloseWaitAfter-time.Nanosecond)); len(need) != 0 {
+	if need, _ := tb.Evaluate(cwAt.Add(vtCfg.CloseWaitAfter - time.Nanosecond)); len(need) != 0 {
 		t.Fatalf("Evaluate before the threshold asked for %v", need)
 	}
 	if len(c.Verdicts) != 0 {
@@ -469,7 +469,7 @@ func TestVerdictCloseWaitTableClears(t *testing.T) {
 	if !strings.Contains(v.Detail, "held by app (pid 42, fd 5)") {
 		t.Fatalf("Detail = %q, want the holder", v.Detail)
 	}
-	tb.Evaluate(cwAt.Add(10*time.Minute))
+	tb.Evaluate(cwAt.Add(10 * time.Minute))
 	if v := vtFind(c.Verdicts, VerdictCloseWait); v == nil || !v.Since.Equal(cwAt.Add(vtCfg.CloseWaitAfter)) {
 		t.Fatalf("verdicts later = %+v, want the same since", c.Verdicts)
 	}
@@ -483,7 +483,7 @@ func TestVerdictCloseWaitTableClears(t *testing.T) {
 		t.Fatalf("verdicts after LAST_ACK = %+v, want none", c.Verdicts)
 	}
 	// And it stays cleared.
-	tb.Evaluate(cwAt.Add(12*time.Minute))
+	tb.Evaluate(cwAt.Add(12 * time.Minute))
 	if len(c.Verdicts) != 0 {
 		t.Fatalf("verdicts re-raised in LAST_ACK: %+v", c.Verdicts)
 	}
@@ -625,7 +625,7 @@ func TestVerdictSilentTableLifecycle(t *testing.T) {
 	}
 
 	// 3s after the snapshot the measurement is too old to raise on.
-	need, _ := tb.Evaluate(s1.Add(3*time.Second))
+	need, _ := tb.Evaluate(s1.Add(3 * time.Second))
 	if want := map[uint32]bool{tbNetns: true}; !reflect.DeepEqual(need, want) {
 		t.Fatalf("Evaluate on a stale measurement asked for %v, want %v", need, want)
 	}
@@ -662,7 +662,7 @@ func TestVerdictSilentTableLifecycle(t *testing.T) {
 	// Data flowed: the next snapshot clears it.
 	s3 := s2.Add(70 * time.Second)
 	tb.Apply([]Event{tbObserve(t, vtSnapshot(time.Second), s3, 4, false)})
-	tb.Evaluate(s3.Add(500*time.Millisecond))
+	tb.Evaluate(s3.Add(500 * time.Millisecond))
 	if len(c.Verdicts) != 0 {
 		t.Fatalf("verdicts after data flowed = %+v, want none", c.Verdicts)
 	}
@@ -866,7 +866,7 @@ func TestVerdictUnresponsiveRefresh(t *testing.T) {
 		Counters: TCPCounters{Retransmits: 3, HaveCounters: true},
 	}
 	tb.Apply([]Event{rt})
-	if need, _ := tb.Evaluate(vtT0.Add(2*time.Second)); !reflect.DeepEqual(need, map[uint32]bool{tbNetns: true}) {
+	if need, _ := tb.Evaluate(vtT0.Add(2 * time.Second)); !reflect.DeepEqual(need, map[uint32]bool{tbNetns: true}) {
 		t.Fatalf("Evaluate asked for %v, want the connection's namespace", need)
 	}
 }
@@ -886,7 +886,7 @@ func TestVerdictUnresponsiveSinceStable(t *testing.T) {
 		}
 	}
 	tb.Apply([]Event{rt(t1, 1), rt(t1.Add(200*time.Millisecond), 2)})
-	tb.Evaluate(t1.Add(500*time.Millisecond))
+	tb.Evaluate(t1.Add(500 * time.Millisecond))
 	if len(c.Verdicts) != 0 {
 		t.Fatalf("raised below the threshold: %+v", c.Verdicts)
 	}
@@ -922,7 +922,7 @@ func TestVerdictUnresponsiveSinceStable(t *testing.T) {
 	// The peer answers: the next snapshot clears the run and the verdict.
 	r.Retransmits = 0
 	tb.Apply([]Event{tbObserve(t, r, snapAt.Add(10*time.Second), 3, false)})
-	tb.Evaluate(snapAt.Add(10*time.Second))
+	tb.Evaluate(snapAt.Add(10 * time.Second))
 	if len(c.Verdicts) != 0 || !c.RetransSince.IsZero() {
 		t.Fatalf("after recovery: verdicts %+v, RetransSince %v", c.Verdicts, c.RetransSince)
 	}
