@@ -1,0 +1,300 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ghostconn/ghostconn/bpf"
+	"github.com/ghostconn/ghostconn/exporter"
+	"github.com/ghostconn/ghostconn/internal/caps"
+)
+
+var update = flag.Bool("update", false, "rewrite generated files (kubernetes/prometheus-operator/prometheusrule.yaml)")
+
+// buildDir holds the agent binary built for the privileged tests.
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildPath string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// agentBinary builds cmd/ghostconn once, as the Makefile does (without
+// cgo, so that the agent can drop capabilities on every thread).
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "ghostconn-deploy")
+		if buildErr != nil {
+			return
+		}
+		buildPath = filepath.Join(buildDir, "ghostconn")
+		cmd := exec.Command("go", "build", "-o", buildPath, "github.com/ghostconn/ghostconn/cmd/ghostconn")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build ghostconn: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// requireTool returns the path of a command-line tool. Without it the test
+// skips outside CI and fails in CI (CI=true), where `make test` installs
+// it.
+func requireTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found (Debian package %s; `make test` installs test dependencies): %v", name, pkg, err)
+	}
+	t.Skipf("skipping: %s not found (apt-get install %s; CI=true fails instead): %v", name, pkg, err)
+	return ""
+}
+
+// optionalTool returns the path of a tool that the project cannot install
+// from Debian's packages, skipping the test (in CI too) without it.
+func optionalTool(t *testing.T, name, why string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("skipping: %s not found (%s): %v", name, why, err)
+	}
+	return p
+}
+
+// run runs a command and fails the test with its output when it fails.
+func run(t *testing.T, dir, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// requiredCaps are the agent's start-up capabilities as Kubernetes spells
+// them (BPF, SYS_ADMIN, ...), from the agent's own list.
+func requiredCaps() []string {
+	var out []string
+	for _, c := range bpf.RequiredCaps {
+		out = append(out, strings.TrimPrefix(caps.Name(c), "CAP_"))
+	}
+	return out
+}
+
+// freeAddr returns a loopback address nobody listens on right now (never
+// port 2024).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	for range 10 {
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !strings.HasSuffix(addr, ":2024") {
+			return addr
+		}
+	}
+	t.Fatal("no free loopback port")
+	return ""
+}
+
+// tempPinDir returns a fresh pin directory under bpffs, removed at cleanup.
+func tempPinDir(t *testing.T) string {
+	t.Helper()
+	dir := fmt.Sprintf("/sys/fs/bpf/gctest-deploy-%d-%d", os.Getpid(), time.Now().UnixNano())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// proc is a process the test started and stops at cleanup, by its pid.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs cmd until the test ends: SIGTERM at cleanup, SIGKILL if it
+// has not exited 10s later.
+func start(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.exited <- cmd.Wait() }()
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return // already stopped (and reported by whoever waited)
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Errorf("%s exited with %v after SIGTERM\n%s", p.name, err, p.logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.exited
+		t.Errorf("%s did not stop within 10s of SIGTERM; killed", p.name)
+	}
+}
+
+// alive fails the test when the process has exited.
+func (p *proc) alive(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		t.Fatalf("%s exited early: %v\n%s", p.name, err, p.logs.String())
+	default:
+	}
+}
+
+// waitFor polls cond every 100ms until it holds, failing the test after
+// timeout with cond's last explanation.
+func waitFor(t *testing.T, timeout time.Duration, what string, procs []*proc, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		for _, p := range procs {
+			p.alive(t)
+		}
+		if time.Now().After(deadline) {
+			var logs strings.Builder
+			for _, p := range procs {
+				fmt.Fprintf(&logs, "--- %s:\n%s\n", p.name, tail(p.logs.String(), 4000))
+			}
+			t.Fatalf("%s: not after %s: %s\n%s", what, timeout, why, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
+}
+
+// httpGet returns the status and body of a GET with a short timeout.
+func httpGet(url string) (int, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// agent is a running `ghostconn agent`.
+type agent struct {
+	*proc
+	sock, metrics string
+	client        *exporter.Client
+}
+
+// startAgent runs the agent with its own API socket, metrics address and
+// pin directory, then args, through wrap (nil: directly), and waits until
+// it is ready.
+func startAgent(t *testing.T, wrap func(sockDir string, argv []string) *exec.Cmd, args ...string) *agent {
+	t.Helper()
+	sockDir := t.TempDir()
+	a := &agent{sock: filepath.Join(sockDir, "api.sock"), metrics: freeAddr(t)}
+	argv := append([]string{agentBinary(t), "agent", "--api-socket", a.sock, "--metrics-address", a.metrics, "--pin-dir", tempPinDir(t)}, args...)
+	var cmd *exec.Cmd
+	if wrap != nil {
+		cmd = wrap(sockDir, argv)
+	} else {
+		cmd = exec.Command(argv[0], argv[1:]...)
+	}
+	a.proc = start(t, "agent", cmd)
+	a.client = exporter.NewClient(a.sock)
+	waitFor(t, 60*time.Second, "agent ready", []*proc{a.proc}, func() (bool, string) {
+		code, body, err := httpGet("http://" + a.metrics + "/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		return code == 200, fmt.Sprintf("/readyz %d %s", code, body)
+	})
+	return a
+}
