@@ -127,9 +127,14 @@ func (t *Table) create(ev *Event) *Conn {
 		t.stats.DroppedFull++
 		return nil
 	}
+	// Room for a short connection's whole life without regrowth; a
+	// connection found by a snapshot has lived most of its life already.
+	hist := 6
+	if ev.Kind == KindObserved {
+		hist = 2
+	}
 	c := &Conn{
-		// Room for a short connection's whole life without regrowth.
-		History:    make([]Transition, 0, 6),
+		History:    make([]Transition, 0, hist),
 		Cookie:     ev.Cookie,
 		Netns:      ev.Netns,
 		Family:     ev.Family,
