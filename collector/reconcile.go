@@ -145,6 +145,9 @@ func (t *Table) applyObserved(ev *Event, c *Conn) {
 	c.LastData = ev.Time.Add(-min(o.SendAge, o.RecvAge))
 	c.LastDataAt = ev.Time
 	c.SendQueue, c.RecvQueue = o.SendQueue, o.RecvQueue
+	if c.RecvQueue > 0 && finReceived(ev.State) {
+		c.RecvQueue-- // rcv_nxt counts the peer's FIN, which is no data
+	}
 	c.WriteSeq, c.CopiedSeq = o.WriteSeq, o.CopiedSeq
 }
 
@@ -239,4 +242,14 @@ func heldByPID(hs []Holder, pid uint32) bool {
 // the host's when the agent runs there).
 func processAlive(pid uint32) bool {
 	return unix.Kill(int(pid), 0) != unix.ESRCH
+}
+
+// finReceived reports whether a socket in state s has received its peer's
+// FIN.
+func finReceived(s State) bool {
+	switch s {
+	case StateCloseWait, StateLastAck, StateClosing, StateTimeWait:
+		return true
+	}
+	return false
 }

@@ -243,3 +243,26 @@ func TestRegressionGCUnorderedHistory(t *testing.T) {
 		t.Fatalf("List(Closed) = %+v, want only A", views)
 	}
 }
+
+// TestRecvQueueExcludesFIN: in CLOSE_WAIT rcv_nxt counts the peer's FIN;
+// the unread byte count must not.
+func TestRecvQueueExcludesFIN(t *testing.T) {
+	tb := NewTable(TableConfig{MaxConns: 10, Verdicts: DefaultVerdictConfig})
+	d := Decoder{HZ: 250}
+	for _, tc := range []struct {
+		state      State
+		queue      uint32
+		wantUnread uint32
+	}{{StateCloseWait, 1, 0}, {StateCloseWait, 6, 5}, {StateEstablished, 6, 6}, {StateCloseWait, 0, 0}} {
+		r := bpf.GhostconnSockRec{Cookie: 7, Family: uint8(FamilyIPv4), State: uint8(tc.state), Full: 1, Netns: 1, RecvQueue: tc.queue}
+		ev, ok := d.ObservedEvent(&r, time.Unix(1000, 0), 1, true)
+		if !ok {
+			t.Fatal("record refused")
+		}
+		tb.Apply([]Event{ev})
+		if got := tb.conns[7].RecvQueue; got != tc.wantUnread {
+			t.Errorf("%s with rcv_nxt-copied_seq=%d: unread %d, want %d", tc.state, tc.queue, got, tc.wantUnread)
+		}
+		delete(tb.conns, 7)
+	}
+}
