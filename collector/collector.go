@@ -286,30 +286,15 @@ func (c *Collector) refresh(netns map[uint32]bool) error {
 			break
 		}
 	}
-	gen := c.gen.Load()
-	var batch []Event
+	want := make(map[uint32]string, len(netns))
 	for ino := range netns {
-		path, ok := paths[ino]
-		if !ok {
-			continue // the namespace is gone
+		if path, ok := paths[ino]; ok { // else the namespace is gone
+			want[ino] = path
 		}
-		recs, err := c.probes.Sockets(path)
-		if err != nil {
-			continue
-		}
-		batch = batch[:0]
-		for i := range recs {
-			if ev, ok := c.dec.ObservedEvent(&recs[i], start, gen, false); ok {
-				batch = append(batch, ev)
-			}
-		}
-		c.table.Apply(batch)
 	}
-	holders, err := c.probes.Holders()
-	if err != nil {
-		return fmt.Errorf("snapshot socket holders: %w", err)
+	if _, _, err := observe(c.probes, c.table, &c.dec, want, start, c.gen.Load(), false); err != nil {
+		return err
 	}
-	c.table.SetHolders(holders, start)
 	c.refreshes.Add(1)
 	return nil
 }
@@ -387,6 +372,36 @@ func (c *Collector) replayCloses() error {
 	return nil
 }
 
+// observe snapshots the sockets of the given namespaces (inode -> path)
+// into t, as events taken at start, then walks every holder. It returns
+// the namespaces it could read and the errors of those it could not (they
+// may have gone away since they were listed); err is a failed holder walk.
+func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string, start time.Time, gen uint64, seed bool) (covered map[uint32]bool, errs []error, err error) {
+	covered = map[uint32]bool{}
+	batch := make([]Event, 0, 1024)
+	for ino, path := range namespaces {
+		recs, err := p.Sockets(path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("snapshot netns %d: %w", ino, err))
+			continue
+		}
+		covered[ino] = true
+		batch = batch[:0]
+		for i := range recs {
+			if ev, ok := dec.ObservedEvent(&recs[i], start, gen, seed); ok {
+				batch = append(batch, ev)
+			}
+		}
+		t.Apply(batch)
+	}
+	holders, err := p.Holders()
+	if err != nil {
+		return covered, errs, fmt.Errorf("snapshot socket holders: %w", err)
+	}
+	t.SetHolders(holders, start)
+	return covered, errs, nil
+}
+
 // Reconcile takes a fresh snapshot now and corrects the table with it.
 func (c *Collector) Reconcile() error { return c.reconcile(false) }
 
@@ -400,35 +415,15 @@ func (c *Collector) reconcile(seed bool) error {
 		return err
 	}
 	c.nsPaths = namespaces
-	covered := map[uint32]bool{}
-	var errs []error
-	batch := make([]Event, 0, 1024)
-	for ino, path := range namespaces {
-		recs, err := c.probes.Sockets(path)
-		if err != nil {
-			// The namespace may have gone away since it was listed.
-			errs = append(errs, fmt.Errorf("snapshot netns %d: %w", ino, err))
-			continue
-		}
-		covered[ino] = true
-		batch = batch[:0]
-		for i := range recs {
-			if ev, ok := c.dec.ObservedEvent(&recs[i], start, gen, seed); ok {
-				batch = append(batch, ev)
-			}
-		}
-		c.table.Apply(batch)
-	}
-	holders, err := c.probes.Holders()
+	covered, errs, err := observe(c.probes, c.table, &c.dec, namespaces, start, gen, seed)
 	if err != nil {
-		return fmt.Errorf("snapshot socket holders: %w", err)
+		return err
 	}
-	c.table.SetHolders(holders, start)
 	c.table.Sweep(gen, start, covered)
 	if !seed {
 		// Evidence of sockets that are gone is no longer needed.
 		if _, err := c.probes.ForgetCloses(c.table.Has); err != nil {
-			errs = append(errs, err)
+			return fmt.Errorf("forget close evidence: %w", err)
 		}
 	}
 	c.reconciles.Add(1)

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -34,30 +35,13 @@ func OneShot(hz int, vcfg VerdictConfig) ([]ConnView, error) {
 		return nil, err
 	}
 	now := time.Now()
-	var batch []Event
-	covered := 0
-	for _, path := range namespaces {
-		recs, err := probes.Sockets(path)
-		if err != nil {
-			continue // gone since listed
-		}
-		covered++
-		batch = batch[:0]
-		for i := range recs {
-			if ev, ok := dec.ObservedEvent(&recs[i], now, 1, true); ok {
-				batch = append(batch, ev)
-			}
-		}
-		t.Apply(batch)
-	}
-	if covered == 0 {
-		return nil, fmt.Errorf("no network namespace could be read")
-	}
-	holders, err := probes.Holders()
+	covered, errs, err := observe(probes, t, &dec, namespaces, now, 1, true)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot socket holders: %w", err)
+		return nil, err
 	}
-	t.SetHolders(holders, now)
+	if len(covered) == 0 {
+		return nil, fmt.Errorf("no network namespace could be read: %w", errors.Join(errs...))
+	}
 	// Without history the ghost and close-wait rules have nothing to go
 	// on: a seeded connection's state began "now".
 	t.Evaluate(now)
