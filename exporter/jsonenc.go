@@ -71,14 +71,7 @@ func AppendConnView(b []byte, v *collector.ConnView) []byte {
 	if cb := v.ClosedBy; cb == nil {
 		b = append(b, "null"...)
 	} else {
-		b = append(b, `{"pid":`...)
-		b = strconv.AppendUint(b, uint64(cb.PID), 10)
-		b = appendKey(b, "ppid")
-		b = strconv.AppendUint(b, uint64(cb.PPID), 10)
-		b = appendKey(b, "comm")
-		b = appendString(b, cb.Comm)
-		b = appendKey(b, "fd")
-		b = strconv.AppendInt(b, int64(cb.FD), 10)
+		b = appendProcFD(b, cb.PID, cb.PPID, cb.Comm, cb.FD)
 		b = appendKey(b, "at")
 		b = appendTime(b, cb.At)
 		b = appendKey(b, "refs_left")
@@ -160,14 +153,7 @@ func appendHolders(b []byte, hs []collector.Holder) []byte {
 			b = append(b, ',')
 		}
 		h := &hs[i]
-		b = append(b, `{"pid":`...)
-		b = strconv.AppendUint(b, uint64(h.PID), 10)
-		b = appendKey(b, "ppid")
-		b = strconv.AppendUint(b, uint64(h.PPID), 10)
-		b = appendKey(b, "comm")
-		b = appendString(b, h.Comm)
-		b = appendKey(b, "fd")
-		b = strconv.AppendInt(b, int64(h.FD), 10)
+		b = appendProcFD(b, h.PID, h.PPID, h.Comm, h.FD)
 		if cg := h.Cgroup; cg != nil {
 			b = append(b, `,"cgroup":{"id":`...)
 			b = strconv.AppendUint(b, cg.ID, 10)
@@ -182,6 +168,18 @@ func appendHolders(b []byte, hs []collector.Holder) []byte {
 		b = append(b, '}')
 	}
 	return append(b, ']')
+}
+
+// appendProcFD opens an object with the fields holders and closers share.
+func appendProcFD(b []byte, pid, ppid uint32, comm string, fd int32) []byte {
+	b = append(b, `{"pid":`...)
+	b = strconv.AppendUint(b, uint64(pid), 10)
+	b = appendKey(b, "ppid")
+	b = strconv.AppendUint(b, uint64(ppid), 10)
+	b = appendKey(b, "comm")
+	b = appendString(b, comm)
+	b = appendKey(b, "fd")
+	return strconv.AppendInt(b, int64(fd), 10)
 }
 
 func appendTask(b []byte, t *collector.Task) []byte {
