@@ -77,7 +77,7 @@ func newFake(t *testing.T) *fakeSource {
 	})
 	later := t0.Add(61 * time.Second)
 	tbl.SetHolders([]bpf.GhostconnHolderRec{holder(2, 42, "srv")}, later)
-	tbl.Evaluate(later, true)
+	tbl.Evaluate(later)
 	ready := make(chan struct{})
 	close(ready)
 	programs := map[string]string{}
