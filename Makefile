@@ -5,13 +5,14 @@
 #   make generate        rebuild the eBPF objects (needs clang-19, llvm-19)
 #   make check-generate  fail if the committed objects are stale
 #   make fuzz            run every fuzz target for FUZZTIME (60s) each
+#   sudo make bench      benchmarks against the goals (~7 min), bench/RESULTS.md
 
 GO        ?= go
 BIN       := bin/ghostconn
 CLANG     := clang-19
 LLVMSTRIP := llvm-strip-19
 
-.PHONY: all build run test test-deps vet fuzz generate generate-deps check-generate vmlinux clean
+.PHONY: all build run test test-deps vet fuzz bench bench-unit generate generate-deps check-generate vmlinux clean
 
 all: build
 
@@ -43,6 +44,16 @@ fuzz:
 		echo "== $$name ($$pkg, $(FUZZTIME))"; \
 		$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME); \
 	done
+
+# Benchmarks against the performance goals (root, about 7 min): prints the
+# table and writes bench/RESULTS.md. See bench/README.md.
+bench: build
+	@./bench/deps.sh
+	$(GO) run ./bench/cmd/ghostbench --ghostconn $(BIN) --out bench/RESULTS.md $(BENCHFLAGS)
+
+# Unit benchmarks that need no root, with allocations.
+bench-unit:
+	$(GO) test -run '^$$' -bench . -benchmem ./collector/ ./bench/...
 
 generate-deps:
 	@./scripts/deps.sh generate

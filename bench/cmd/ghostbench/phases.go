@@ -1,0 +1,528 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Observers compared in the churn phase.
+const (
+	obsBare      = "bare"
+	obsGhostconn = "ghostconn"
+	obsTcpstates = "tcpstates"
+)
+
+// Kernel-cost windows.
+const (
+	winQuiet   = "quiet host"
+	winIdle    = "100k idle"
+	winChurn   = "churn"
+	winFdmix   = "fd-op mix"
+	winTcpst   = "churn, tcpstates"
+	listerGC   = "ghostconn ls -o json"
+	listerAPI  = "GET /v1/connections (API only)"
+	listerSS   = "ss -tanp"
+	listerLsof = "lsof -nP -iTCP"
+)
+
+// phaseQuiet: agent start on a quiet host, its RSS there, and what its
+// programs cost when nothing in particular happens.
+func phaseQuiet(c *config, r *results) error {
+	r.quietSockets = waitQuiet(1000)
+	for i := 0; i < c.starts; i++ {
+		a, err := startAgent(c.bin, c.workDir, c.agentFlags...)
+		if err != nil {
+			return err
+		}
+		r.readyQuiet = append(r.readyQuiet, a.ready)
+		r.seedQuiet = append(r.seedQuiet, a.seed)
+		if i < c.starts-1 {
+			a.stop()
+			continue
+		}
+		defer a.stop()
+		time.Sleep(time.Second)
+		d, err := statsWindow(a.pid(), true, func() error { time.Sleep(c.quietDur); return nil })
+		if err != nil {
+			return err
+		}
+		r.addWindow(winQuiet, c.quietDur, d)
+		rss, _, err := procMem(a.pid())
+		if err != nil {
+			return err
+		}
+		r.rssQuiet = rss
+		s, err := a.status()
+		if err != nil {
+			return err
+		}
+		r.connsQuiet = s.Connections
+		r.checkPrograms(s)
+	}
+	return nil
+}
+
+// phaseFdmix: every fd hook with a realistic mix of non-socket fds and the
+// occasional ghost close.
+func phaseFdmix(c *config, r *results) error {
+	a, err := startAgent(c.bin, c.workDir, c.agentFlags...)
+	if err != nil {
+		return err
+	}
+	defer a.stop()
+	var iters uint64
+	d, err := statsWindow(a.pid(), true, func() error {
+		var out bytes.Buffer
+		p, err := startProc("fdmix", nil, &out, os.Stderr, c.self, "fdmix", "-duration", c.fdmixDur.String())
+		if err != nil {
+			return err
+		}
+		defer p.stop()
+		if err := p.wait(c.fdmixDur + 30*time.Second); err != nil {
+			return fmt.Errorf("fdmix: %w", err)
+		}
+		var res map[string]uint64
+		if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+			return fmt.Errorf("fdmix output %q: %w", out.String(), err)
+		}
+		iters = res["iterations"]
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.addWindow(winFdmix, c.fdmixDur, d)
+	s, err := a.status()
+	if err != nil {
+		return err
+	}
+	r.fdmixIters = iters
+	r.fdmixLost = s.lost()
+	return nil
+}
+
+// phaseScale: 100k established sockets held by several processes; agent
+// start, RSS, idle CPU, and how long listing takes against ss and lsof.
+func phaseScale(c *config, r *results) error {
+	pairs := c.sockets / 2 / c.holders
+	if pairs*2 > 19900 {
+		return fmt.Errorf("%d sockets over %d holders is %d fds each: use more holders to stay under 20k", c.sockets, c.holders, pairs*2)
+	}
+	r.scaleTarget = pairs * 2 * c.holders
+	t0 := time.Now()
+	var holders []*proc
+	var stdins []io.WriteCloser
+	type readyMsg struct {
+		i   int
+		err error
+	}
+	readyCh := make(chan readyMsg, c.holders)
+	stopHolders := func() {
+		for _, w := range stdins {
+			w.Close()
+		}
+		for _, h := range holders {
+			h.stop()
+		}
+	}
+	defer stopHolders()
+	for i := 0; i < c.holders; i++ {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		addr := fmt.Sprintf("127.0.1.%d", i+1)
+		h, err := startProc("holder "+addr, pr, outW, os.Stderr, c.self, "hold", "-pairs", strconv.Itoa(pairs), "-addr", addr)
+		pr.Close()
+		outW.Close()
+		if err != nil {
+			pw.Close()
+			outR.Close()
+			return err
+		}
+		holders = append(holders, h)
+		stdins = append(stdins, pw)
+		go func(i int) {
+			defer outR.Close()
+			line, err := bufio.NewReader(outR).ReadString('\n')
+			if err == nil && !strings.HasPrefix(line, "ready ") {
+				err = fmt.Errorf("unexpected %q", line)
+			}
+			readyCh <- readyMsg{i, err}
+			_, _ = io.Copy(io.Discard, outR)
+		}(i)
+	}
+	timeout := time.After(3 * time.Minute)
+	for n := 0; n < c.holders; n++ {
+		select {
+		case m := <-readyCh:
+			if m.err != nil {
+				return fmt.Errorf("holder %d: %w", m.i, m.err)
+			}
+		case <-timeout:
+			return fmt.Errorf("holders not ready after 3m")
+		}
+	}
+	r.holdSetup = time.Since(t0)
+	est, err := countEstablished()
+	if err != nil {
+		return err
+	}
+	r.established = est
+	logf("holding %d sockets (%d established on the host) after %s", r.scaleTarget, est, r.holdSetup.Round(time.Millisecond))
+
+	var a *agent
+	for i := 0; i < c.starts; i++ {
+		a, err = startAgent(c.bin, c.workDir, c.agentFlags...)
+		if err != nil {
+			return err
+		}
+		r.readyScale = append(r.readyScale, a.ready)
+		r.seedScale = append(r.seedScale, a.seed)
+		logf("agent ready in %s", a.ready.Round(time.Millisecond))
+		if i < c.starts-1 {
+			a.stop()
+		}
+	}
+	defer a.stop()
+	time.Sleep(2 * time.Second)
+	s, err := a.status()
+	if err != nil {
+		return err
+	}
+	r.connsScale = s.Connections
+	r.checkPrograms(s)
+	r.rssReady, _, _ = procMem(a.pid())
+
+	// Idle: no churn, nothing asked of the agent for idleDur.
+	var cpu time.Duration
+	var wall time.Duration
+	d, err := statsWindow(a.pid(), true, func() error {
+		c0, err := procCPU(a.pid())
+		if err != nil {
+			return err
+		}
+		w0 := time.Now()
+		time.Sleep(c.idleDur)
+		c1, err := procCPU(a.pid())
+		if err != nil {
+			return err
+		}
+		cpu, wall = c1-c0, time.Since(w0)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.addWindow(winIdle, wall, d)
+	r.idleCPU, r.idleWall = cpu, wall
+	r.rssIdle, r.hwmIdle, _ = procMem(a.pid())
+	if s, err := a.status(); err == nil {
+		r.reconcileSecs = s.ReconcileSecs
+		r.connsScale = s.Connections
+	}
+
+	// The listers, interleaved. Each prints to /dev/null.
+	n, err := countLs(c.bin, a.sock)
+	if err != nil {
+		r.errorf("count ghostconn ls entries: %v", err)
+	}
+	r.lsEntries = n
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	listers := []struct {
+		name string
+		run  func() error
+	}{
+		{listerGC, func() error { return runTimed(devnull, c.bin, "ls", "-o", "json", "--api-socket", a.sock) }},
+		{listerAPI, func() error { _, err := a.listRaw(); return err }},
+		{listerSS, func() error { return runTimed(devnull, "ss", "-tanp") }},
+		{listerLsof, func() error { return runTimed(devnull, "lsof", "-nP", "-iTCP") }},
+	}
+	spent := map[string]time.Duration{}
+	for round := 0; round < c.lsRounds; round++ {
+		for _, l := range listers {
+			if round > 0 && spent[l.name] > c.toolBudget {
+				continue
+			}
+			t := time.Now()
+			err := l.run()
+			dt := time.Since(t)
+			spent[l.name] += dt
+			if err != nil {
+				r.errorf("%s: %v", l.name, err)
+				continue
+			}
+			r.lsTimes[l.name] = append(r.lsTimes[l.name], dt)
+			logf("%s: %s", l.name, dt.Round(100*time.Microsecond))
+		}
+	}
+	r.rssAfterLs, r.hwmAfterLs, _ = procMem(a.pid())
+	return nil
+}
+
+// runTimed runs a command to completion with stdout to w; stderr is kept
+// for the error.
+func runTimed(w io.Writer, name string, args ...string) error {
+	var stderr bytes.Buffer
+	p, err := startProc(name, nil, w, &stderr, name, args...)
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+	if err := p.wait(5 * time.Minute); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// countLs runs `ghostconn ls -o json` once and counts its entries.
+func countLs(bin, sock string) (int, error) {
+	var out bytes.Buffer
+	if err := runTimed(&out, bin, "ls", "-o", "json", "--api-socket", sock); err != nil {
+		return 0, err
+	}
+	var arr []json.RawMessage
+	if err := json.Unmarshal(out.Bytes(), &arr); err != nil {
+		return 0, err
+	}
+	return len(arr), nil
+}
+
+// countEstablished counts ESTABLISHED TCP sockets in this namespace.
+func countEstablished() (int, error) {
+	_, est, err := countTCP()
+	return est, err
+}
+
+// countTCP counts the TCP sockets in this namespace, all and ESTABLISHED
+// (state 01), from /proc/net/tcp and tcp6.
+func countTCP() (all, est int, err error) {
+	for _, path := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		f, err := os.Open(path)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64*1024), 64*1024)
+		first := true
+		for sc.Scan() {
+			if first {
+				first = false
+				continue
+			}
+			all++
+			fields := strings.Fields(sc.Text())
+			if len(fields) > 3 && fields[3] == "01" {
+				est++
+			}
+		}
+		f.Close()
+		if err := sc.Err(); err != nil {
+			return 0, 0, err
+		}
+	}
+	return all, est, nil
+}
+
+// waitQuiet waits (up to 30s; TIME_WAIT lasts 60s) until the host has at
+// most max TCP sockets, so that "quiet" means quiet after an earlier run.
+func waitQuiet(max int) int {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		all, _, err := countTCP()
+		if err != nil || all <= max || time.Now().After(deadline) {
+			return all
+		}
+		logf("%d TCP sockets on the host (TIME_WAIT from an earlier run?): waiting for them to drain", all)
+		time.Sleep(5 * time.Second)
+	}
+}
+
+// phaseChurn: rounds of [bare, ghostconn, tcpstates] churn, interleaved (the
+// order rotates each round), then one churn run of each observer with
+// kernel.bpf_stats_enabled=1 for per-program cost. Stats stay off during the
+// throughput runs: they add two clock reads to every program run.
+func phaseChurn(c *config, r *results) error {
+	r.foreignChurn = foreignBPF(ourPids())
+	observers := []string{obsBare, obsGhostconn}
+	if c.tcpstates != "" {
+		observers = append(observers, obsTcpstates)
+	} else {
+		r.notef("tcpstates not found: install libbpf-tools (bench/deps.sh) for the reference column")
+	}
+	r.churnObservers = observers
+	statsRuns := time.Duration(len(observers)-1) * (c.statsChurnDur + c.warmup + 3*time.Second)
+	for round := 0; round < c.rounds; round++ {
+		t0 := time.Now()
+		if round >= 3 && r.lastRound > 0 && time.Since(r.start)+r.lastRound+statsRuns > c.budget {
+			r.notef("churn stopped after %d of %d rounds to stay within the %s budget", round, c.rounds, c.budget)
+			break
+		}
+		for k := range observers {
+			obs := observers[(k+round)%len(observers)]
+			run, err := churnWith(c, r, obs, c.churnDur, false)
+			if err != nil {
+				return fmt.Errorf("round %d %s: %w", round+1, obs, err)
+			}
+			r.churn[obs] = append(r.churn[obs], run.rate)
+			r.churnNoise[obs] = append(r.churnNoise[obs], run.noise)
+			r.obsCores[obs] = append(r.obsCores[obs], run.obsCores)
+			logf("round %d %-9s %8.0f conn/s  observer %.2f cores  other load %.2f cores, steal %.2f",
+				round+1, obs, run.rate, run.obsCores, run.noise.other, run.noise.steal)
+		}
+		r.lastRound = time.Since(t0)
+		r.roundsDone = round + 1
+	}
+	if _, err := churnWith(c, r, obsGhostconn, c.statsChurnDur, true); err != nil {
+		return fmt.Errorf("stats run: %w", err)
+	}
+	if c.tcpstates != "" {
+		if _, err := churnWith(c, r, obsTcpstates, c.statsChurnDur, true); err != nil {
+			return fmt.Errorf("tcpstates stats run: %w", err)
+		}
+	}
+	return nil
+}
+
+type churnRun struct {
+	rate     float64 // connections per second
+	obsCores float64 // CPU the observer process used, in cores
+	noise    noise   // load outside the harness and the observer
+}
+
+// churnWith runs one churn under obs. With stats, it records the observer's
+// per-program kernel cost.
+func churnWith(c *config, r *results, obs string, dur time.Duration, stats bool) (churnRun, error) {
+	var out churnRun
+	var observerPid int
+	var a *agent
+	switch obs {
+	case obsGhostconn:
+		var err error
+		a, err = startAgent(c.bin, c.workDir, c.agentFlags...)
+		if err != nil {
+			return out, err
+		}
+		defer a.stop()
+		observerPid = a.pid()
+	case obsTcpstates:
+		p, err := startTcpstates(c.tcpstates)
+		if err != nil {
+			return out, err
+		}
+		defer p.stop()
+		observerPid = p.pid()
+	}
+	var res churnResult
+	run := func() error {
+		var o0, o1 time.Duration
+		if observerPid != 0 {
+			o0, _ = procCPU(observerPid)
+		}
+		s0 := snapCPU()
+		var err error
+		res, err = runChurnProc(c, dur)
+		if observerPid != 0 {
+			o1, _ = procCPU(observerPid)
+		}
+		s1 := snapCPU()
+		wall := s1.at.Sub(s0.at).Seconds()
+		out.obsCores = (o1 - o0).Seconds() / wall
+		out.noise = noiseBetween(s0, s1)
+		out.noise.other = max(0, out.noise.other-out.obsCores)
+		return err
+	}
+	if stats {
+		d, err := statsWindow(observerPid, obs == obsGhostconn, run)
+		if err != nil {
+			return out, err
+		}
+		if obs == obsGhostconn {
+			r.addWindow(winChurn, dur, d)
+			r.statsChurnRate = res.Rate
+		} else {
+			r.addWindow(winTcpst, dur, d)
+		}
+	} else if err := run(); err != nil {
+		return out, err
+	}
+	out.rate = res.Rate
+	if res.Errors > 0 {
+		r.churnErrors[obs] += res.Errors
+	}
+	if a != nil {
+		s, err := a.status()
+		if err != nil {
+			return out, err
+		}
+		r.loss = append(r.loss, lossRun{stats: stats, conns: res.Conns, s: s, cores: out.obsCores, secs: res.Seconds + c.warmup.Seconds()})
+	}
+	return out, nil
+}
+func runChurnProc(c *config, dur time.Duration) (churnResult, error) {
+	var res churnResult
+	var out bytes.Buffer
+	p, err := startProc("churn", nil, &out, os.Stderr, c.self, "churn",
+		"-clients", strconv.Itoa(c.clients), "-servers", strconv.Itoa(c.servers),
+		"-duration", dur.String(), "-warmup", c.warmup.String())
+	if err != nil {
+		return res, err
+	}
+	defer p.stop()
+	if err := p.wait(dur + c.warmup + time.Minute); err != nil {
+		return res, fmt.Errorf("churn: %w", err)
+	}
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		return res, fmt.Errorf("churn output %q: %w", out.String(), err)
+	}
+	if res.Conns == 0 {
+		return res, fmt.Errorf("churn made no connections (%d errors)", res.Errors)
+	}
+	return res, nil
+}
+
+// startTcpstates runs tcpstates with its output to /dev/null and waits until
+// its programs are loaded, plus a moment for the attach that follows.
+func startTcpstates(bin string) (*proc, error) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	var stderr bytes.Buffer
+	p, err := startProc("tcpstates", nil, devnull, &stderr, bin)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if p.exited() {
+			return nil, fmt.Errorf("tcpstates exited: %v: %s", p.err, stderr.String())
+		}
+		if _, err := readProgStats(p.pid()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, fmt.Errorf("tcpstates loaded no program in 30s: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	return p, nil
+}

@@ -1,0 +1,594 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Goals from the benchmark issue.
+const (
+	goalChurnRatio   = 0.95
+	goalCloseNs      = 100.0
+	goalTimerNs      = 50.0
+	goalStateNs      = 300.0
+	goalLsMs         = 150.0
+	goalLsVsSS       = 20.0
+	goalReady        = time.Second
+	goalRSS          = 150e6 // bytes (150 MB)
+	goalCPUFraction  = 0.01
+	goalHarnessLimit = 10 * time.Minute
+)
+
+// Program names as the agent's bpf/probes.go calls them.
+var (
+	closeHooks = []string{"sys_enter_close", "sys_enter_close_range", "sys_enter_dup2", "sys_enter_dup3"}
+	timerHook  = "timer_expire_entry"
+	stateHook  = "inet_sock_set_state"
+	// Display order; programs not listed here follow by name.
+	progOrder = []string{"inet_sock_set_state", "tcp_retransmit_skb", "timer_expire_entry",
+		"sys_enter_close", "sys_enter_close_range", "sys_enter_dup2", "sys_enter_dup3",
+		"sys_enter_setsockopt", "iter_tcp", "iter_task_file"}
+)
+
+type lossRun struct {
+	stats bool // the run with bpf stats enabled
+	conns uint64
+	s     agentStatus
+	cores float64 // agent CPU during the churn, in cores
+	secs  float64 // churn time including warm-up
+}
+
+type results struct {
+	c         *config
+	start     time.Time
+	elapsed   time.Duration
+	phaseTime map[string]time.Duration
+	notes     []string
+	errors    []string
+
+	// churn
+	churnObservers []string
+	churn          map[string][]float64
+	churnErrors    map[string]uint64
+	churnNoise     map[string][]noise
+	obsCores       map[string][]float64
+	statsChurnRate float64
+	lastRound      time.Duration
+	roundsDone     int
+	loss           []lossRun
+
+	// kernel cost
+	windows    []string
+	windowDur  map[string]time.Duration
+	kcost      map[string]map[string]progDelta
+	fdmixIters uint64
+	fdmixLost  uint64
+
+	// scale and start-up
+	readyQuiet    []time.Duration
+	readyScale    []time.Duration
+	seedQuiet     []time.Duration
+	seedScale     []time.Duration
+	rssQuiet      uint64
+	quietSockets  int
+	connsQuiet    int
+	scaleTarget   int
+	established   int
+	holdSetup     time.Duration
+	connsScale    int
+	rssReady      uint64
+	rssIdle       uint64
+	hwmIdle       uint64
+	rssAfterLs    uint64
+	hwmAfterLs    uint64
+	idleCPU       time.Duration
+	idleWall      time.Duration
+	reconcileSecs float64
+	lsEntries     int
+	lsTimes       map[string][]time.Duration
+	missingProgs  []string
+
+	// host noise
+	loadStart, loadEnd string
+	foreignStart       []foreignProg
+	foreignChurn       []foreignProg
+	phaseNoise         map[string]noise
+	runNoise           noise
+}
+
+func newResults(c *config) *results {
+	return &results{
+		c: c, start: time.Now(),
+		phaseTime:   map[string]time.Duration{},
+		churn:       map[string][]float64{},
+		churnErrors: map[string]uint64{},
+		churnNoise:  map[string][]noise{},
+		obsCores:    map[string][]float64{},
+		phaseNoise:  map[string]noise{},
+		windowDur:   map[string]time.Duration{},
+		kcost:       map[string]map[string]progDelta{},
+		lsTimes:     map[string][]time.Duration{},
+	}
+}
+
+func (r *results) notef(format string, args ...any) {
+	r.notes = append(r.notes, fmt.Sprintf(format, args...))
+}
+
+func (r *results) errorf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	logf("error: %s", msg)
+	r.errors = append(r.errors, msg)
+}
+
+func (r *results) addWindow(name string, d time.Duration, deltas map[string]progDelta) {
+	if _, ok := r.kcost[name]; !ok {
+		r.windows = append(r.windows, name)
+	}
+	r.kcost[name] = deltas
+	r.windowDur[name] = d
+}
+
+func (r *results) checkPrograms(s agentStatus) {
+	for name, st := range s.Programs {
+		if st != "attached" {
+			msg := name + ": " + st
+			for _, m := range r.missingProgs {
+				if m == msg {
+					return
+				}
+			}
+			r.missingProgs = append(r.missingProgs, msg)
+		}
+	}
+}
+
+// goal is one line of the summary.
+type goal struct {
+	id, what, measured, target, result string
+}
+
+func (r *results) goals() []goal {
+	var gs []goal
+	add := func(id, what, measured, target string, ok *bool) {
+		res := "n/a"
+		if ok != nil {
+			res = passFail(*ok)
+		}
+		gs = append(gs, goal{id, what, measured, target, res})
+	}
+	bp := func(b bool) *bool { return &b }
+
+	// 1. Churn.
+	bare := median(r.churn[obsBare])
+	if len(r.churn[obsBare]) > 0 && len(r.churn[obsGhostconn]) > 0 {
+		ratio := median(r.churn[obsGhostconn]) / bare
+		paired := median(pairedRatios(r.churn[obsGhostconn], r.churn[obsBare]))
+		add("1", "churn throughput with ghostconn agent, vs bare",
+			fmt.Sprintf("%s (per-round median %s)", fmtRatio(ratio), fmtRatio(paired)),
+			fmt.Sprintf(">= %.2fx", goalChurnRatio), bp(ratio >= goalChurnRatio))
+	} else {
+		add("1", "churn throughput with ghostconn agent, vs bare", "not measured", fmt.Sprintf(">= %.2fx", goalChurnRatio), nil)
+	}
+	if len(r.churn[obsTcpstates]) > 0 {
+		add("1", "churn throughput with tcpstates (reference)",
+			fmtRatio(median(r.churn[obsTcpstates])/bare), "about 0.53x on this machine kind", nil)
+	}
+
+	// 2. Kernel cost per program, over every window where it ran.
+	hookGoal := func(names []string, limit float64, label string, windows []string) {
+		worst := math.NaN()
+		var parts []string
+		for _, name := range names {
+			for _, w := range windows {
+				d, ok := r.kcost[w][name]
+				if !ok || d.RunCnt == 0 {
+					continue
+				}
+				m := d.meanNs()
+				if math.IsNaN(worst) || m > worst {
+					worst = m
+				}
+				parts = append(parts, fmt.Sprintf("%s %.0f ns (%s)", name, m, w))
+			}
+		}
+		target := fmt.Sprintf("<= %.0f ns mean", limit)
+		if len(parts) == 0 {
+			add("2", label, "no runs measured", target, nil)
+			return
+		}
+		add("2", label, fmt.Sprintf("worst %.0f ns: %s", worst, strings.Join(parts, "; ")), target, bp(worst <= limit))
+	}
+	ghostWindows := []string{winQuiet, winIdle, winChurn, winFdmix}
+	hookGoal(closeHooks, goalCloseNs, "close hooks (close, close_range, dup2, dup3)", ghostWindows)
+	hookGoal([]string{timerHook}, goalTimerNs, "timer hook (no keepalive timers in these windows)", ghostWindows)
+	hookGoal([]string{stateHook}, goalStateNs, "state changes", ghostWindows)
+
+	// 3. Loss at maximum churn.
+	if len(r.loss) > 0 {
+		var lost, read, conns uint64
+		for _, l := range r.loss {
+			lost += l.s.lost()
+			read += l.s.EventsRead
+			conns += l.conns
+		}
+		add("3", "events lost under churn, default buffers",
+			fmt.Sprintf("%d lost of %d read over %d agent runs (%d connections)", lost, read+lost, len(r.loss), conns),
+			"0", bp(lost == 0))
+	} else {
+		add("3", "events lost under churn, default buffers", "not measured", "0", nil)
+	}
+
+	// 4. Scale.
+	gl := durationsMs(r.lsTimes[listerGC])
+	ss := durationsMs(r.lsTimes[listerSS])
+	target := fmt.Sprintf("%d sockets", r.scaleTarget)
+	if len(gl) > 0 {
+		m := median(gl)
+		add("4", "`ghostconn ls -o json` at "+target, fmt.Sprintf("%s median (%d entries)", fmtMs(m), r.lsEntries),
+			fmt.Sprintf("<= %.0f ms", goalLsMs), bp(m <= goalLsMs))
+		if len(ss) > 0 {
+			ratio := median(ss) / m
+			add("4", "`ss -tanp` time / `ghostconn ls` time", fmt.Sprintf("%.1fx (%s vs %s)", ratio, fmtMs(median(ss)), fmtMs(m)),
+				fmt.Sprintf(">= %.0fx", goalLsVsSS), bp(ratio >= goalLsVsSS))
+		}
+	} else if !r.c.skip["scale"] {
+		add("4", "`ghostconn ls -o json` at "+target, "not measured", fmt.Sprintf("<= %.0f ms", goalLsMs), nil)
+	}
+	if len(r.readyScale) > 0 {
+		m := time.Duration(median(durationsMs(r.readyScale)) * float64(time.Millisecond))
+		add("4", "agent start to ready at "+target, fmt.Sprintf("%s median of %d", m.Round(time.Millisecond), len(r.readyScale)),
+			"<= 1 s", bp(m <= goalReady))
+	}
+	if r.rssIdle > 0 {
+		add("4", "agent RSS with "+fmt.Sprint(r.connsScale)+" connections tracked (steady, after the idle window)",
+			fmt.Sprintf("%s (%s/connection)", fmtBytes(float64(r.rssIdle)), fmtBytes(r.bytesPerConn(r.rssIdle))),
+			"<= 150 MB", bp(float64(r.rssIdle) <= goalRSS))
+		peak := max(r.hwmIdle, r.hwmAfterLs)
+		add("4", "agent peak RSS (VmHWM, start-up and ls included)", fmtBytes(float64(peak)), "<= 150 MB", bp(float64(peak) <= goalRSS))
+	}
+	if r.idleWall > 0 {
+		frac := r.idleCPU.Seconds() / r.idleWall.Seconds()
+		add("4", fmt.Sprintf("agent CPU over %s idle with %s", r.idleWall.Round(time.Second), target),
+			fmt.Sprintf("%.2f%% of a core (%s)", 100*frac, r.idleCPU.Round(10*time.Millisecond)),
+			"<= 1%", bp(frac <= goalCPUFraction))
+	}
+	if r.elapsed > 0 {
+		add("-", "harness wall time", r.elapsed.Round(time.Second).String(), "< 10 min", bp(r.elapsed < goalHarnessLimit))
+	}
+	return gs
+}
+
+func (r *results) bytesPerConn(rss uint64) float64 {
+	dc := r.connsScale - r.connsQuiet
+	if dc <= 0 || r.rssQuiet == 0 {
+		return math.NaN()
+	}
+	return (float64(rss) - float64(r.rssQuiet)) / float64(dc)
+}
+
+func (r *results) markdown() string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("# ghostconn benchmark results\n\n")
+	w("Written by `make bench` (bench/cmd/ghostbench). What each row means: bench/README.md.\n\n")
+	w("- date: %s\n", r.start.UTC().Format("2006-01-02 15:04 MST"))
+	w("- machine: %s\n", machineDesc())
+	w("- ghostconn: %s\n", gitDesc())
+	if len(r.c.agentFlags) > 0 {
+		w("- agent flags added to the defaults: `%s`\n", strings.Join(r.c.agentFlags, " "))
+	}
+	w("- harness: %s total (%s), %s\n", r.elapsed.Round(time.Second), r.phaseSummary(), runtime.Version())
+	w("- host load outside the harness: %.2f cores on average (hypervisor steal %.2f cores); per phase: %s; loadavg %s at start, %s at end\n",
+		r.runNoise.other, r.runNoise.steal, r.phaseNoiseSummary(), r.loadStart, r.loadEnd)
+	foreign := r.foreignStart
+	if len(r.foreignChurn) > len(foreign) {
+		foreign = r.foreignChurn
+	}
+	if len(foreign) == 0 {
+		w("- other eBPF programs: none held by other processes\n\n")
+	} else {
+		w("- **other eBPF observers were running** (their programs ran in every run, bare included; results are not clean):\n")
+		for _, f := range foreign {
+			w("  - pid %d `%s`: %s\n", f.pid, f.cmd, strings.Join(f.names, ", "))
+		}
+		w("\n")
+	}
+
+	w("## Goals\n\n| # | what | measured | goal | result |\n|---|---|---|---|---|\n")
+	for _, g := range r.goals() {
+		w("| %s | %s | %s | %s | %s |\n", g.id, g.what, g.measured, g.target, g.result)
+	}
+	w("\n")
+
+	if len(r.churnObservers) > 0 {
+		w("## 1. Churn overhead\n\n")
+		w("%d clients, loopback connect, 1 byte each way, close; %s measured per run after %s warm-up; "+
+			"%d rounds, observers interleaved (order rotates each round); kernel.bpf_stats_enabled=0.\n\n",
+			r.c.clients, r.c.churnDur, r.c.warmup, r.roundsDone)
+		w("| observer |")
+		for i := 0; i < r.roundsDone; i++ {
+			w(" round %d conn/s |", i+1)
+		}
+		w(" median conn/s | vs bare (ratio of medians) | vs bare (median of per-round ratios) |\n|---|")
+		for i := 0; i < r.roundsDone+3; i++ {
+			w("---|")
+		}
+		w("\n")
+		bare := median(r.churn[obsBare])
+		for _, obs := range r.churnObservers {
+			w("| %s |", obs)
+			for i := 0; i < r.roundsDone; i++ {
+				if i < len(r.churn[obs]) {
+					w(" %s |", fmtRate(r.churn[obs][i]))
+				} else {
+					w(" - |")
+				}
+			}
+			m := median(r.churn[obs])
+			w(" %s | %s | %s |\n", fmtRate(m), fmtRatio(m/bare), fmtRatio(median(pairedRatios(r.churn[obs], r.churn[obsBare]))))
+		}
+		w("\nCPU used by the observer process during each run (cores), and load outside the harness (cores busy with other work):\n\n")
+		w("| observer | observer CPU per round | median | other load per round |\n|---|---|---|---|\n")
+		for _, obs := range r.churnObservers {
+			var cs, ns []string
+			for _, v := range r.obsCores[obs] {
+				cs = append(cs, fmt.Sprintf("%.2f", v))
+			}
+			for _, n := range r.churnNoise[obs] {
+				ns = append(ns, n.String())
+			}
+			w("| %s | %s | %.2f | %s |\n", obs, strings.Join(cs, " / "), median(r.obsCores[obs]), strings.Join(ns, " / "))
+		}
+		for obs, n := range r.churnErrors {
+			w("\n%s: %d client errors during measured runs.\n", obs, n)
+		}
+		w("\n")
+	}
+
+	if len(r.windows) > 0 {
+		w("## 2. Kernel cost per program\n\n")
+		w("run_time_ns/run_cnt deltas over each window with kernel.bpf_stats_enabled=1 (the value before is restored after). ")
+		w("Windows: **quiet host** (agent alone, %s); **100k idle** (%d held sockets, no churn, %s, includes reconciles); "+
+			"**churn** (%s of churn at %s conn/s); **fd-op mix** (%s of `ghostbench fdmix`: non-socket close/dup2/dup3/close_range, "+
+			"one socket close with references left per 64 iterations, %d iterations, %d events lost). "+
+			"**churn, tcpstates** is libbpf-tools tcpstates' own program under the same churn, for reference.\n\n",
+			r.c.quietDur, r.scaleTarget, r.windowDur[winIdle].Round(time.Second), r.c.statsChurnDur, fmtRate(r.statsChurnRate),
+			r.c.fdmixDur, r.fdmixIters, r.fdmixLost)
+		w("| program |")
+		for _, win := range r.windows {
+			w(" %s: runs | %s: mean ns |", win, win)
+		}
+		w(" goal |\n|---|")
+		for range r.windows {
+			w("---|---|")
+		}
+		w("---|\n")
+		for _, name := range r.progNames() {
+			w("| %s |", name)
+			for _, win := range r.windows {
+				d, ok := r.kcost[win][name]
+				if !ok {
+					w(" - | - |")
+				} else if d.RunCnt == 0 {
+					w(" 0 | - |")
+				} else {
+					w(" %d | %.0f |", d.RunCnt, d.meanNs())
+				}
+			}
+			w(" %s |\n", progGoal(name))
+		}
+		w("\n")
+	}
+
+	for _, win := range r.windows {
+		for _, name := range r.progNames() {
+			if d := r.kcost[win][name]; d.Misses > 0 {
+				r.notef("%s: %d runs of %s skipped by the kernel (recursion misses: another program was running on the CPU), events the agent never saw", win, d.Misses, name)
+			}
+		}
+	}
+	if len(r.loss) > 0 {
+		w("## 3. Loss\n\n`ghostconn status` after each churn run (a fresh agent per run; default flags, so a 1 MiB ring buffer, unless the header lists agent flags).\n\n")
+		w("| run | connections made | events read | events lost | decode errors | unknown-socket events | agent CPU (cores) | agent CPU per event read |\n|---|---|---|---|---|---|---|---|\n")
+		for i, l := range r.loss {
+			label := fmt.Sprintf("churn %d", i+1)
+			if l.stats {
+				label += " (bpf stats on)"
+			}
+			perEv := "-"
+			if l.s.EventsRead > 0 {
+				perEv = fmt.Sprintf("%.2f µs", l.cores*l.secs*1e6/float64(l.s.EventsRead))
+			}
+			w("| %s | %d | %d | %d %s | %d | %d | %.2f | %s |\n", label, l.conns, l.s.EventsRead, l.s.lost(), lostDetail(l.s.EventsLost),
+				l.s.DecodeErrors, l.s.UnknownSocket, l.cores, perEv)
+		}
+		w("\n")
+	}
+
+	if r.scaleTarget > 0 {
+		w("## 4. Scale\n\n")
+		w("%d loopback connections (%d sockets) held by %d processes (%d fds each, SO_LINGER 0); %d ESTABLISHED on the host; set up in %s.\n\n",
+			r.scaleTarget/2, r.scaleTarget, r.c.holders, r.scaleTarget/r.c.holders, r.established, r.holdSetup.Round(time.Millisecond))
+		w("| measurement | value |\n|---|---|\n")
+		w("| agent start to ready, quiet host (exec to status ready) | %s |\n", fmtDurs(r.readyQuiet))
+		w("| agent start to ready, %d sockets | %s |\n", r.scaleTarget, fmtDurs(r.readyScale))
+		w("| of which seeding (the agent's own `startup=`: API up to ready), quiet / at scale | %s / %s |\n", fmtDurs(r.seedQuiet), fmtDurs(r.seedScale))
+		w("| TCP sockets on the host at the quiet start | %d |\n", r.quietSockets)
+		w("| connections tracked, quiet / at scale | %d / %d |\n", r.connsQuiet, r.connsScale)
+		w("| agent RSS quiet host | %s |\n", fmtBytes(float64(r.rssQuiet)))
+		w("| agent RSS at scale: ready+2s / after idle / after the ls runs | %s / %s / %s |\n",
+			fmtBytes(float64(r.rssReady)), fmtBytes(float64(r.rssIdle)), fmtBytes(float64(r.rssAfterLs)))
+		w("| agent peak RSS (VmHWM) after idle / after ls | %s / %s |\n", fmtBytes(float64(r.hwmIdle)), fmtBytes(float64(r.hwmAfterLs)))
+		w("| bytes per tracked connection ((RSS after idle - quiet RSS) / added connections) | %s |\n", fmtBytes(r.bytesPerConn(r.rssIdle)))
+		if r.idleWall > 0 {
+			w("| agent CPU over %s idle (utime+stime) | %s = %.2f%% of a core |\n", r.idleWall.Round(time.Second), r.idleCPU.Round(10*time.Millisecond), 100*r.idleCPU.Seconds()/r.idleWall.Seconds())
+		}
+		w("| last reconcile (snapshot of all sockets and holders) | %.0f ms |\n\n", r.reconcileSecs*1000)
+		w("Listing all connections, output to /dev/null, interleaved rounds (a tool stops repeating after %s in total):\n\n", r.c.toolBudget)
+		w("| lister | runs | median | min | max |\n|---|---|---|---|---|\n")
+		for _, name := range []string{listerGC, listerAPI, listerSS, listerLsof} {
+			ms := durationsMs(r.lsTimes[name])
+			if len(ms) == 0 {
+				w("| %s | 0 | - | - | - |\n", name)
+				continue
+			}
+			lo, hi := minMax(ms)
+			w("| %s | %d | %s | %s | %s |\n", name, len(ms), fmtMs(median(ms)), fmtMs(lo), fmtMs(hi))
+		}
+		w("\n")
+	}
+
+	if len(r.missingProgs) > 0 || len(r.notes) > 0 || len(r.errors) > 0 {
+		w("## Notes\n\n")
+		for _, m := range r.missingProgs {
+			w("- program not attached: %s\n", m)
+		}
+		for _, n := range r.notes {
+			w("- %s\n", n)
+		}
+		for _, e := range r.errors {
+			w("- ERROR: %s\n", e)
+		}
+		w("\n")
+	}
+	return b.String()
+}
+
+func (r *results) phaseSummary() string {
+	var parts []string
+	for _, p := range []string{"quiet", "fdmix", "scale", "churn"} {
+		if d, ok := r.phaseTime[p]; ok {
+			parts = append(parts, fmt.Sprintf("%s %s", p, d.Round(time.Second)))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (r *results) phaseNoiseSummary() string {
+	var parts []string
+	for _, p := range []string{"quiet", "fdmix", "scale", "churn"} {
+		if n, ok := r.phaseNoise[p]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.2f", p, n.other))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (r *results) progNames() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range progOrder {
+		for _, win := range r.windows {
+			if _, ok := r.kcost[win][n]; ok && !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	var rest []string
+	for _, win := range r.windows {
+		for n := range r.kcost[win] {
+			if !seen[n] {
+				seen[n] = true
+				rest = append(rest, n)
+			}
+		}
+	}
+	sort.Strings(rest)
+	return append(out, rest...)
+}
+
+func progGoal(name string) string {
+	switch {
+	case name == stateHook:
+		return fmt.Sprintf("<= %.0f ns", goalStateNs)
+	case name == timerHook:
+		return fmt.Sprintf("<= %.0f ns (non-keepalive)", goalTimerNs)
+	}
+	for _, h := range closeHooks {
+		if h == name {
+			return fmt.Sprintf("<= %.0f ns", goalCloseNs)
+		}
+	}
+	return ""
+}
+
+func lostDetail(m map[string]uint64) string {
+	var parts []string
+	for k, v := range m {
+		if v > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, v))
+		}
+	}
+	sort.Strings(parts)
+	if len(parts) == 0 {
+		return ""
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
+}
+
+func fmtDurs(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "not measured"
+	}
+	var parts []string
+	for _, d := range ds {
+		parts = append(parts, d.Round(time.Millisecond).String())
+	}
+	m := time.Duration(median(durationsMs(ds)) * float64(time.Millisecond))
+	return fmt.Sprintf("median %s (%s)", m.Round(time.Millisecond), strings.Join(parts, ", "))
+}
+
+func machineDesc() string {
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	kernel := unix.ByteSliceToString(u.Release[:])
+	model := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				if i := strings.IndexByte(line, ':'); i >= 0 {
+					model = strings.TrimSpace(line[i+1:])
+				}
+				break
+			}
+		}
+	}
+	mem := ""
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		mem = fmtBytes(float64(si.Totalram) * float64(si.Unit))
+	}
+	osName := ""
+	if b, err := os.ReadFile("/etc/os-release"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "PRETTY_NAME=") {
+				osName = strings.Trim(strings.TrimPrefix(line, "PRETTY_NAME="), `"`)
+			}
+		}
+	}
+	return fmt.Sprintf("%d cores (nproc) %s, %s RAM, Linux %s, %s", runtime.NumCPU(), model, mem, kernel, osName)
+}
+
+func gitDesc() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown commit"
+	}
+	desc := "commit " + strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		desc += " with uncommitted changes"
+	}
+	return desc
+}
+
+func lookPath(name string) (string, error) { return exec.LookPath(name) }
