@@ -107,3 +107,42 @@ func BenchmarkEvaluate100k(b *testing.B) {
 		t.Evaluate(at.Add(time.Second))
 	}
 }
+
+// BenchmarkReconcile100k is the user-space side of one reconcile at 100k
+// sockets: decoding the snapshot, applying it, the holder walk and the
+// sweep. The agent runs one every --reconcile-interval.
+func BenchmarkReconcile100k(b *testing.B) {
+	const n = 100_000
+	recs := make([]bpf.GhostconnSockRec, n)
+	holders := make([]bpf.GhostconnHolderRec, n)
+	for i := range recs {
+		r := &recs[i]
+		r.Cookie, r.Ino, r.Netns, r.Family, r.State, r.Full = uint64(i+1), uint64(i+1e6), 1, uint8(FamilyIPv4), uint8(StateEstablished), 1
+		r.Sport, r.Dport = uint16(i), 8080
+		copy(r.Saddr[:], []byte{127, 0, 1, 7})
+		copy(r.Daddr[:], []byte{127, 0, 0, 1})
+		r.NetKaTime, r.NetKaIntvl, r.NetKaProbes, r.NetRetries2 = 250*7200, 250*75, 9, 15
+		holders[i] = bpf.GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(i + 1e6), Pid: uint32(1000 + i/20000), Fd: uint32(i % 20000)}
+	}
+	t := NewTable(TableConfig{MaxConns: 1 << 20, Verdicts: DefaultVerdictConfig})
+	t.cgroups = nil
+	d := Decoder{HZ: 250}
+	at := time.Unix(1000, 0)
+	batch := make([]Event, 0, n)
+	b.ReportAllocs()
+	gen := uint64(0)
+	for b.Loop() {
+		gen++
+		at = at.Add(30 * time.Second)
+		batch = batch[:0]
+		for i := range recs {
+			if ev, ok := d.ObservedEvent(&recs[i], at, gen, gen == 1); ok {
+				batch = append(batch, ev)
+			}
+		}
+		t.Apply(batch)
+		t.SetHolders(holders, at)
+		t.Sweep(gen, at, map[uint32]bool{1: true})
+		t.Evaluate(at)
+	}
+}

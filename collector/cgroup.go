@@ -63,13 +63,13 @@ func ParseCgroupPath(path string) Cgroup {
 // once per cgroup.
 type cgroupCache struct {
 	mu   sync.Mutex
-	byID map[uint64]Cgroup
+	byID map[uint64]*Cgroup // shared by every holder in the cgroup; never changed
 	// readPath returns the cgroup v2 path of pid; tests replace it.
 	readPath func(pid uint32) (string, error)
 }
 
 func newCgroupCache() *cgroupCache {
-	return &cgroupCache{byID: map[uint64]Cgroup{}, readPath: procCgroupPath}
+	return &cgroupCache{byID: map[uint64]*Cgroup{}, readPath: procCgroupPath}
 }
 
 // prime resolves every cgroup id in recs that the cache does not know and
@@ -79,7 +79,7 @@ func (cc *cgroupCache) prime(recs []bpf.GhostconnHolderRec) {
 	cc.mu.Lock()
 	old := cc.byID
 	cc.mu.Unlock()
-	next := make(map[uint64]Cgroup, len(old))
+	next := make(map[uint64]*Cgroup, len(old))
 	for i := range recs {
 		id := recs[i].CgroupId
 		if id == 0 {
@@ -98,7 +98,7 @@ func (cc *cgroupCache) prime(recs []bpf.GhostconnHolderRec) {
 		}
 		cg := ParseCgroupPath(path)
 		cg.ID = id
-		next[id] = cg
+		next[id] = &cg
 	}
 	cc.mu.Lock()
 	cc.byID = next
@@ -113,9 +113,12 @@ func (cc *cgroupCache) lookup(id uint64) *Cgroup {
 	defer cc.mu.Unlock()
 	cg, ok := cc.byID[id]
 	if !ok {
-		return &Cgroup{ID: id}
+		// Unresolved (every process in it exited before the lookup):
+		// remember the id alone, so holders in it compare equal.
+		cg = &Cgroup{ID: id}
+		cc.byID[id] = cg
 	}
-	return &cg
+	return cg
 }
 
 // procCgroupPath reads the unified (v2) hierarchy line, "0::/path", of

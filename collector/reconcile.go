@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"sort"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -175,38 +176,73 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 	if t.cgroups != nil {
 		t.cgroups.prime(recs) // reads /proc, so outside the lock
 	}
-	byCookie := map[uint64][]int{}
+	// Sorted by cookie, each connection's holders are one run, found by
+	// binary search; the few records without a cookie (sockets in a
+	// namespace no snapshot reached) are joined by inode.
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Cookie < recs[j].Cookie })
 	byInode := map[uint64][]int{}
-	for i := range recs {
-		if recs[i].Cookie != 0 {
-			byCookie[recs[i].Cookie] = append(byCookie[recs[i].Cookie], i)
-		}
+	for i := 0; i < len(recs) && recs[i].Cookie == 0; i++ {
 		byInode[recs[i].Ino] = append(byInode[recs[i].Ino], i)
+	}
+	comms := map[[16]int8]string{} // one string per process name, not per fd
+	comm := func(b [16]int8) string {
+		s, ok := comms[b]
+		if !ok {
+			s = cString(b[:])
+			comms[b] = s
+		}
+		return s
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var idx []int
+	var scratch []Holder
 	for _, c := range t.conns {
-		idx := byCookie[c.Cookie]
-		if len(idx) == 0 && c.Inode != 0 {
-			idx = byInode[c.Inode]
+		idx = idx[:0]
+		for i := sort.Search(len(recs), func(i int) bool { return recs[i].Cookie >= c.Cookie }); i < len(recs) && recs[i].Cookie == c.Cookie; i++ {
+			idx = append(idx, i)
 		}
-		old := c.Holders
-		hs := make([]Holder, 0, len(idx))
+		if len(idx) == 0 && c.Inode != 0 {
+			idx = append(idx, byInode[c.Inode]...)
+		}
+		scratch = scratch[:0]
 		for _, i := range idx {
 			r := &recs[i]
 			if cb := c.ClosedBy; cb != nil && cb.At.After(at) && cb.PID == r.Pid && cb.FD == int32(r.Fd) {
 				continue
 			}
-			hs = append(hs, Holder{PID: r.Pid, PPID: r.Ppid, Comm: cString(r.Comm[:]), FD: int32(r.Fd), Cgroup: t.cgroups.lookup(r.CgroupId)})
+			scratch = append(scratch, Holder{PID: r.Pid, PPID: r.Ppid, Comm: comm(r.Comm), FD: int32(r.Fd), Cgroup: t.cgroups.lookup(r.CgroupId)})
 			// The holder's inode is the one users see in /proc/PID/fd (for
 			// MPTCP it differs from the subflow's).
 			t.setInode(c, r.Ino)
 		}
-		c.Holders = hs
 		c.HoldersAt = at
-		t.markDirty(c)
-		t.noteExits(c, old, at)
+		old := c.Holders
+		if !holdersEqual(old, scratch) {
+			c.Holders = nil
+			if len(scratch) > 0 {
+				c.Holders = append([]Holder(nil), scratch...)
+			}
+			t.markDirty(c)
+			t.noteExits(c, old, at)
+		} else if c.ClosedBy != nil || c.State == StateCloseWait {
+			// Rules that wait for a walk newer than a deadline decide now.
+			t.markDirty(c)
+		}
 	}
+}
+
+func holdersEqual(a, b []Holder) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := &a[i], &b[i]
+		if x.PID != y.PID || x.PPID != y.PPID || x.FD != y.FD || x.Comm != y.Comm || x.Cgroup != y.Cgroup {
+			return false
+		}
+	}
+	return true
 }
 
 // noteExits records, as a close, a holder process that has exited while
