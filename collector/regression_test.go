@@ -266,3 +266,22 @@ func TestRecvQueueExcludesFIN(t *testing.T) {
 		delete(tb.conns, 7)
 	}
 }
+
+// TestDeadlinesDoNotPinRetiredConnections: under churn every connection
+// evaluated while ESTABLISHED gets a silent deadline minutes ahead; the heap
+// must not keep them all (the soak found RSS growing 6.5 MiB/min).
+func TestDeadlinesDoNotPinRetiredConnections(t *testing.T) {
+	tb := NewTable(TableConfig{MaxConns: 1 << 20, MaxHistory: 100, HistoryTTL: time.Minute, Verdicts: DefaultVerdictConfig})
+	at := time.Unix(1000, 0)
+	for i := 0; i < 100_000; i++ {
+		evs := lifecycle(uint64(2*i+1), at)
+		tb.Apply(evs[:4]) // both ends ESTABLISHED
+		tb.Evaluate(at)   // a deadline each, 5 minutes out
+		tb.Apply(evs[4:]) // and gone
+		at = at.Add(time.Millisecond)
+	}
+	tb.Evaluate(at)
+	if n := len(tb.deadlines); n > 2*len(tb.conns)+1024 {
+		t.Fatalf("%d deadlines held for %d live connections", n, len(tb.conns))
+	}
+}

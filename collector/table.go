@@ -478,10 +478,30 @@ func (t *Table) Evaluate(now time.Time) (need map[uint32]bool, next time.Time) {
 			visit(d.c)
 		}
 	}
+	t.compactDeadlines()
 	if len(t.deadlines) > 0 {
 		next = t.deadlines[0].at
 	}
 	return need, next
+}
+
+// compactDeadlines drops stale entries (connections retired, or whose
+// deadline moved) once they outnumber the live ones. Without it, a
+// connection that lived for a moment would stay referenced until its
+// silent threshold, minutes later: under churn, memory grew without bound.
+func (t *Table) compactDeadlines() {
+	if len(t.deadlines) <= 2*len(t.conns)+1024 {
+		return
+	}
+	live := t.deadlines[:0]
+	for _, d := range t.deadlines {
+		if d.c.ClosedAt.IsZero() && d.c.nextEval.Equal(d.at) {
+			live = append(live, d)
+		}
+	}
+	clear(t.deadlines[len(live):])
+	t.deadlines = live
+	heap.Init(&t.deadlines)
 }
 
 // markDirty queues c for the next evaluation.
