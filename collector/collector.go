@@ -216,8 +216,9 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 	c.readyOnce.Do(func() { close(c.ready) })
 
-	tick := time.NewTicker(c.cfg.ReconcileInterval)
-	defer tick.Stop()
+	recon := time.NewTimer(c.cfg.ReconcileInterval)
+	defer recon.Stop()
+	lost := c.lostTotal()
 	verdicts := time.NewTicker(verdictTick)
 	defer verdicts.Stop()
 	// due fires when the earliest ghost grace period ends, so the decision
@@ -233,18 +234,54 @@ func (c *Collector) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-recon.C:
+			start := time.Now()
 			if err := c.reconcile(false); err != nil {
 				c.reconcileErrors.Add(1)
 				c.cfg.Logger.Error("reconcile", "err", err)
 			}
 			c.table.GC(time.Now())
+			now := c.lostTotal()
+			recon.Reset(nextReconcile(c.cfg.ReconcileInterval, time.Since(start), now != lost))
+			lost = now
 		case <-verdicts.C:
 			schedule(c.evaluate())
 		case <-due.C:
 			schedule(c.evaluate())
 		}
 	}
+}
+
+// reconcileBudget bounds the share of a core reconcile may take: the next
+// one waits at least this many times as long as the last one took.
+const reconcileBudget = 100
+
+// maxReconcileStretch bounds how far the budget may stretch the interval.
+const maxReconcileStretch = 10
+
+// nextReconcile is the wait before the next reconcile: the configured
+// interval, stretched so that reconcile takes at most 1% of a core on a
+// large table (up to ten times the interval), but never stretched while
+// events are being lost, since then the table needs the correction.
+func nextReconcile(interval, took time.Duration, lostSinceLast bool) time.Duration {
+	if lostSinceLast {
+		return interval
+	}
+	return min(max(interval, took*reconcileBudget), interval*maxReconcileStretch)
+}
+
+// lostTotal sums the kernel's lost-event counters; 0 if they cannot be
+// read (Status reports that failure).
+func (c *Collector) lostTotal() uint64 {
+	st, err := c.probes.ReadStats()
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for _, idx := range lostIndex {
+		n += st[idx]
+	}
+	return n
 }
 
 // verdictTick is how often the connections that changed are evaluated;
