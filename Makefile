@@ -12,7 +12,7 @@ BIN       := bin/ghostconn
 CLANG     := clang-19
 LLVMSTRIP := llvm-strip-19
 
-.PHONY: all build run test test-deps vet fuzz bench bench-unit generate generate-deps check-generate vmlinux clean
+.PHONY: all build run test test-deps vet fuzz bench soak bench-unit test-kernels generate generate-deps check-generate vmlinux clean
 
 all: build
 
@@ -51,9 +51,18 @@ bench: build
 	@./bench/deps.sh
 	$(GO) run ./bench/cmd/ghostbench --ghostconn $(BIN) --out bench/RESULTS.md $(BENCHFLAGS)
 
+# 10-minute soak at maximum churn (root; not for CI): RSS/goroutine slopes, crashes, loss accounting -> bench/SOAK.md.
+soak: build
+	$(GO) run ./bench/cmd/ghostbench soak --ghostconn $(BIN) --out bench/SOAK.md $(SOAKFLAGS)
+
 # Unit benchmarks that need no root, with allocations.
 bench-unit:
 	$(GO) test -run '^$$' -bench . -benchmem ./collector/ ./bench/...
+
+# The privileged suites on Debian 12's 6.1 kernel under qemu (root, about
+# 7 minutes with TCG). See kernels/README.md.
+test-kernels:
+	./kernels/run.sh
 
 generate-deps:
 	@./scripts/deps.sh generate

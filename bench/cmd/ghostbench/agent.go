@@ -30,6 +30,7 @@ type agentStatus struct {
 	ReconcileSecs  float64           `json:"last_reconcile_seconds"`
 	Programs       map[string]string `json:"programs"`
 	CloseLastRef   uint64            `json:"close_last_ref"`
+	Transitions    map[string]uint64 `json:"state_transitions"`
 }
 
 func (s agentStatus) lost() uint64 {
@@ -162,6 +163,21 @@ func defaultAgentFlags(bin string, user []string) []string {
 		flags = append(flags, "--metrics-address=127.0.0.1:0")
 	}
 	return flags
+}
+
+// ringBufferDefault reads the agent's default --ring-buffer-bytes from its
+// -h ("(default N)"), for the report; "" when it cannot tell.
+func ringBufferDefault(bin string) string {
+	out, _ := exec.Command(bin, "agent", "-h").CombinedOutput()
+	m := regexp.MustCompile(`-ring-buffer-bytes[^\n]*\n[^\n]*\(default (\d+)\)`).FindSubmatch(out)
+	if m == nil {
+		return ""
+	}
+	var n float64
+	if _, err := fmt.Sscan(string(m[1]), &n); err != nil {
+		return ""
+	}
+	return fmtBytes(n)
 }
 
 func tail(path string, n int) string {

@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -22,8 +24,9 @@ type churnResult struct {
 	Total uint64 `json:"total"`
 }
 
-// churnProgress is what `ghostbench churn -progress D` prints every D
-// before the final churnResult: totals since start, warm-up included.
+// churnProgress is what `ghostbench churn -progress` prints on each
+// SIGUSR1 before the final churnResult: totals since start, warm-up
+// included.
 type churnProgress struct {
 	Progress bool    `json:"progress"`
 	Seconds  float64 `json:"seconds"`
@@ -50,7 +53,7 @@ func runChurn(args []string) int {
 	servers := fs.Int("servers", 8, "server threads (accept, read, write, close)")
 	duration := fs.Duration("duration", 10*time.Second, "measured time")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured time before")
-	progress := fs.Duration("progress", 0, "print a churnProgress line (totals since start) this often; 0: only the result")
+	progress := fs.Bool("progress", false, "print a churnProgress line (totals since start) on each SIGUSR1")
 	_ = fs.Parse(args)
 
 	// One P per blocking thread, so leaving a syscall never waits for a P.
@@ -116,14 +119,16 @@ func runChurn(args []string) int {
 		}
 		return
 	}
-	if *progress > 0 {
+	if *progress {
 		start := time.Now()
+		sig := make(chan os.Signal, 16)
+		signal.Notify(sig, syscall.SIGUSR1)
 		go func() {
 			enc := json.NewEncoder(os.Stdout)
-			for t := time.NewTicker(*progress); ; <-t.C {
-				if stop.Load() {
-					return
-				}
+			// A first line says the handler is in place: until then
+			// SIGUSR1 would kill the process.
+			_ = enc.Encode(churnProgress{Progress: true})
+			for range sig {
 				n, e := sum()
 				_ = enc.Encode(churnProgress{Progress: true, Seconds: time.Since(start).Seconds(), Conns: n, Errors: e})
 			}

@@ -2,6 +2,7 @@
 // runs on and writes a markdown table (bench/RESULTS.md). See bench/README.md.
 //
 //	ghostbench [flags]          run every phase (root)
+//	ghostbench soak [flags]     long churn under one agent: leaks, crashes, loss (root)
 //	ghostbench churn [flags]    churn worker (started by the harness)
 //	ghostbench hold [flags]     socket holder (started by the harness)
 //	ghostbench fdmix [flags]    fd-hook exerciser (started by the harness)
@@ -43,11 +44,14 @@ type config struct {
 	skip       map[string]bool
 	agentFlags []string
 	budget     time.Duration
+	ringSize   string // the agent's default ring buffer, for the report
 }
 
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
+		case "soak":
+			os.Exit(runSoak(os.Args[2:]))
 		case "churn":
 			os.Exit(runChurn(os.Args[2:]))
 		case "hold":
@@ -99,6 +103,7 @@ func runBench(args []string) (code int) {
 		return 2
 	}
 	c.agentFlags = defaultAgentFlags(c.bin, c.agentFlags)
+	c.ringSize = ringBufferDefault(c.bin)
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ghostbench:", err)

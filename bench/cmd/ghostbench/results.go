@@ -397,7 +397,11 @@ func (r *results) markdown() string {
 		}
 	}
 	if len(r.loss) > 0 {
-		w("## 3. Loss\n\n`ghostconn status` after each churn run (a fresh agent per run; default flags, so a 1 MiB ring buffer, unless the header lists agent flags).\n\n")
+		ring := "the default ring buffer"
+		if r.c.ringSize != "" {
+			ring = "the agent's default ring buffer, " + r.c.ringSize
+		}
+		w("## 3. Loss\n\n`ghostconn status` after each churn run (a fresh agent per run; default flags, so %s, unless the header lists agent flags).\n\n", ring)
 		w("| run | connections made | events read | events lost | decode errors | unknown-socket events | agent CPU (cores) | agent CPU per event read |\n|---|---|---|---|---|---|---|---|\n")
 		for i, l := range r.loss {
 			label := fmt.Sprintf("churn %d", i+1)
