@@ -25,11 +25,12 @@ run: build
 
 # Privileged tests load the real programs. Outside CI they skip (with the
 # reason) when not root; with CI=true they fail instead.
-test: test-deps vet
-	$(GO) test -count=1 -p 1 ./...
+#
 # -p 1: one package at a time. Several packages start agents and drive the
 # kernel; run side by side they slow each other's snapshots and the
 # latency assertions (a ghost within grace+1s) would measure contention.
+test: test-deps vet
+	$(GO) test -count=1 -p 1 ./...
 
 test-deps:
 	@./scripts/deps.sh test
