@@ -1,6 +1,7 @@
 package main
 
 import (
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,24 +15,13 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/ghostconn/ghostconn/collector"
 )
 
-// agentStatus is the part of `ghostconn status` the harness reads. Unknown
-// fields are ignored, so the agent may grow its status freely.
-type agentStatus struct {
-	Ready          bool              `json:"ready"`
-	Connections    int               `json:"connections"`
-	EventsRead     uint64            `json:"events_read"`
-	EventsLost     map[string]uint64 `json:"events_lost"`
-	DecodeErrors   uint64            `json:"decode_errors"`
-	TableFullDrops uint64            `json:"table_full_drops"`
-	UnknownSocket  uint64            `json:"unknown_socket_events"`
-	Reconciles     uint64            `json:"reconciles"`
-	ReconcileSecs  float64           `json:"last_reconcile_seconds"`
-	Programs       map[string]string `json:"programs"`
-	CloseLastRef   uint64            `json:"close_last_ref"`
-	Transitions    map[string]uint64 `json:"state_transitions"`
-}
+// agentStatus is what `ghostconn status` prints: the agent's own type,
+// not a copy of it, with the harness's helpers.
+type agentStatus struct{ collector.Status }
 
 func (s agentStatus) lost() uint64 {
 	var n uint64

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,7 +41,11 @@ func (d progDelta) meanNs() float64 {
 
 // pidProgIDs lists the ids of the bpf programs a process holds, directly or
 // through links, from /proc/PID/fdinfo ("prog_id:" lines).
-func pidProgIDs(pid int) ([]uint32, error) {
+func pidProgIDs(pid int) ([]uint32, error) { return pidFdinfoIDs(pid, "prog_id:") }
+
+// pidFdinfoIDs collects, sorted and without repeats, the numbers after key
+// ("prog_id:", "map_id:") in every /proc/PID/fdinfo entry.
+func pidFdinfoIDs(pid int, key string) ([]uint32, error) {
 	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -50,22 +53,17 @@ func pidProgIDs(pid int) ([]uint32, error) {
 	}
 	seen := map[uint32]bool{}
 	for _, e := range ents {
-		f, err := os.Open(filepath.Join(dir, e.Name()))
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			continue // fd closed meanwhile
 		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			line := sc.Text()
-			if !strings.HasPrefix(line, "prog_id:") {
-				continue
-			}
-			id, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(line, "prog_id:")), 10, 32)
-			if err == nil {
-				seen[uint32(id)] = true
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, key); ok {
+				if id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
+					seen[uint32(id)] = true
+				}
 			}
 		}
-		f.Close()
 	}
 	ids := make([]uint32, 0, len(seen))
 	for id := range seen {

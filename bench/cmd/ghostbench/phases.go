@@ -229,7 +229,7 @@ func phaseScale(c *config, r *results) error {
 	r.idleCPU, r.idleWall = cpu, wall
 	r.rssIdle, r.hwmIdle, _ = procMem(a.pid())
 	if s, err := a.status(); err == nil {
-		r.reconcileSecs = s.ReconcileSecs
+		r.reconcileSecs = s.ReconcileSeconds
 		r.connsScale = s.Connections
 	}
 

@@ -256,24 +256,31 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / clkTck, nil
 }
 
-// procMem returns VmRSS and VmHWM in bytes.
-func procMem(pid int) (rss, hwm uint64, err error) {
+// procStatus reads the numeric fields of /proc/PID/status ("VmRSS:" and
+// the like, in the units the file gives).
+func procStatus(pid int) (map[string]uint64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
+	out := map[string]uint64{}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 2 {
 			continue
 		}
-		v, _ := strconv.ParseUint(f[1], 10, 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = v * 1024
-		case "VmHWM:":
-			hwm = v * 1024
+		if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+			out[strings.TrimSuffix(f[0], ":")] = v
 		}
 	}
-	return rss, hwm, nil
+	return out, nil
+}
+
+// procMem returns VmRSS and VmHWM in bytes.
+func procMem(pid int) (rss, hwm uint64, err error) {
+	st, err := procStatus(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	return st["VmRSS"] * 1024, st["VmHWM"] * 1024, nil
 }

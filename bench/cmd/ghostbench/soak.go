@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -504,26 +503,11 @@ func waitQuietFor(max int, limit time.Duration) int {
 
 // procMemThreads reads VmRSS, VmHWM (bytes) and Threads.
 func procMemThreads(pid int) (rss, hwm uint64, threads int) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	st, err := procStatus(pid)
 	if err != nil {
-		return
+		return 0, 0, 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		v, _ := strconv.ParseUint(f[1], 10, 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = v * 1024
-		case "VmHWM:":
-			hwm = v * 1024
-		case "Threads:":
-			threads = int(v)
-		}
-	}
-	return
+	return st["VmRSS"] * 1024, st["VmHWM"] * 1024, int(st["Threads"])
 }
 
 // scrapeMetrics fetches a Prometheus text exposition and sums every
@@ -618,33 +602,7 @@ func kernelLost(pid int) (map[string]uint64, error) {
 }
 
 // pidMapIDs lists the ids of the bpf maps a process holds (fdinfo map_id).
-func pidMapIDs(pid int) ([]uint32, error) {
-	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	seen := map[uint32]bool{}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "map_id:"); ok {
-				if id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
-					seen[uint32(id)] = true
-				}
-			}
-		}
-	}
-	ids := make([]uint32, 0, len(seen))
-	for id := range seen {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids, nil
-}
+func pidMapIDs(pid int) ([]uint32, error) { return pidFdinfoIDs(pid, "map_id:") }
 
 // tcpSNMP reads the Tcp: line pair of /proc/net/snmp (this netns).
 func tcpSNMP() map[string]uint64 {
