@@ -3,6 +3,7 @@ package collector
 import (
 	"errors"
 	"reflect"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -283,6 +284,58 @@ func TestDeadlinesDoNotPinRetiredConnections(t *testing.T) {
 	tb.Evaluate(at)
 	if n := len(tb.deadlines); n > 2*len(tb.conns)+1024 {
 		t.Fatalf("%d deadlines held for %d live connections", n, len(tb.conns))
+	}
+}
+
+// TestChurnHeapFlatBesideTimeWait: the soak's table holds about 15,000
+// TIME_WAIT sockets found by snapshots, which raised the compaction
+// threshold to 31,000 stale deadlines; each pinned a retired connection,
+// and the heap grew 6 MiB a minute. Churn beside such a table must leave
+// the live heap where it was.
+func TestChurnHeapFlatBesideTimeWait(t *testing.T) {
+	tb := NewTable(TableConfig{MaxConns: 1 << 20, MaxHistory: 1000, HistoryTTL: time.Minute, Verdicts: DefaultVerdictConfig})
+	d := Decoder{HZ: 250}
+	at := time.Unix(1000, 0)
+	for i := 0; i < 15000; i++ {
+		r := bpf.GhostconnSockRec{Cookie: uint64(1<<40 + i), Family: uint8(FamilyIPv4), State: uint8(StateTimeWait), Netns: 1}
+		ev, ok := d.ObservedEvent(&r, at, 1, true)
+		if !ok {
+			t.Fatal("record refused")
+		}
+		tb.Apply([]Event{ev})
+	}
+	// The namespace's sysctls, as the first full snapshot record gives them.
+	tb.defaults[1] = NetDefaults{KeepIdle: 2 * time.Hour, KeepInterval: 75 * time.Second, KeepCount: 9, Retries2: 15}
+	churn := func(from, to int) {
+		for i := from; i < to; i++ {
+			evs := lifecycle(uint64(2*i+1), at)
+			tb.Apply(evs[:4])
+			if i%8 == 0 {
+				tb.Evaluate(at) // some are seen ESTABLISHED: a deadline minutes out
+			}
+			tb.Apply(evs[4:])
+			at = at.Add(100 * time.Microsecond)
+		}
+		tb.Evaluate(at)
+	}
+	heapAfter := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	churn(0, 50_000) // history full, heap and maps at their working size
+	before := heapAfter()
+	// 23,750 more deadlines, kept short of the compaction threshold
+	// (2 × 15,000 + 1,024), where the heap is at its largest.
+	churn(50_000, 240_000)
+	after := heapAfter()
+	if tb.Len() != 15000 {
+		t.Fatalf("%d live connections, want the 15000 TIME_WAIT", tb.Len())
+	}
+	// A retained connection costs about 600 bytes, a deadline 16.
+	if grew := int64(after) - int64(before); grew > 2<<20 {
+		t.Errorf("live heap grew %.1f MiB over 190,000 connections (%d deadlines queued)", float64(grew)/(1<<20), len(tb.deadlines))
 	}
 }
 

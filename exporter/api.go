@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -34,7 +35,10 @@ type Source interface {
 //	GET /v1/connections?FILTER   a JSON array of connections
 //	GET /v1/watch?FILTER         a stream of changes, one JSON object a line
 //	GET /v1/status               the agent's counters
+//	GET /debug/pprof/...         Go runtime profiles (net/http/pprof)
 //
+// The profiles are served only here, on the root-only unix socket, never
+// on the metrics listener.
 // FILTER is what ParseFilter accepts. Bad parameters get 400 with a JSON
 // body {"error": "..."}.
 type API struct {
@@ -49,8 +53,13 @@ func NewAPI(src Source) *API {
 	a.mux.HandleFunc("GET /v1/connections", a.connections)
 	a.mux.HandleFunc("GET /v1/watch", a.watch)
 	a.mux.HandleFunc("GET /v1/status", a.status)
+	a.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	a.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	a.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	a.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	a.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status)", r.Method, r.URL.Path)})
+		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status, /debug/pprof/)", r.Method, r.URL.Path)})
 	})
 	return a
 }
