@@ -22,8 +22,16 @@
 #   QEMU_TIMEOUT   seconds before the whole boot is killed (default 2400; a
 #                  passing TCG run takes about 7 minutes on 2 cores)
 #   QEMU_MEM, QEMU_SMP  guest size (default 2G, 2)
+#   QEMU_TCG_THREAD  single or multi (default single: under multi-threaded
+#                  TCG, QEMU 7.2 sometimes leaves both vCPUs looping on the
+#                  int3 of a half-patched jump label in syscall_trace_enter
+#                  when a syscall tracepoint is attached or detached, a soft
+#                  lockup in the guest that real CPUs do not have)
 #   QEMU_ACCEL     kvm or tcg (default: kvm when /dev/kvm is usable and the
 #                  CPU flags show vmx or svm, else tcg)
+#   KERNEL_APPEND  extra kernel command line (the default one prints
+#                  warnings with their call traces and panics on a soft
+#                  lockup, which ends the run at once with the trace)
 #   MODULES        kernel modules loaded before the tests (default: veth
 #                  nf_tables, with their dependencies)
 #   KERNELS_CACHE  downloads, builds and console logs (default kernels/.cache)
@@ -259,7 +267,7 @@ if [ -z "$accel" ]; then
 fi
 case $accel in
 kvm) accel_args=(-accel kvm -cpu host) ;;
-tcg) accel_args=(-accel "tcg,thread=multi" -cpu max) ;;
+tcg) accel_args=(-accel "tcg,thread=${QEMU_TCG_THREAD:-single}" -cpu max) ;;
 *) die "QEMU_ACCEL=$accel: want kvm or tcg" ;;
 esac
 
@@ -283,7 +291,7 @@ for pkg in $KERNEL_PKGS; do
 		"${accel_args[@]}" -machine q35 -m "$QEMU_MEM" -smp "$QEMU_SMP" \
 		-nographic -no-reboot -nic none \
 		-kernel "$vmlinuz" -initrd "$initrd" \
-		-append "console=ttyS0,115200 panic=-1 loglevel=4 mitigations=off" \
+		-append "console=ttyS0,115200 panic=-1 loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1 mitigations=off ${KERNEL_APPEND:-}" \
 		</dev/null 2>&1 | sed -u -e 's/\r//g' -e 's/\x1bc//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' | tee "$console"
 	rc=${PIPESTATUS[0]}
 	set -e
