@@ -64,7 +64,7 @@ bench-unit:
 	$(GO) test -run '^$$' -bench . -benchmem ./collector/ ./bench/...
 
 # The privileged suites on Debian 12's 6.1 kernel under qemu (root, about
-# 7 minutes with TCG). See kernels/README.md.
+# 5 minutes with TCG; CI runs it). See kernels/README.md.
 test-kernels:
 	./kernels/run.sh
 
