@@ -1112,6 +1112,40 @@ func TestVerdictGhostFromExit(t *testing.T) {
 	}
 }
 
+// TestVerdictGhostSurvivesForkedChild: the ghost's holder forks a child (to
+// exec a program); a holder walk between fork and exec sees the child with
+// the socket's fd, which close-on-exec then drops without a close syscall.
+// The child's departure must neither replace the original closer nor make
+// the ghost look like a child's inherited copy. cmd/ghostconn's CLI test
+// caught this on 6.1 under qemu, where the fork-to-exec window is wide.
+func TestVerdictGhostSurvivesForkedChild(t *testing.T) {
+	tb := vtTable(t)
+	tb.alive = func(pid uint32) bool { return pid != 365 }
+	tbEstablished(t, tb, 1, vtT0)
+	r := vtSnapshot(0)
+	r.WriteSeq, r.CopiedSeq = 77, 88
+	tb.Apply([]Event{tbObserve(t, r, vtT0, 1, true)})
+	closeAt := vtT0.Add(time.Second)
+	tb.Apply([]Event{{Kind: KindClose, Time: closeAt, Cookie: 1, Inode: 4242,
+		Task:  &Task{PID: 176, PPID: 1, Comm: "app"},
+		Close: Close{FD: 9, Refs: 2, Op: "close", WriteSeq: 77, CopiedSeq: 88}}})
+	holder := vtHolderRec(176, 1, 10, "app")
+	child := vtHolderRec(365, 176, 10, "app")
+	tb.SetHolders([]bpf.GhostconnHolderRec{holder, child}, vtT0.Add(2*time.Second))
+	tb.SetHolders([]bpf.GhostconnHolderRec{holder}, vtT0.Add(3*time.Second))
+	c := tb.conns[1]
+	if c.ClosedBy == nil || c.ClosedBy.PID != 176 || c.ClosedBy.FD != 9 || !c.ClosedBy.At.Equal(closeAt) {
+		t.Fatalf("ClosedBy = %+v, want the close of fd 9 by pid 176 at %v", c.ClosedBy, closeAt)
+	}
+	due := closeAt.Add(vtCfg.GhostGrace)
+	tb.Apply([]Event{tbObserve(t, r, due, 2, false)})
+	tb.SetHolders([]bpf.GhostconnHolderRec{holder}, due)
+	tb.Evaluate(due)
+	if g := vtFind(c.Verdicts, VerdictGhost); g == nil || !g.Since.Equal(due) {
+		t.Fatalf("verdicts = %+v, want a ghost since %v", c.Verdicts, due)
+	}
+}
+
 // TestKeepaliveGiveUpSurvivesSnapshot: a snapshot reads probes_out after the
 // timer counted its probe and carries no idle time; the give-up estimate
 // rests on what the keepalive event saw. Setup: idle 60s, interval 10s,
