@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -25,7 +26,7 @@ func freePort(t *testing.T) string {
 
 func TestAgentServesMetrics(t *testing.T) {
 	addr := freePort(t)
-	startAgent(t, "--metrics-address", addr)
+	sock := startAgent(t, "--metrics-address", addr)
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
@@ -80,5 +81,23 @@ func TestAgentServesMetrics(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
 			t.Errorf("promtool check metrics on the live agent: %v\n%s", err, out)
 		}
+	}
+
+	// Profiles are served on the root-only API socket, never on the
+	// metrics listener.
+	if code, _ := get("/debug/pprof/heap"); code != http.StatusNotFound {
+		t.Errorf("metrics listener /debug/pprof/heap: %d, want 404", code)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://ghostconn/debug/pprof/heap?gc=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || len(prof) < 2 || prof[0] != 0x1f || prof[1] != 0x8b {
+		t.Errorf("API /debug/pprof/heap: %s, %d bytes; want 200 with a gzipped profile", resp.Status, len(prof))
 	}
 }
