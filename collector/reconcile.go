@@ -252,16 +252,15 @@ func (t *Table) noteExits(c *Conn, old []Holder, at time.Time) {
 	if len(c.Holders) == 0 || (c.State != StateEstablished && c.State != StateCloseWait) {
 		return
 	}
-	if cb := c.ClosedBy; cb != nil && cb.RefsLeft > 0 && cb.writeSeq == c.WriteSeq && cb.copiedSeq == c.CopiedSeq {
-		// An earlier close that left references still stands: nothing was
-		// read or written since, so it is the better evidence. A process
-		// that held the socket for a moment (a fork child between fork and
-		// exec, whose close-on-exec fds go without a close syscall) must
-		// not replace the closer, nor pass the ghost off as a child's copy.
-		return
-	}
 	for _, h := range old {
 		if heldByPID(c.Holders, h.PID) || t.alive(h.PID) {
+			continue
+		}
+		if heldByPID(c.Holders, h.PPID) {
+			// A child whose parent still holds the socket passed through
+			// (a fork child between fork and exec, whose close-on-exec fds
+			// go without a close syscall). Its exit says nothing about the
+			// owner and must not replace the closer of a ghost.
 			continue
 		}
 		c.ClosedBy = &CloseRecord{

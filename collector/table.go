@@ -204,12 +204,15 @@ func (t *Table) apply(ev *Event) {
 		c.Settings = ev.Settings
 	case KindClose:
 		t.setInode(c, ev.Inode)
+		c.Holders = removeHolder(c.Holders, ev.Task.PID, ev.Close.FD)
+		if passingChild(c, ev) {
+			break
+		}
 		c.ClosedBy = &CloseRecord{
 			PID: ev.Task.PID, PPID: ev.Task.PPID, Comm: ev.Task.Comm,
 			FD: ev.Close.FD, At: ev.Time, RefsLeft: ev.Close.Refs - 1, Op: ev.Close.Op,
 			writeSeq: ev.Close.WriteSeq, copiedSeq: ev.Close.CopiedSeq,
 		}
-		c.Holders = removeHolder(c.Holders, ev.Task.PID, ev.Close.FD)
 	case KindSockopt:
 		t.setInode(c, ev.Inode)
 		applySockopt(&c.Settings, ev.Sockopt)
@@ -257,6 +260,17 @@ func applySockopt(s *SockSettings, o Sockopt) {
 	case o.Level == solTCP && o.Name == tcpUserTimeout:
 		s.UserTimeout = time.Duration(o.Value) * time.Millisecond
 	}
+}
+
+// passingChild reports whether a close is a child dropping the copy it
+// inherited (before exec, as Python's subprocess and OpenSSH's closefrom
+// do) while its parent still holds the socket and an earlier close, with no
+// I/O since, already explains it. That earlier close stays the evidence;
+// replacing it would pass a ghost off as a child's inherited copy.
+func passingChild(c *Conn, ev *Event) bool {
+	cb := c.ClosedBy
+	return cb != nil && cb.RefsLeft > 0 && ev.Task.PPID != 0 && heldByPID(c.Holders, ev.Task.PPID) &&
+		cb.writeSeq == ev.Close.WriteSeq && cb.copiedSeq == ev.Close.CopiedSeq
 }
 
 // removeHolder returns hs without (pid, fd), in a new slice: views share

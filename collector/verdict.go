@@ -79,17 +79,22 @@ type evaluation struct {
 	// next is the earliest time the verdicts could change with no new
 	// event or snapshot; zero means not before one.
 	next time.Time
+	now  time.Time
 }
 
+// wake asks for an evaluation at t. A time already past is ignored: what
+// it marked has been decided at now, and a rule still waiting for evidence
+// asks for now+1s itself. Keeping a past time would also hide later ones,
+// since the caller queues a deadline only when next moves.
 func (e *evaluation) wake(t time.Time) {
-	if !t.IsZero() && (e.next.IsZero() || t.Before(e.next)) {
+	if !t.IsZero() && t.After(e.now) && (e.next.IsZero() || t.Before(e.next)) {
 		e.next = t
 	}
 }
 
 // evaluate applies every rule to c at now.
 func evaluate(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) evaluation {
-	var ev evaluation
+	ev := evaluation{now: now}
 	if c.State != StateEstablished && c.State != StateCloseWait {
 		return ev
 	}

@@ -1014,13 +1014,10 @@ func TestVerdictExitOfHolder(t *testing.T) {
 			},
 		},
 		{
+			// The owner still holds it: the child's exit is no evidence.
 			name:  "a child departed and is dead, its parent remains",
 			later: []bpf.GhostconnHolderRec{first[0], first[2]},
 			dead:  []uint32{200},
-			want: &CloseRecord{
-				PID: 200, PPID: 100, Comm: "worker", FD: 9, At: t2, RefsLeft: 2, Op: "exit",
-				writeSeq: 77, copiedSeq: 88,
-			},
 		},
 		{name: "departed but alive", later: first[1:]},
 		{name: "nobody departed", later: first, dead: []uint32{100, 200, 201}},
@@ -1143,6 +1140,143 @@ func TestVerdictGhostSurvivesForkedChild(t *testing.T) {
 	tb.Evaluate(due)
 	if g := vtFind(c.Verdicts, VerdictGhost); g == nil || !g.Since.Equal(due) {
 		t.Fatalf("verdicts = %+v, want a ghost since %v", c.Verdicts, due)
+	}
+}
+
+// vtCloseEv is a close of fd by pid (child of ppid) that leaves refs-1
+// references, at the I/O positions of vtSeqSnapshot.
+func vtCloseEv(at time.Time, pid, ppid uint32, comm string, fd int32, refs uint32, op string) Event {
+	return Event{Kind: KindClose, Time: at, Cookie: 1, Inode: 1001,
+		Task:  &Task{PID: pid, PPID: ppid, Comm: comm},
+		Close: Close{FD: fd, Refs: refs, Op: op, WriteSeq: 77, CopiedSeq: 88}}
+}
+
+// vtSeqSnapshot is vtSnapshot with the I/O positions vtCloseEv uses.
+func vtSeqSnapshot() bpf.GhostconnSockRec {
+	r := vtSnapshot(0)
+	r.WriteSeq, r.CopiedSeq = 77, 88
+	return r
+}
+
+// vtDecide takes a snapshot and a holder walk at when and evaluates.
+func vtDecide(t *testing.T, tb *Table, when time.Time, gen uint64, holders ...bpf.GhostconnHolderRec) *Conn {
+	t.Helper()
+	tb.Apply([]Event{tbObserve(t, vtSeqSnapshot(), when, gen, false)})
+	tb.SetHolders(holders, when)
+	tb.Evaluate(when)
+	return tb.conns[1]
+}
+
+// TestVerdictGhostWhenOpenerDiesAfterHelperClosed: the opener X forks P; a
+// helper of P drops its inherited copy (close_range before exec), which
+// records a close by a child of P. Then X exits: the socket is P's alone,
+// but P never uses it. X's exit is the evidence, and it is a ghost.
+func TestVerdictGhostWhenOpenerDiesAfterHelperClosed(t *testing.T) {
+	tb := vtTable(t)
+	dead := map[uint32]bool{}
+	tb.alive = func(pid uint32) bool { return !dead[pid] }
+	tbEstablished(t, tb, 1, vtT0)
+	x, p := vtHolderRec(100, 1, 7, "opener"), vtHolderRec(200, 100, 9, "child")
+	tb.Apply([]Event{tbObserve(t, vtSeqSnapshot(), vtT0, 1, true)})
+	tb.SetHolders([]bpf.GhostconnHolderRec{x, p}, vtT0.Add(time.Second))
+	tb.Apply([]Event{vtCloseEv(vtT0.Add(2*time.Second), 300, 200, "helper", 9, 3, "close_range")})
+	exitAt := vtT0.Add(10 * time.Second)
+	dead[100] = true
+	tb.SetHolders([]bpf.GhostconnHolderRec{p}, exitAt)
+	c := tb.conns[1]
+	if c.ClosedBy == nil || c.ClosedBy.PID != 100 || c.ClosedBy.Op != "exit" {
+		t.Fatalf("ClosedBy = %+v, want the opener's exit", c.ClosedBy)
+	}
+	due := exitAt.Add(vtCfg.GhostGrace)
+	if c = vtDecide(t, tb, due, 2, p); vtFind(c.Verdicts, VerdictGhost) == nil {
+		t.Fatalf("verdicts = %+v, want a ghost held by the child", c.Verdicts)
+	}
+}
+
+// TestVerdictDaemonHandoffGetsGrace: P owns the socket (a helper of P once
+// dropped its copy, which is no ghost); much later P forks C2 and exits, as
+// a daemon does. C2 gets the grace period to use the socket: no verdict at
+// once, from the helper's stale close.
+func TestVerdictDaemonHandoffGetsGrace(t *testing.T) {
+	tb := vtTable(t)
+	dead := map[uint32]bool{}
+	tb.alive = func(pid uint32) bool { return !dead[pid] }
+	tbEstablished(t, tb, 1, vtT0)
+	p := vtHolderRec(200, 1, 7, "daemon")
+	tb.Apply([]Event{tbObserve(t, vtSeqSnapshot(), vtT0, 1, true)})
+	tb.SetHolders([]bpf.GhostconnHolderRec{p}, vtT0.Add(time.Second))
+	tb.Apply([]Event{vtCloseEv(vtT0.Add(2*time.Second), 300, 200, "helper", 5, 2, "close_range")})
+	if c := vtDecide(t, tb, vtT0.Add(time.Minute), 2, p); len(c.Verdicts) != 0 {
+		t.Fatalf("a helper's close with the parent holding: verdicts %+v", c.Verdicts)
+	}
+	handoff := vtT0.Add(2 * time.Minute)
+	dead[200] = true
+	c2 := vtHolderRec(400, 200, 7, "daemon")
+	tb.Apply([]Event{tbObserve(t, vtSeqSnapshot(), handoff, 3, false)})
+	tb.SetHolders([]bpf.GhostconnHolderRec{c2}, handoff)
+	tb.Evaluate(handoff)
+	c := tb.conns[1]
+	if c.ClosedBy == nil || c.ClosedBy.PID != 200 || !c.ClosedBy.At.Equal(handoff) {
+		t.Fatalf("ClosedBy = %+v, want the daemon parent's exit at %v", c.ClosedBy, handoff)
+	}
+	if len(c.Verdicts) != 0 {
+		t.Fatalf("verdicts at the handoff: %+v, want none during the grace period", c.Verdicts)
+	}
+}
+
+// TestVerdictGhostSurvivesChildClosingInheritedCopy: like a fork child
+// passing through, but the child closes its inherited copy with a close
+// syscall (Python's subprocess, OpenSSH's closefrom). The parent's earlier
+// close stays the evidence and the ghost stands.
+func TestVerdictGhostSurvivesChildClosingInheritedCopy(t *testing.T) {
+	tb := vtTable(t)
+	tbEstablished(t, tb, 1, vtT0)
+	tb.Apply([]Event{tbObserve(t, vtSeqSnapshot(), vtT0, 1, true)})
+	closeAt := vtT0.Add(time.Second)
+	tb.Apply([]Event{vtCloseEv(closeAt, 176, 1, "app", 9, 2, "close")})
+	holder := vtHolderRec(176, 1, 10, "app")
+	tb.SetHolders([]bpf.GhostconnHolderRec{holder, vtHolderRec(365, 176, 10, "app")}, vtT0.Add(2*time.Second))
+	tb.Apply([]Event{vtCloseEv(vtT0.Add(2500*time.Millisecond), 365, 176, "app", 10, 2, "close_range")})
+	c := tb.conns[1]
+	if c.ClosedBy == nil || c.ClosedBy.PID != 176 || !c.ClosedBy.At.Equal(closeAt) {
+		t.Fatalf("ClosedBy = %+v, want the parent's close at %v", c.ClosedBy, closeAt)
+	}
+	if len(c.Holders) != 1 || c.Holders[0].PID != 176 {
+		t.Fatalf("holders %+v, want the parent's alone", c.Holders)
+	}
+	if c = vtDecide(t, tb, closeAt.Add(vtCfg.GhostGrace), 2, holder); vtFind(c.Verdicts, VerdictGhost) == nil {
+		t.Fatalf("verdicts = %+v, want the ghost", c.Verdicts)
+	}
+}
+
+// TestEvaluatePastWakeDoesNotHideGrace: a connection quiet for longer than
+// the silent threshold but with a frequent keepalive (no verdict) once
+// asked to be woken at a time already past. A close that starts a grace
+// period must still get its deadline; it used not to, and the ghost waited
+// for the next reconcile.
+func TestEvaluatePastWakeDoesNotHideGrace(t *testing.T) {
+	tb := vtTable(t)
+	tbEstablished(t, tb, 1, vtT0)
+	r := vtSeqSnapshot()
+	r.Full, r.Keepalive, r.KaTime, r.KaIntvl, r.KaProbes = 1, 1, 250*30, 250*10, 3
+	quiet := 3 * vtCfg.SilentAfter
+	j := uint32(quiet * 250 / time.Second)
+	r.SendAgeJiffies, r.RecvAgeJiffies = j, j
+	now := vtT0.Add(time.Second)
+	tb.Apply([]Event{tbObserve(t, r, now, 1, true)})
+	tb.SetHolders([]bpf.GhostconnHolderRec{vtHolderRec(176, 1, 10, "app")}, now)
+	if _, next := tb.Evaluate(now); !next.IsZero() && !next.After(now) {
+		t.Fatalf("next = %v, not after now %v", next, now)
+	}
+	c := tb.conns[1]
+	if len(c.Verdicts) != 0 {
+		t.Fatalf("verdicts %+v, want none (keepalive every 30s)", c.Verdicts)
+	}
+	closeAt := now.Add(time.Second)
+	tb.Apply([]Event{vtCloseEv(closeAt, 176, 1, "app", 9, 2, "close")})
+	due := closeAt.Add(vtCfg.GhostGrace)
+	if _, next := tb.Evaluate(closeAt); !next.Equal(due) {
+		t.Fatalf("next = %v after the close, want the end of the grace period %v", next, due)
 	}
 }
 
