@@ -52,7 +52,7 @@ fuzz:
 # Benchmarks against the performance goals (root, about 7 min): prints the
 # table and writes bench/RESULTS.md. See bench/README.md.
 bench: build
-	@./bench/deps.sh
+	@./scripts/deps.sh bench
 	$(GO) run ./bench/cmd/ghostbench --ghostconn $(BIN) --out bench/RESULTS.md $(BENCHFLAGS)
 
 # 10-minute soak at maximum churn (root; not for CI): RSS/goroutine slopes, crashes, loss accounting -> bench/SOAK.md.

@@ -3,6 +3,8 @@
 #   deps.sh test      iproute2 and nftables (network namespaces, packet drops),
 #                     prometheus (promtool checks the metrics)
 #   deps.sh generate  clang-19 and llvm-19 (pinned compiler for bpf2go)
+#   deps.sh bench     libbpf-tools (tcpstates, the comparison observer), lsof
+#                     and iproute2 (ss, the comparison listers)
 set -eu
 
 need=""
@@ -17,8 +19,13 @@ generate)
 	command -v clang-19 >/dev/null 2>&1 || need="$need clang-19"
 	command -v llvm-strip-19 >/dev/null 2>&1 || need="$need llvm-19"
 	;;
+bench)
+	[ -x /usr/sbin/tcpstates ] || [ -x /usr/bin/tcpstates ] || command -v tcpstates >/dev/null 2>&1 || need="$need libbpf-tools"
+	command -v lsof >/dev/null 2>&1 || need="$need lsof"
+	command -v ss >/dev/null 2>&1 || need="$need iproute2"
+	;;
 *)
-	echo "usage: $0 test|generate" >&2
+	echo "usage: $0 test|generate|bench" >&2
 	exit 2
 	;;
 esac

@@ -117,23 +117,14 @@ func runBench(args []string) (code int) {
 		c.tcpstates = ""
 	}
 
-	recoverStale()
-	handleSignals()
 	defer runCleanups()
-	defer func() {
-		if r := recover(); r != nil {
-			logf("panic: %v\n%s", r, debug.Stack())
-			code = 3
-		}
-	}()
-
-	wd, err := os.MkdirTemp("", "ghostbench-")
+	defer recoverPanic(&code)
+	wd, err := prepareRun("ghostbench-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ghostbench:", err)
 		return 2
 	}
 	c.workDir = wd
-	onCleanup("remove "+wd, func() { os.RemoveAll(wd) })
 
 	r := newResults(&c)
 	r.loadStart = loadavg()
@@ -218,4 +209,28 @@ func splitComma(s string) []string {
 		out = append(out, cur)
 	}
 	return out
+}
+
+// prepareRun readies a harness run: it reclaims what a killed earlier run
+// left, turns SIGINT/SIGTERM into an orderly cleanup, and makes the work
+// directory (removed by runCleanups). The caller defers runCleanups and
+// recoverPanic first.
+func prepareRun(prefix string) (string, error) {
+	recoverStale()
+	handleSignals()
+	wd, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", err
+	}
+	onCleanup("remove "+wd, func() { os.RemoveAll(wd) })
+	return wd, nil
+}
+
+// recoverPanic, deferred, turns a panic into exit code 3 with its stack, so
+// the deferred cleanups still run.
+func recoverPanic(code *int) {
+	if r := recover(); r != nil {
+		logf("panic: %v\n%s", r, debug.Stack())
+		*code = 3
+	}
 }

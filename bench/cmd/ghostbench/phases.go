@@ -35,7 +35,7 @@ const (
 // phaseQuiet: agent start on a quiet host, its RSS there, and what its
 // programs cost when nothing in particular happens.
 func phaseQuiet(c *config, r *results) error {
-	r.quietSockets = waitQuiet(1000)
+	r.quietSockets = waitQuietFor(1000, 30*time.Second)
 	for i := 0; i < c.starts; i++ {
 		a, err := startAgent(c.bin, c.workDir, c.agentFlags...)
 		if err != nil {
@@ -339,20 +339,6 @@ func countTCP() (all, est int, err error) {
 	return all, est, nil
 }
 
-// waitQuiet waits (up to 30s; TIME_WAIT lasts 60s) until the host has at
-// most max TCP sockets, so that "quiet" means quiet after an earlier run.
-func waitQuiet(max int) int {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		all, _, err := countTCP()
-		if err != nil || all <= max || time.Now().After(deadline) {
-			return all
-		}
-		logf("%d TCP sockets on the host (TIME_WAIT from an earlier run?): waiting for them to drain", all)
-		time.Sleep(5 * time.Second)
-	}
-}
-
 // phaseChurn: rounds of [bare, ghostconn, tcpstates] churn, interleaved (the
 // order rotates each round), then one churn run of each observer with
 // kernel.bpf_stats_enabled=1 for per-program cost. Stats stay off during the
@@ -363,7 +349,7 @@ func phaseChurn(c *config, r *results) error {
 	if c.tcpstates != "" {
 		observers = append(observers, obsTcpstates)
 	} else {
-		r.notef("tcpstates not found: install libbpf-tools (bench/deps.sh) for the reference column")
+		r.notef("tcpstates not found: install libbpf-tools (scripts/deps.sh bench) for the reference column")
 	}
 	r.churnObservers = observers
 	statsRuns := time.Duration(len(observers)-1) * (c.statsChurnDur + c.warmup + 3*time.Second)

@@ -13,7 +13,6 @@ import (
 	"os"
 	"regexp"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -161,22 +160,14 @@ func runSoak(args []string) (code int) {
 	}
 	c.self = self
 
-	recoverStale()
-	handleSignals()
 	defer runCleanups()
-	defer func() {
-		if r := recover(); r != nil {
-			logf("panic: %v\n%s", r, debug.Stack())
-			code = 3
-		}
-	}()
-	wd, err := os.MkdirTemp("", "ghostsoak-")
+	defer recoverPanic(&code)
+	wd, err := prepareRun("ghostsoak-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ghostbench soak:", err)
 		return 2
 	}
 	c.workDir = wd
-	onCleanup("remove "+wd, func() { os.RemoveAll(wd) })
 
 	r := &soakRun{c: c, start: time.Now(), loadStart: loadavg()}
 	r.foreign = foreignBPF(nil)
