@@ -129,22 +129,17 @@ func (a *API) watch(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		case ch := <-sub.C:
-			v := ch.View()
-			if !f.Match(&v) {
-				continue
-			}
-			if err := enc.Encode(ch); err != nil {
-				return
-			}
-			// Drain what is queued before flushing, one flush a batch.
-			for n := 0; n < 256 && len(sub.C) > 0; n++ {
-				ch := <-sub.C
-				v := ch.View()
-				if f.Match(&v) {
+			// Send it and what is queued behind it, one flush a batch.
+			for n := 0; ; n++ {
+				if v := ch.View(); f.Match(&v) {
 					if err := enc.Encode(ch); err != nil {
 						return
 					}
 				}
+				if n == 256 || len(sub.C) == 0 {
+					break
+				}
+				ch = <-sub.C
 			}
 			flusher.Flush()
 		case <-tick.C:

@@ -37,16 +37,36 @@ func NewClient(socketPath string) *Client {
 	return &Client{hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
 }
 
-func (c *Client) get(ctx context.Context, path string, q url.Values, out any) error {
+// open sends GET path?q with hc and returns the response of a 200 answer,
+// whose body the caller closes; any other answer becomes an error carrying
+// the agent's JSON error text.
+func (c *Client) open(ctx context.Context, hc *http.Client, path string, q url.Values) (*http.Response, error) {
 	u := "http://ghostconn" + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var e Error
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return nil, fmt.Errorf("agent answered %s: %s", resp.Status, e.Error)
+	}
+	return nil, fmt.Errorf("agent answered %s", resp.Status)
+}
+
+func (c *Client) get(ctx context.Context, path string, q url.Values, out any) error {
+	resp, err := c.open(ctx, c.hc, path, q)
 	if err != nil {
 		return err
 	}
@@ -54,13 +74,6 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, out any) er
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return fmt.Errorf("read agent answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e Error
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("agent answered %s: %s", resp.Status, e.Error)
-		}
-		return fmt.Errorf("agent answered %s", resp.Status)
 	}
 	if err := json.Unmarshal(body, out); err != nil {
 		return fmt.Errorf("decode agent answer: %w", err)
@@ -77,23 +90,11 @@ func (c *Client) Connections(ctx context.Context, f Filter) ([]collector.ConnVie
 // ConnectionsRaw copies the agent's JSON answer for f to w as it arrives,
 // without decoding it, and returns how many connections it holds.
 func (c *Client) ConnectionsRaw(ctx context.Context, f Filter, w io.Writer) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://ghostconn/v1/connections?"+f.Values().Encode(), nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.open(ctx, c.hc, "/v1/connections", f.Values())
 	if err != nil {
 		return 0, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(resp.Body)
-		var e Error
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return 0, fmt.Errorf("agent answered %s: %s", resp.Status, e.Error)
-		}
-		return 0, fmt.Errorf("agent answered %s", resp.Status)
-	}
 	n, err := strconv.Atoi(resp.Header.Get(CountHeader))
 	if err != nil {
 		return 0, fmt.Errorf("agent answer lacks a valid %s header", CountHeader)
@@ -107,25 +108,13 @@ func (c *Client) ConnectionsRaw(ctx context.Context, f Filter, w io.Writer) (int
 // Watch streams changes that pass f to fn until ctx ends, the agent goes
 // away, or fn returns an error.
 func (c *Client) Watch(ctx context.Context, f Filter, fn func(collector.Change) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://ghostconn/v1/watch?"+f.Values().Encode(), nil)
-	if err != nil {
-		return err
-	}
 	hc := *c.hc
 	hc.Timeout = 0 // a watch lasts
-	resp, err := hc.Do(req)
+	resp, err := c.open(ctx, &hc, "/v1/watch", f.Values())
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(resp.Body)
-		var e Error
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("agent answered %s: %s", resp.Status, e.Error)
-		}
-		return fmt.Errorf("agent answered %s", resp.Status)
-	}
 	dec := json.NewDecoder(resp.Body)
 	for {
 		var ch collector.Change

@@ -224,8 +224,7 @@ func Sort(conns []collector.ConnView, key string) {
 	case "retransmits":
 		metric = func(v *collector.ConnView) float64 { return float64(v.Retransmits) }
 	default:
-		sort.SliceStable(conns, func(i, j int) bool { return less(&conns[i], &conns[j]) })
-		return
+		return // Table.List already orders by cookie
 	}
 	sort.SliceStable(conns, func(i, j int) bool {
 		mi, mj := metric(&conns[i]), metric(&conns[j])

@@ -105,13 +105,19 @@ func (c *capped) value(v string) string {
 	return otherProcess
 }
 
+// Default caps on distinct process and pod_uid label values.
+const (
+	DefaultMaxProcesses = 100
+	DefaultMaxPods      = 200
+)
+
 // NewMetrics returns the collector over src.
 func NewMetrics(src MetricsSource, opts MetricsOptions) *Metrics {
 	if opts.MaxProcesses <= 0 {
-		opts.MaxProcesses = 100
+		opts.MaxProcesses = DefaultMaxProcesses
 	}
 	if opts.MaxPods <= 0 {
-		opts.MaxPods = 200
+		opts.MaxPods = DefaultMaxPods
 	}
 	return &Metrics{src: src, opts: opts,
 		processes: &capped{limit: opts.MaxProcesses, admitted: map[string]bool{}},

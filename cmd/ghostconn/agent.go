@@ -60,9 +60,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 	metricsAddr := fs.String("metrics-address", ":9977", "listen address for /metrics, /healthz and /readyz; empty disables")
 	webConfig := fs.String("web.config.file", "", "exporter-toolkit web config file enabling TLS and/or basic auth on the metrics listener")
 	processLabel := fs.Bool("metrics-process-label", false, "add per-process series (label process, capped by --metrics-max-processes)")
-	maxProcesses := fs.Int("metrics-max-processes", 100, "distinct process label values before the rest count as \"other\"")
+	maxProcesses := fs.Int("metrics-max-processes", exporter.DefaultMaxProcesses, "distinct process label values before the rest count as \"other\"")
 	podLabel := fs.Bool("metrics-pod-label", false, "add per-pod series (label pod_uid from the holder's cgroup, capped by --metrics-max-pods)")
-	maxPods := fs.Int("metrics-max-pods", 200, "distinct pod_uid label values before the rest count as \"other\"")
+	maxPods := fs.Int("metrics-max-pods", exporter.DefaultMaxPods, "distinct pod_uid label values before the rest count as \"other\"")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}

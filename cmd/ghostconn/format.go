@@ -171,9 +171,18 @@ func processText(v *collector.ConnView) string {
 	if len(v.Holders) == 0 {
 		return "-"
 	}
-	s := proc(v.Holders[0].Comm, v.Holders[0].PID)
-	if shared(v.Holders) {
-		s += fmt.Sprintf(" +%d*", len(v.Holders)-1)
+	return holdersShort(v.Holders)
+}
+
+// holdersShort names the first holder, with "+N*" for the others; empty
+// when there are none.
+func holdersShort(hs []collector.Holder) string {
+	if len(hs) == 0 {
+		return ""
+	}
+	s := proc(hs[0].Comm, hs[0].PID)
+	if shared(hs) {
+		s += fmt.Sprintf(" +%d*", len(hs)-1)
 	}
 	return s
 }

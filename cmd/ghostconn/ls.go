@@ -48,9 +48,6 @@ func runLs(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if conns == nil {
-		conns = []collector.ConnView{}
-	}
 	if *output == "json" {
 		if err := exporter.WriteConnViews(stdout, conns); err != nil {
 			return err

@@ -97,12 +97,5 @@ func changeProcess(ch *collector.Change) string {
 	if ch.Task != nil {
 		return proc(ch.Task.Comm, ch.Task.PID)
 	}
-	if len(ch.Holders) > 0 {
-		s := proc(ch.Holders[0].Comm, ch.Holders[0].PID)
-		if shared(ch.Holders) {
-			s += fmt.Sprintf(" +%d*", len(ch.Holders)-1)
-		}
-		return s
-	}
-	return ""
+	return holdersShort(ch.Holders)
 }
