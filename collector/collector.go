@@ -389,8 +389,8 @@ func (c *Collector) replayCloses() error {
 		if !c.table.Has(cookie) {
 			continue
 		}
-		op, ok := closeOps[r.Op]
-		if !ok || r.Refs < 2 {
+		cl, err := decodeClose(r.Op, r.Fd, r.Refs, r.WriteSeq, r.CopiedSeq)
+		if err != nil {
 			c.decodeErrors.Add(1)
 			continue
 		}
@@ -399,7 +399,7 @@ func (c *Collector) replayCloses() error {
 			Time:   time.Unix(0, int64(r.TsNs)+c.dec.MonoOffset),
 			Cookie: cookie,
 			Task:   &Task{PID: r.Pid, PPID: r.Ppid, Comm: cString(r.Comm[:])},
-			Close:  Close{FD: r.Fd, Refs: r.Refs, Op: op, WriteSeq: r.WriteSeq, CopiedSeq: r.CopiedSeq},
+			Close:  cl,
 		})
 	}
 	// Oldest first, so the newest close of a socket is the one that stays.
@@ -547,7 +547,7 @@ func (c *Collector) Status() (Status, error) {
 		VerdictsRaised:     ts.Raised,
 		Transitions:        map[string]uint64{},
 		RetransmitEvents:   ts.Applied[KindRetransmit],
-		KeepaliveFirings:   ts.KeepaliveFirings,
+		KeepaliveFirings:   ts.Applied[KindKeepalive],
 		KeepaliveProbes:    ts.KeepaliveProbes,
 		Programs:           map[string]string{},
 		ProgramIDs:         c.probes.ProgramIDs,

@@ -115,9 +115,8 @@ type Conn struct {
 	// A full evaluation skips connections that are neither.
 	dirty    bool
 	nextEval time.Time
-	// localStr and remoteStr print localOf and remoteOf (see tupleStrings).
+	// localStr and remoteStr print Local and Remote (see tupleStrings).
 	localStr, remoteStr string
-	localOf, remoteOf   netip.AddrPort
 }
 
 func (c *Conn) addTransition(t Transition) {
@@ -193,10 +192,7 @@ type ConnView struct {
 // connections can hand out slots of one slab instead of two allocations
 // each.
 func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, uid *uint32, idle *float64) ConnView {
-	local, remote := c.localStr, c.remoteStr
-	if c.localOf != c.Local || c.remoteOf != c.Remote || local == "" {
-		local, remote = c.Local.String(), c.Remote.String()
-	}
+	local, remote := c.tupleStrings()
 	v := ConnView{
 		Cookie:             c.Cookie,
 		Family:             c.Family.String(),
@@ -252,7 +248,15 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, uid *uint32,
 func (c *Conn) setTuple(local, remote netip.AddrPort) {
 	c.Local, c.Remote = local, remote
 	c.localStr, c.remoteStr = local.String(), remote.String()
-	c.localOf, c.remoteOf = local, remote
+}
+
+// tupleStrings returns the printed addresses cached by setTuple (printed
+// now for a Conn that never went through it).
+func (c *Conn) tupleStrings() (local, remote string) {
+	if c.localStr == "" {
+		return c.Local.String(), c.Remote.String()
+	}
+	return c.localStr, c.remoteStr
 }
 
 // Idle is how long no data has gone either way on a connection that can

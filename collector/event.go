@@ -146,6 +146,20 @@ var closeOps = map[uint8]string{
 	uint8(bpf.GhostconnCloseOpCLOSE_OP_DUP3):        "dup3",
 }
 
+// decodeClose checks and builds the close facts of a kernel record (a live
+// event or a pinned close record). The kernel reports only closes that
+// leave other references behind.
+func decodeClose(op uint8, fd int32, refs, writeSeq, copiedSeq uint32) (Close, error) {
+	name, ok := closeOps[op]
+	if !ok {
+		return Close{}, fmt.Errorf("%w: unknown close op %d", ErrDecode, op)
+	}
+	if refs < 2 {
+		return Close{}, fmt.Errorf("%w: close with %d references", ErrDecode, refs)
+	}
+	return Close{FD: fd, Refs: refs, Op: name, WriteSeq: writeSeq, CopiedSeq: copiedSeq}, nil
+}
+
 // Decode fills ev from one raw record. It returns an error wrapping
 // ErrDecode for a record that is truncated or holds impossible values; it
 // never panics on bad input.
@@ -202,16 +216,14 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 			KeepaliveIdle: d.Jiffies(k.IdleJiffies),
 		}
 	case KindClose:
-		op, ok := closeOps[k.Op]
-		if !ok {
-			return fmt.Errorf("%w: unknown close op %d", ErrDecode, k.Op)
+		if ev.Task == nil {
+			return fmt.Errorf("%w: close event without task", ErrDecode)
 		}
-		if ev.Task == nil || k.Refs < 2 {
-			// The kernel reports only closes by a task that leave other
-			// references behind.
-			return fmt.Errorf("%w: close event without task or with %d references", ErrDecode, k.Refs)
+		c, err := decodeClose(k.Op, k.Fd, k.Refs, k.WriteSeq, k.CopiedSeq)
+		if err != nil {
+			return err
 		}
-		ev.Close = Close{FD: k.Fd, Refs: k.Refs, Op: op, WriteSeq: k.WriteSeq, CopiedSeq: k.CopiedSeq}
+		ev.Close = c
 	case KindSockopt:
 		if ev.Task == nil {
 			return fmt.Errorf("%w: sockopt event without task", ErrDecode)

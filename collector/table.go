@@ -36,10 +36,9 @@ type TableStats struct {
 	Raised map[string]uint64
 	// Transitions counts kernel-reported state changes by the new state.
 	Transitions [maxState + 1]uint64
-	// KeepaliveFirings counts keepalive timer expiries; KeepaliveProbes
-	// those that found the connection idle long enough to send a probe.
-	KeepaliveFirings uint64
-	KeepaliveProbes  uint64
+	// KeepaliveProbes counts keepalive timer expiries (Applied[KindKeepalive])
+	// that found the connection idle long enough to send a probe.
+	KeepaliveProbes uint64
 }
 
 // Table is the live connection table, keyed by socket cookie. It is safe
@@ -190,7 +189,6 @@ func (t *Table) apply(ev *Event) {
 		c.Settings = ev.Settings
 	case KindKeepalive:
 		c.KeepaliveFirings++
-		t.stats.KeepaliveFirings++
 		ka := EffectiveKeepalive(ev.Settings, t.defaults[c.Netns])
 		if ka.Enabled && ev.Counters.KeepaliveIdle.Seconds() >= ka.IdleSeconds {
 			// tcp_keepalive_timer sends a probe (or gives up) when nothing
@@ -444,17 +442,6 @@ func (t *Table) List(now time.Time, opts ListOptions) []ConnView {
 	return out
 }
 
-// CountByState counts live connections per state.
-func (t *Table) CountByState() map[State]int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	out := map[State]int{}
-	for _, c := range t.conns {
-		out[c.State]++
-	}
-	return out
-}
-
 func later(a, b time.Time) time.Time {
 	if b.After(a) {
 		return b
@@ -601,19 +588,6 @@ func (t *Table) evaluateOne(c *Conn, now time.Time) bool {
 		c.Verdicts = e.verdicts
 	}
 	return e.refresh
-}
-
-// CountByVerdict counts live connections per verdict kind.
-func (t *Table) CountByVerdict() map[string]int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	out := map[string]int{}
-	for _, c := range t.conns {
-		for _, v := range c.Verdicts {
-			out[v.Kind]++
-		}
-	}
-	return out
 }
 
 // Summary is the table counted for metrics.

@@ -921,13 +921,13 @@ func TestConnIdle(t *testing.T) {
 	}
 }
 
-func TestCountByState(t *testing.T) {
+func TestSummarizeByState(t *testing.T) {
 	tb := tbNew(t)
 	tbEstablished(t, tb, 1, tbT0)
 	tbEstablished(t, tb, 2, tbT0)
 	tb.Apply([]Event{tbStateEv(3, tbT0, StateClose, StateSynSent, "10.0.0.1:3", "10.0.0.2:3")})
 	want := map[State]int{StateEstablished: 2, StateSynSent: 1}
-	if got := tb.CountByState(); !reflect.DeepEqual(got, want) {
-		t.Fatalf("CountByState = %v, want %v", got, want)
+	if got := tb.Summarize(nil).ByState; !reflect.DeepEqual(got, want) {
+		t.Fatalf("Summarize ByState = %v, want %v", got, want)
 	}
 }

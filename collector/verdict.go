@@ -132,11 +132,9 @@ func evaluate(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) evaluati
 		ev.wake(c.StateSince.Add(cfg.CloseWaitAfter))
 	}
 	if c.State == StateEstablished && !has(ev.verdicts, VerdictSilent) {
-		last := c.LastData
-		if last.IsZero() {
-			last = c.StateSince
+		if idle, ok := c.Idle(now); ok {
+			ev.wake(now.Add(cfg.SilentAfter - idle))
 		}
-		ev.wake(last.Add(cfg.SilentAfter))
 	}
 	return ev
 }

@@ -317,8 +317,8 @@ func TestVerdictGhostTableLifecycle(t *testing.T) {
 	if got := tb.Stats().Raised[VerdictGhost]; got != 1 {
 		t.Fatalf("Raised[ghost] = %d after re-evaluation, want 1", got)
 	}
-	if got := tb.CountByVerdict(); !reflect.DeepEqual(got, map[string]int{VerdictGhost: 1}) {
-		t.Fatalf("CountByVerdict = %v", got)
+	if got := tb.Summarize(nil).ByVerdict; !reflect.DeepEqual(got, map[string]int{VerdictGhost: 1}) {
+		t.Fatalf("Summarize ByVerdict = %v", got)
 	}
 	views := tb.List(snapAt.Add(time.Minute), ListOptions{})
 	if len(views) != 1 || len(views[0].Verdicts) != 1 || views[0].Verdicts[0].Kind != VerdictGhost {
@@ -330,8 +330,8 @@ func TestVerdictGhostTableLifecycle(t *testing.T) {
 	if len(c.Verdicts) != 0 {
 		t.Fatalf("verdicts after FIN_WAIT1 = %+v, want none", c.Verdicts)
 	}
-	if got := tb.CountByVerdict(); len(got) != 0 {
-		t.Fatalf("CountByVerdict after FIN_WAIT1 = %v", got)
+	if got := tb.Summarize(nil).ByVerdict; len(got) != 0 {
+		t.Fatalf("Summarize ByVerdict after FIN_WAIT1 = %v", got)
 	}
 	if got := tb.Stats().Raised[VerdictGhost]; got != 1 {
 		t.Fatalf("Raised[ghost] = %d after clearing, want 1", got)

@@ -70,11 +70,12 @@ func (t *Table) publish(c *Conn, ch Change) {
 	if len(t.subs) == 0 {
 		return
 	}
-	ch.Cookie, ch.Family, ch.Local, ch.Remote = c.Cookie, c.Family.String(), c.Local.String(), c.Remote.String()
+	ch.Cookie, ch.Family = c.Cookie, c.Family.String()
+	ch.Local, ch.Remote = c.tupleStrings()
 	if ch.State == 0 {
 		ch.State = c.State
 	}
-	ch.Holders = append([]Holder(nil), c.Holders...)
+	ch.Holders = c.Holders // replaced, never changed in place
 	if ch.Task == nil {
 		ch.Task = c.Opener
 	}
