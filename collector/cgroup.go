@@ -72,10 +72,12 @@ func newCgroupCache() *cgroupCache {
 	return &cgroupCache{byID: map[uint64]*Cgroup{}, readPath: procCgroupPath}
 }
 
-// prime resolves every cgroup id in recs that the cache does not know and
-// forgets ids no holder is in any more, so the cache stays as large as the
-// number of cgroups that hold TCP sockets.
-func (cc *cgroupCache) prime(recs []bpf.GhostconnHolderRec) {
+// prime resolves every cgroup id in recs and returns the cgroups by id for
+// this walk. It forgets ids no holder is in any more, so the cache stays as
+// large as the number of cgroups that hold TCP sockets. An id whose every
+// process exited before its path could be read gets an entry with the id
+// alone, so holders in it compare equal; the next walk tries it again.
+func (cc *cgroupCache) prime(recs []bpf.GhostconnHolderRec) map[uint64]*Cgroup {
 	cc.mu.Lock()
 	old := cc.byID
 	cc.mu.Unlock()
@@ -85,16 +87,20 @@ func (cc *cgroupCache) prime(recs []bpf.GhostconnHolderRec) {
 		if id == 0 {
 			continue
 		}
-		if _, ok := next[id]; ok {
+		if cg, ok := next[id]; ok && cg.Path != "" {
 			continue
 		}
-		if cg, ok := old[id]; ok {
+		if cg, ok := old[id]; ok && cg.Path != "" {
 			next[id] = cg
 			continue
 		}
 		path, err := cc.readPath(recs[i].Pid)
 		if err != nil {
-			continue // exited; another holder in the cgroup may tell
+			// Exited; another holder in the cgroup may tell.
+			if _, ok := next[id]; !ok {
+				next[id] = &Cgroup{ID: id}
+			}
+			continue
 		}
 		cg := ParseCgroupPath(path)
 		cg.ID = id
@@ -103,22 +109,7 @@ func (cc *cgroupCache) prime(recs []bpf.GhostconnHolderRec) {
 	cc.mu.Lock()
 	cc.byID = next
 	cc.mu.Unlock()
-}
-
-func (cc *cgroupCache) lookup(id uint64) *Cgroup {
-	if cc == nil || id == 0 {
-		return nil
-	}
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	cg, ok := cc.byID[id]
-	if !ok {
-		// Unresolved (every process in it exited before the lookup):
-		// remember the id alone, so holders in it compare equal.
-		cg = &Cgroup{ID: id}
-		cc.byID[id] = cg
-	}
-	return cg
+	return next
 }
 
 // procCgroupPath reads the unified (v2) hierarchy line, "0::/path", of

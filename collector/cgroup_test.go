@@ -1,6 +1,11 @@
 package collector
 
-import "testing"
+import (
+	"errors"
+	"testing"
+
+	"github.com/ghostconn/ghostconn/bpf"
+)
 
 func TestParseCgroupPath(t *testing.T) {
 	const id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -27,5 +32,34 @@ func TestParseCgroupPath(t *testing.T) {
 		if cg.PodUID != tc.pod || cg.ContainerID != tc.container || cg.Runtime != tc.runtim || cg.Path != tc.path {
 			t.Errorf("%s:\n got pod=%q container=%q runtime=%q\nwant pod=%q container=%q runtime=%q", tc.path, cg.PodUID, cg.ContainerID, cg.Runtime, tc.pod, tc.container, tc.runtim)
 		}
+	}
+}
+
+// TestCgroupCacheRetriesUnresolved: a cgroup whose holders exited before
+// its path was read is known by id alone for that walk, and resolved on the
+// next walk that finds a live process in it; resolved ones are read once.
+func TestCgroupCacheRetriesUnresolved(t *testing.T) {
+	cc := newCgroupCache()
+	reads := 0
+	exited := true
+	cc.readPath = func(pid uint32) (string, error) {
+		reads++
+		if exited {
+			return "", errors.New("no such process")
+		}
+		return "/system.slice/app.service", nil
+	}
+	recs := []bpf.GhostconnHolderRec{{Pid: 10, CgroupId: 7}, {Pid: 11, CgroupId: 7}}
+	first := cc.prime(recs)
+	if cg := first[7]; cg == nil || cg.ID != 7 || cg.Path != "" || reads != 2 {
+		t.Fatalf("first walk: %+v after %d reads, want id 7 alone after trying both holders", cg, reads)
+	}
+	exited = false
+	second := cc.prime(recs)
+	if cg := second[7]; cg == nil || cg.Path != "/system.slice/app.service" || reads != 3 {
+		t.Fatalf("second walk: %+v after %d reads, want the path after one more read", cg, reads)
+	}
+	if third := cc.prime(recs); third[7] != second[7] || reads != 3 {
+		t.Fatalf("third walk read again (%d reads) or changed the entry", reads)
 	}
 }

@@ -173,8 +173,9 @@ func (t *Table) Sweep(gen uint64, start time.Time, covered map[uint32]bool) {
 // task_file walk begun at at. Closes seen after at are applied again so the
 // walk cannot resurrect an fd that is already gone.
 func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
+	var cgroups map[uint64]*Cgroup
 	if t.cgroups != nil {
-		t.cgroups.prime(recs) // reads /proc, so outside the lock
+		cgroups = t.cgroups.prime(recs) // reads /proc, so outside the lock
 	}
 	// Sorted by cookie, each connection's holders are one run, found by
 	// binary search; the few records without a cookie (sockets in a
@@ -211,7 +212,7 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 			if cb := c.ClosedBy; cb != nil && cb.At.After(at) && cb.PID == r.Pid && cb.FD == int32(r.Fd) {
 				continue
 			}
-			scratch = append(scratch, Holder{PID: r.Pid, PPID: r.Ppid, Comm: comm(r.Comm), FD: int32(r.Fd), Cgroup: t.cgroups.lookup(r.CgroupId)})
+			scratch = append(scratch, Holder{PID: r.Pid, PPID: r.Ppid, Comm: comm(r.Comm), FD: int32(r.Fd), Cgroup: cgroups[r.CgroupId]})
 			// The holder's inode is the one users see in /proc/PID/fd (for
 			// MPTCP it differs from the subflow's).
 			t.setInode(c, r.Ino)
