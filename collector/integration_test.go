@@ -13,9 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/privtest"
 	"github.com/ghostconn/ghostconn/internal/testnet"
 )
@@ -444,6 +446,17 @@ func TestRingBufferLossIsCountedAndReconciled(t *testing.T) {
 	if st.EventsLost["state"] == 0 {
 		t.Fatalf("no loss counted after %d connections into a 4 KiB ring: %+v", n, st.EventsLost)
 	}
+	// The same count is what Prometheus scrapes, between two status reads.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(exporter.NewMetrics(c, exporter.MetricsOptions{}))
+	scraped := lostMetric(t, reg, "state")
+	st2, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scraped < float64(st.EventsLost["state"]) || scraped > float64(st2.EventsLost["state"]) {
+		t.Errorf(`ghostconn_events_lost_total{event="state"} = %v, want between %d and %d (status before and after)`, scraped, st.EventsLost["state"], st2.EventsLost["state"])
+	}
 	// Within one reconcile interval (plus the time a reconcile takes),
 	// every client end is in the table as ESTABLISHED, as the kernel has it.
 	server := ln.Addr().String()
@@ -470,6 +483,29 @@ func TestRingBufferLossIsCountedAndReconciled(t *testing.T) {
 	if len(got) != len(want) {
 		t.Errorf("table has %d client ends, kernel has %d", len(got), len(want))
 	}
-	st2, _ := c.Status()
+	st2, _ = c.Status()
 	t.Logf("lost %d state events; reconcile added %d connections", st2.EventsLost["state"], st2.ReconcileAdded)
+}
+
+// lostMetric gathers reg and returns ghostconn_events_lost_total for event.
+func lostMetric(t *testing.T, reg *prometheus.Registry, event string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ghostconn_events_lost_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "event" && l.GetValue() == event {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf(`no ghostconn_events_lost_total{event=%q} in the scrape`, event)
+	return 0
 }
