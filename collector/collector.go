@@ -363,17 +363,24 @@ func (c *Collector) readLoop() {
 			flush()
 			return
 		}
-		c.eventsRead.Add(1)
-		batch = append(batch, Event{})
-		if err := dec.Decode(rec.RawSample, &batch[len(batch)-1]); err != nil {
-			batch = batch[:len(batch)-1]
-			c.decodeErrors.Add(1)
-			continue
-		}
+		batch = c.take(&dec, rec.RawSample, batch)
 		if len(batch) == cap(batch) {
 			flush()
 		}
 	}
+}
+
+// take decodes one ring-buffer record onto batch. Every record counts as
+// read; one that does not decode (truncated, corrupted, unknown) is
+// counted as a decode error and skipped.
+func (c *Collector) take(dec *Decoder, raw []byte, batch []Event) []Event {
+	c.eventsRead.Add(1)
+	batch = append(batch, Event{})
+	if err := dec.Decode(raw, &batch[len(batch)-1]); err != nil {
+		c.decodeErrors.Add(1)
+		return batch[:len(batch)-1]
+	}
+	return batch
 }
 
 // replayCloses feeds the close evidence the kernel kept (across agent

@@ -471,3 +471,28 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestBadRecordsCountedAndSkipped: the reader's path for one record. A
+// truncated or corrupted record is counted as read and as a decode error,
+// and skipped; the good records around it are kept.
+func TestBadRecordsCountedAndSkipped(t *testing.T) {
+	good := evBase()
+	bad := evBase()
+	bad.Type = 255
+	raws := [][]byte{evRaw(&good), evRaw(&good)[:collector.EventSize/2], evRaw(&bad), nil, evRaw(&good)}
+	c := &collector.Collector{}
+	d := &collector.Decoder{HZ: 250}
+	var batch []collector.Event
+	var read, errs uint64
+	for _, raw := range raws {
+		batch, read, errs = c.Take(d, raw, batch)
+	}
+	if len(batch) != 2 || read != 5 || errs != 3 {
+		t.Fatalf("kept %d, read %d, decode errors %d; want 2, 5, 3", len(batch), read, errs)
+	}
+	for _, ev := range batch {
+		if ev.Cookie != good.Cookie {
+			t.Errorf("kept %+v, want the good records", ev)
+		}
+	}
+}
