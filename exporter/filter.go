@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,11 +31,26 @@ type Filter struct {
 // SortKeys lists the accepted sort orders.
 var SortKeys = []string{"idle", "age", "retransmits"}
 
+// filterParams are the query parameters ParseFilter knows, in the order it
+// checks them.
+var filterParams = []string{"verdict", "state", "pid", "comm", "port", "remote", "target", "sort", "closed", "history"}
+
 // ParseFilter reads a Filter from query parameters. Unknown parameters and
 // bad values are errors that say what is wrong.
 func ParseFilter(q url.Values) (Filter, error) {
 	var f Filter
-	for name, vals := range q {
+	for name := range q {
+		if !slices.Contains(filterParams, name) {
+			return f, fmt.Errorf("unknown parameter %q (known: %s)", name, strings.Join(filterParams, ", "))
+		}
+	}
+	// In a fixed order, so that with several bad values the answer names
+	// the same one every time.
+	for _, name := range filterParams {
+		vals, ok := q[name]
+		if !ok {
+			continue
+		}
 		if len(vals) != 1 {
 			return f, fmt.Errorf("parameter %s given %d times", name, len(vals))
 		}
@@ -76,8 +92,6 @@ func ParseFilter(q url.Values) (Filter, error) {
 			f.Closed, err = parseBool(name, v)
 		case "history":
 			f.History, err = parseBool(name, v)
-		default:
-			err = fmt.Errorf("unknown parameter %q (known: verdict, state, pid, comm, port, remote, target, sort, closed, history)", name)
 		}
 		if err != nil {
 			return Filter{}, err
