@@ -1,13 +1,17 @@
 # ghostconn build, test and code generation.
 #
-#   sudo make run        build and run the agent with its defaults
-#   sudo make test       install test dependencies, vet, run every test
-#   make generate        rebuild the eBPF objects (needs clang-19, llvm-19)
+# As root (a minimal Debian has no sudo; from a user account use
+# sudo env "PATH=$PATH" make ...):
+#   make run             build and run the agent with its defaults
+#   make test            install test dependencies, vet, run every test
+#   make generate        rebuild the eBPF objects (installs clang-19, llvm-19)
 #   make check-generate  fail if the committed objects are stale
 #   make fuzz            run every fuzz target for FUZZTIME (60s) each
-#   sudo make bench      benchmarks against the goals (~7 min), bench/RESULTS.md
+#   make bench           benchmarks against the goals (~7 min), bench/RESULTS.md
 
-GO        ?= go
+# sudo's secure_path usually lacks the Go toolchain: fall back to where the
+# Go tarball installs.
+GO        ?= $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go),go)
 BIN       := bin/ghostconn
 CLANG     := clang-19
 LLVMSTRIP := llvm-strip-19
@@ -72,12 +76,18 @@ generate-deps:
 	@./scripts/deps.sh generate
 
 # bpf2go compiles bpf/ghostconn.bpf.c and writes the Go bindings beside it.
+# The C sees only bpf/ and bpf/headers (-nostdinc in bpf/gen.go): nothing
+# from libbpf-dev or the system's include paths. A failed run leaves the
+# previous pair in place (scripts/generate.sh).
 generate: generate-deps
-	cd bpf && $(GO) generate ./...
+	GO=$(GO) ./scripts/generate.sh
 
+# The committed pair must be what the pinned compiler makes of the committed
+# C; then a generate whose compiler fails must leave that pair untouched.
 check-generate: generate
 	@git diff --exit-code --stat -- bpf/ || { echo "committed bpf2go output is stale: run 'make generate' and commit bpf/"; exit 1; }
 	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "make generate left new files in bpf/"; exit 1; }
+	@./scripts/check-generate-failure.sh
 
 # vmlinux.h is generated from the running kernel's BTF; it is only needed
 # again to use kernel types it does not have yet.
