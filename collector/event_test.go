@@ -3,9 +3,13 @@ package collector_test
 import (
 	"errors"
 	"net/netip"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
@@ -63,12 +67,43 @@ func evMustDecode(t *testing.T, d *collector.Decoder, k *bpf.GhostconnEvent) col
 	return ev
 }
 
-func TestEventSizeMatchesStruct(t *testing.T) {
-	if got, want := collector.EventSize, int(unsafe.Sizeof(bpf.GhostconnEvent{})); got != want {
-		t.Fatalf("EventSize = %d, want %d", got, want)
+// TestEventSizeMatchesKernelBTF compares the record size the decoder
+// expects, and the generated Go struct's layout, with struct event as the
+// compiled kernel object's BTF records it. A field added to the C struct
+// without regenerating the Go bindings fails here, without root.
+func TestEventSizeMatchesKernelBTF(t *testing.T) {
+	spec, err := bpf.LoadGhostconn()
+	if err != nil {
+		t.Fatalf("load the compiled object's spec: %v", err)
 	}
-	if collector.EventSize%8 != 0 {
-		t.Fatalf("EventSize = %d, not 8-byte aligned", collector.EventSize)
+	var s *btf.Struct
+	if err := spec.Types.TypeByName("event", &s); err != nil {
+		t.Fatalf("struct event in the object's BTF: %v", err)
+	}
+	if got, want := collector.EventSize, int(s.Size); got != want {
+		t.Fatalf("EventSize = %d, BTF struct event is %d bytes", got, want)
+	}
+	if got := unsafe.Sizeof(bpf.GhostconnEvent{}); got != uintptr(s.Size) {
+		t.Fatalf("bpf.GhostconnEvent is %d bytes, BTF struct event is %d", got, s.Size)
+	}
+	// Every C member sits at the same offset in the Go struct (bpf2go
+	// names ts_ns TsNs).
+	goType := reflect.TypeFor[bpf.GhostconnEvent]()
+	for _, m := range s.Members {
+		name := ""
+		for _, part := range strings.Split(m.Name, "_") {
+			if part != "" {
+				name += strings.ToUpper(part[:1]) + part[1:]
+			}
+		}
+		f, ok := goType.FieldByName(name)
+		if !ok {
+			t.Errorf("struct event member %s has no Go field %s", m.Name, name)
+			continue
+		}
+		if got, want := f.Offset, uintptr(m.Offset.Bytes()); got != want {
+			t.Errorf("member %s: Go field %s at offset %d, BTF at %d", m.Name, name, got, want)
+		}
 	}
 }
 
