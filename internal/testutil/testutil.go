@@ -1,0 +1,44 @@
+// Package testutil holds helpers shared by ghostconn's tests.
+package testutil
+
+import (
+	"time"
+)
+
+// MinInterval is the shortest wait between two calls of an Eventually
+// condition.
+const MinInterval = 20 * time.Millisecond
+
+// TB is the part of testing.TB that Eventually uses; *testing.T and
+// *testing.B satisfy it.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+// Eventually calls cond until it reports ok and fails t if it has not
+// within timeout, with "timed out after <timeout> waiting for <what>:
+// <detail>", detail being what the last call of cond returned. cond runs
+// in the calling goroutine, so it may itself call t.Fatalf (for example
+// when a process it waits on has exited). Between calls it waits
+// MinInterval, or four times as long as the last call took if that is
+// longer, so that a condition that runs a command costs at most a fifth
+// of a CPU. cond is called at least once, and once more after the
+// deadline if the last wait crossed it.
+func Eventually(t TB, timeout time.Duration, what string, cond func() (ok bool, detail string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		start := time.Now()
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if !start.Before(deadline) {
+			t.Fatalf("timed out after %s waiting for %s: %s", timeout, what, detail)
+			return
+		}
+		wait := max(MinInterval, 4*time.Since(start))
+		time.Sleep(min(wait, max(time.Until(deadline), 0)+time.Millisecond))
+	}
+}
