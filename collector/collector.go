@@ -40,7 +40,12 @@ type Config struct {
 	Skip map[string]bool
 	// PinDir is where the close evidence is pinned (see bpf.Options).
 	PinDir string
-	Logger *slog.Logger
+	// ReaderGiveUp is how long the ring-buffer reader may fail without a
+	// single record read before the collector gives up: it becomes not
+	// ready and Run returns the error, so a supervisor restarts the agent.
+	// Zero means 30s.
+	ReaderGiveUp time.Duration
+	Logger       *slog.Logger
 }
 
 func (c *Config) defaults() {
@@ -55,6 +60,9 @@ func (c *Config) defaults() {
 	}
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 30 * time.Second
+	}
+	if c.ReaderGiveUp == 0 {
+		c.ReaderGiveUp = 30 * time.Second
 	}
 	if c.Table == (TableConfig{}) {
 		c.Table = DefaultTableConfig
@@ -77,12 +85,16 @@ type Collector struct {
 	probes *bpf.Probes
 	table  *Table
 	dec    Decoder
-	reader *ringbuf.Reader
+	reader ringReader
 
 	ready     chan struct{}
 	readyOnce sync.Once
+	// notReady is why the agent is no longer ready (the reader gave up, a
+	// server stopped); nil while it is.
+	notReady atomic.Pointer[string]
 
 	decodeErrors    atomic.Uint64
+	readerErrors    atomic.Uint64
 	eventsRead      atomic.Uint64
 	reconciles      atomic.Uint64
 	reconcileErrors atomic.Uint64
@@ -90,6 +102,10 @@ type Collector struct {
 	gen             atomic.Uint64
 	refreshes       atomic.Uint64
 	replayed        atomic.Uint64
+	// snapshotErrors counts namespaces that a reconcile or refresh could
+	// not snapshot; lastSnapshotErr is the latest of those failures.
+	snapshotErrors  atomic.Uint64
+	lastSnapshotErr atomic.Pointer[TimedError]
 	// reconcileMu serialises snapshots; nsPaths is the namespace list the
 	// last reconcile found, under it.
 	reconcileMu sync.Mutex
@@ -97,6 +113,20 @@ type Collector struct {
 
 	reconcileHist histogram
 	capsDropped   atomic.Bool
+}
+
+// ringReader is what readLoop needs of the ring-buffer reader; the seam
+// lets tests inject read failures. *ringbuf.Reader implements it.
+type ringReader interface {
+	SetDeadline(time.Time)
+	ReadInto(*ringbuf.Record) error
+	Close() error
+}
+
+// TimedError is an error with the time it happened, for Status.
+type TimedError struct {
+	Time  time.Time `json:"time"`
+	Error string    `json:"error"`
 }
 
 // SetCapsDropped records that the agent gave up the capabilities it needed
@@ -186,6 +216,26 @@ func (c *Collector) Table() *Table { return c.table }
 // Ready is closed once the first snapshot has seeded the table.
 func (c *Collector) Ready() <-chan struct{} { return c.ready }
 
+// Readiness says whether the agent is ready to answer: seeded, and nothing
+// it depends on has stopped. When it is not, reason says why.
+func (c *Collector) Readiness() (ready bool, reason string) {
+	if r := c.notReady.Load(); r != nil {
+		return false, *r
+	}
+	select {
+	case <-c.ready:
+		return true, ""
+	default:
+		return false, "the first snapshot has not seeded the table yet"
+	}
+}
+
+// SetNotReady marks the agent not ready for good, with the reason (for
+// example a server that stopped). The first reason stays.
+func (c *Collector) SetNotReady(reason string) {
+	c.notReady.CompareAndSwap(nil, &reason)
+}
+
 // Close detaches the programs and releases the ring buffer.
 func (c *Collector) Close() error {
 	return errors.Join(c.reader.Close(), c.probes.Close())
@@ -194,18 +244,22 @@ func (c *Collector) Close() error {
 // Run reads events and reconciles until ctx ends. The programs were
 // attached by New, before the seeding snapshot that Run takes first, so no
 // connection opened in between is missed.
+//
+// Run returns an error when the event reader cannot go on (see
+// Config.ReaderGiveUp); the collector is then not ready.
 func (c *Collector) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		c.readLoop()
-	}()
+	readCtx, stopReading := context.WithCancel(ctx)
+	readErr := make(chan error, 1)
+	go func() { readErr <- c.readLoop(readCtx) }()
+	readerDone := false
 	defer func() {
 		// Closing the reader interrupts a pending read; the loop applies
 		// what it holds and returns. Close may close it again.
+		stopReading()
 		c.reader.Close()
-		wg.Wait()
+		if !readerDone {
+			<-readErr
+		}
 	}()
 
 	if err := c.reconcile(true); err != nil {
@@ -234,6 +288,16 @@ func (c *Collector) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-readErr:
+			readerDone = true
+			if err == nil {
+				// Only Close ends the loop without an error, and only
+				// this function closes the reader.
+				err = errors.New("the ring buffer reader was closed")
+			}
+			err = fmt.Errorf("event reader: %w", err)
+			c.SetNotReady(err.Error())
+			return err
 		case <-recon.C:
 			start := time.Now()
 			if err := c.reconcile(false); err != nil {
@@ -329,17 +393,36 @@ func (c *Collector) refresh(netns map[uint32]bool) error {
 			want[ino] = path
 		}
 	}
-	if _, _, err := observe(c.probes, c.table, &c.dec, want, start, c.gen.Load(), false); err != nil {
+	_, errs, err := observe(c.probes, c.table, &c.dec, want, start, c.gen.Load(), false)
+	c.snapshotFailed(errs)
+	if err != nil {
 		return err
 	}
 	c.refreshes.Add(1)
 	return nil
 }
 
+// snapshotFailed counts the namespaces a snapshot could not read and keeps
+// the last failure for Status. A namespace that went away between listing
+// and snapshot fails too: the count says how often, the last error which.
+func (c *Collector) snapshotFailed(errs []error) {
+	if len(errs) == 0 {
+		return
+	}
+	c.snapshotErrors.Add(uint64(len(errs)))
+	c.lastSnapshotErr.Store(&TimedError{Time: time.Now(), Error: errs[len(errs)-1].Error()})
+}
+
 // readLoop drains the ring buffer in batches. The kernel wakes it only when
 // WakeupBytes are pending; otherwise the deadline picks events up every
 // PollInterval, so a steady trickle of events costs no wakeup each.
-func (c *Collector) readLoop() {
+//
+// Only a closed reader ends the loop without an error. Any other read
+// error is counted, logged once per run of failures, and retried with a
+// backoff; when reads keep failing for ReaderGiveUp without one record
+// read, the loop returns the error, since the table would otherwise drift
+// unseen.
+func (c *Collector) readLoop(ctx context.Context) error {
 	dec := c.dec // the loop's own copy: it refreshes MonoOffset
 	var rec ringbuf.Record
 	batch := make([]Event, 0, 256)
@@ -349,24 +432,74 @@ func (c *Collector) readLoop() {
 			batch = batch[:0]
 		}
 	}
+	var failing int // consecutive failed reads
+	var failingSince time.Time
 	for {
 		c.reader.SetDeadline(time.Now().Add(c.cfg.PollInterval))
 		err := c.reader.ReadInto(&rec)
 		switch {
 		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+			// Drained: everything submitted before the deadline (or a
+			// Flush) has been read.
 			flush()
 			dec.MonoOffset = monoOffset()
+			if failing > 0 {
+				c.readerRecovered(failing, failingSince)
+				failing = 0
+			}
 			continue
-		default:
-			// Closed: the agent is stopping.
+		case errors.Is(err, ringbuf.ErrClosed):
 			flush()
-			return
+			return nil
+		default:
+			flush()
+			c.readerErrors.Add(1)
+			if failing == 0 {
+				failingSince = time.Now()
+				c.cfg.Logger.Error("reading the event ring buffer failed; retrying", "err", err)
+			}
+			failing++
+			if since := time.Since(failingSince); since >= c.cfg.ReaderGiveUp {
+				return fmt.Errorf("read event ring buffer: %d reads failed over %s, the last: %w", failing, since.Round(time.Millisecond), err)
+			}
+			if !sleepCtx(ctx, readerBackoff(failing)) {
+				return nil
+			}
+			continue
+		}
+		if failing > 0 {
+			c.readerRecovered(failing, failingSince)
+			failing = 0
 		}
 		batch = c.take(&dec, rec.RawSample, batch)
 		if len(batch) == cap(batch) {
 			flush()
 		}
+	}
+}
+
+// readerRecovered logs the end of a run of failed reads.
+func (c *Collector) readerRecovered(failed int, since time.Time) {
+	c.cfg.Logger.Info("reading the event ring buffer works again", "failed_reads", failed, "for", time.Since(since).Round(time.Millisecond))
+}
+
+// readerBackoff is the pause after the n-th consecutive failed read: 1ms,
+// doubling up to 1s.
+func readerBackoff(n int) time.Duration {
+	return time.Millisecond << min(n-1, 10)
+}
+
+// sleepCtx waits for d, or less when ctx ends; it reports whether ctx is
+// still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -460,6 +593,7 @@ func (c *Collector) reconcile(seed bool) error {
 	}
 	c.nsPaths = namespaces
 	covered, errs, err := observe(c.probes, c.table, &c.dec, namespaces, start, gen, seed)
+	c.snapshotFailed(errs)
 	if err != nil {
 		return err
 	}
@@ -498,10 +632,14 @@ type Status struct {
 	EventsRead         uint64            `json:"events_read"`
 	EventsLost         map[string]uint64 `json:"events_lost"`
 	DecodeErrors       uint64            `json:"decode_errors"`
+	ReaderErrors       uint64            `json:"reader_errors"`
+	NotReadyReason     string            `json:"not_ready_reason,omitempty"`
 	TableFullDrops     uint64            `json:"table_full_drops"`
 	UnknownSocket      uint64            `json:"unknown_socket_events"`
 	Reconciles         uint64            `json:"reconciles"`
 	ReconcileErrors    uint64            `json:"reconcile_errors"`
+	SnapshotErrors     uint64            `json:"namespace_snapshot_errors"`
+	LastSnapshotError  *TimedError       `json:"last_namespace_snapshot_error,omitempty"`
 	ReconcileSeconds   float64           `json:"last_reconcile_seconds"`
 	ReconcileAdded     uint64            `json:"reconcile_added"`
 	ReconcileRemoved   uint64            `json:"reconcile_removed"`
@@ -542,10 +680,13 @@ func (c *Collector) Status() (Status, error) {
 		EventsRead:         c.eventsRead.Load(),
 		EventsLost:         map[string]uint64{},
 		DecodeErrors:       c.decodeErrors.Load(),
+		ReaderErrors:       c.readerErrors.Load(),
 		TableFullDrops:     ts.DroppedFull,
 		UnknownSocket:      ts.Unknown,
 		Reconciles:         c.reconciles.Load(),
 		ReconcileErrors:    c.reconcileErrors.Load(),
+		SnapshotErrors:     c.snapshotErrors.Load(),
+		LastSnapshotError:  c.lastSnapshotErr.Load(),
 		ReconcileSeconds:   time.Duration(c.lastReconcile.Load()).Seconds(),
 		ReconcileAdded:     ts.ReconcileAdds,
 		ReconcileRemoved:   ts.ReconcileGone,
@@ -563,11 +704,7 @@ func (c *Collector) Status() (Status, error) {
 		KernelHZ:           c.dec.HZ,
 		CloseLastRef:       kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
 	}
-	select {
-	case <-c.ready:
-		s.Ready = true
-	default:
-	}
+	s.Ready, s.NotReadyReason = c.Readiness()
 	for k, idx := range lostIndex {
 		s.EventsLost[k] = kstats[idx]
 	}

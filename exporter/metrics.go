@@ -18,7 +18,8 @@ import (
 // *collector.Collector implements it.
 type MetricsSource interface {
 	Source
-	Ready() <-chan struct{}
+	// Readiness says whether the agent is ready and, when not, why.
+	Readiness() (ready bool, reason string)
 	ReconcileDurations() (count uint64, sum float64, buckets map[float64]uint64)
 }
 
@@ -50,6 +51,8 @@ var (
 	eventsReadDesc       = desc("events_read_total", "Events read from the kernel ring buffer.")
 	eventsLostDesc       = desc("events_lost_total", "Events the kernel could not put in the ring buffer because it was full, by event kind.", "event")
 	decodeErrorsDesc     = desc("decode_errors_total", "Ring-buffer records that could not be decoded and were skipped.")
+	readerErrorsDesc     = desc("reader_errors_total", "Failed reads of the event ring buffer (retried; the agent exits when they persist).")
+	snapshotErrorsDesc   = desc("namespace_snapshot_errors_total", "Network namespaces a reconcile or verdict refresh could not snapshot (the last error is in ghostconn status).")
 	transitionsDesc      = desc("state_transitions_total", "TCP state changes reported by the kernel, by new state.", "state")
 	retransmitsDesc      = desc("retransmits_total", "TCP segment retransmissions reported by the kernel.")
 	kaFiringsDesc        = desc("keepalive_timer_firings_total", "Expiries of TCP keepalive timers.")
@@ -62,11 +65,11 @@ var (
 	tableFullDesc        = desc("table_dropped_total", "New connections not tracked because the table was at --max-connections.")
 	unknownSocketDesc    = desc("unknown_socket_events_total", "Close and setsockopt events for sockets the table did not know.")
 	programAttachedDesc  = desc("program_attached", "Whether an eBPF program is loaded and attached (1) or not (0).", "program")
-	readyDesc            = desc("ready", "Whether the first snapshot has seeded the table (1) or not yet (0).")
+	readyDesc            = desc("ready", "Whether the agent is ready (1): the first snapshot has seeded the table and the event reader and servers run; 0 otherwise, with the reason in /readyz and ghostconn status.")
 	buildInfoDesc        = desc("build_info", "Build information; always 1.", "version", "revision", "goversion")
 	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
 	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
-	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
+	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
 	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
@@ -206,10 +209,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	ready := 0.0
-	select {
-	case <-m.src.Ready():
+	if ok, _ := m.src.Readiness(); ok {
 		ready = 1
-	default:
 	}
 	gauge(readyDesc, ready)
 	gauge(buildInfoDesc, 1, build.version, build.revision, build.goversion)
@@ -227,6 +228,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(eventsLostDesc, st.EventsLost[k], k)
 	}
 	counter(decodeErrorsDesc, st.DecodeErrors)
+	counter(readerErrorsDesc, st.ReaderErrors)
+	counter(snapshotErrorsDesc, st.SnapshotErrors)
 	for name, n := range st.Transitions {
 		counter(transitionsDesc, n, name)
 	}
@@ -283,7 +286,8 @@ func buildInfo() buildInfoT {
 
 // NewMetricsHandler serves /metrics from its own registry (the agent's
 // collector plus the Go runtime and process collectors), /healthz (the
-// process answers) and /readyz (the table is seeded).
+// process answers) and /readyz (the table is seeded and nothing the agent
+// depends on has stopped; otherwise 503 with the reason).
 func NewMetricsHandler(src MetricsSource, opts MetricsOptions) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewMetrics(src, opts),
@@ -295,12 +299,11 @@ func NewMetricsHandler(src MetricsSource, opts MetricsOptions) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		select {
-		case <-src.Ready():
-			w.Write([]byte("ready\n"))
-		default:
-			http.Error(w, "not ready: the first snapshot has not seeded the table yet", http.StatusServiceUnavailable)
+		if ok, reason := src.Readiness(); !ok {
+			http.Error(w, "not ready: "+reason, http.StatusServiceUnavailable)
+			return
 		}
+		w.Write([]byte("ready\n"))
 	})
 	return mux
 }

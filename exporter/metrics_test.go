@@ -25,12 +25,13 @@ type fakeSource struct {
 	table  *collector.Table
 	status collector.Status
 	err    error
-	ready  chan struct{}
+	// notReady is the reason the source is not ready; empty when ready.
+	notReady string
 }
 
 func (f *fakeSource) Table() *collector.Table           { return f.table }
 func (f *fakeSource) Status() (collector.Status, error) { return f.status, f.err }
-func (f *fakeSource) Ready() <-chan struct{}            { return f.ready }
+func (f *fakeSource) Readiness() (bool, string)         { return f.notReady == "", f.notReady }
 func (f *fakeSource) ReconcileDurations() (uint64, float64, map[float64]uint64) {
 	b := map[float64]uint64{}
 	for _, le := range collector.ReconcileBuckets {
@@ -78,8 +79,6 @@ func newFake(t *testing.T) *fakeSource {
 	later := t0.Add(61 * time.Second)
 	tbl.SetHolders([]bpf.GhostconnHolderRec{holder(2, 42, "srv")}, later)
 	tbl.Evaluate(later)
-	ready := make(chan struct{})
-	close(ready)
 	programs := map[string]string{}
 	for _, n := range bpf.ProgramNames() {
 		programs[n] = "attached"
@@ -87,11 +86,12 @@ func newFake(t *testing.T) *fakeSource {
 	programs[bpf.ProgKeepalive] = "load timer_expire_entry: refused"
 	return &fakeSource{
 		table: tbl,
-		ready: ready,
 		status: collector.Status{
 			EventsRead:       120,
 			EventsLost:       map[string]uint64{"state": 7},
 			DecodeErrors:     1,
+			ReaderErrors:     2,
+			SnapshotErrors:   3,
 			Transitions:      map[string]uint64{"ESTABLISHED": 10, "CLOSE": 9},
 			RetransmitEvents: 4,
 			KeepaliveFirings: 6,
@@ -172,7 +172,13 @@ ghostconn_program_attached{program="sys_enter_dup3"} 1
 ghostconn_program_attached{program="sys_enter_setsockopt"} 1
 ghostconn_program_attached{program="tcp_retransmit_skb"} 1
 ghostconn_program_attached{program="timer_expire_entry"} 0
-# HELP ghostconn_ready Whether the first snapshot has seeded the table (1) or not yet (0).
+# HELP ghostconn_reader_errors_total Failed reads of the event ring buffer (retried; the agent exits when they persist).
+# TYPE ghostconn_reader_errors_total counter
+ghostconn_reader_errors_total 2
+# HELP ghostconn_namespace_snapshot_errors_total Network namespaces a reconcile or verdict refresh could not snapshot (the last error is in ghostconn status).
+# TYPE ghostconn_namespace_snapshot_errors_total counter
+ghostconn_namespace_snapshot_errors_total 3
+# HELP ghostconn_ready Whether the agent is ready (1): the first snapshot has seeded the table and the event reader and servers run; 0 otherwise, with the reason in /readyz and ghostconn status.
 # TYPE ghostconn_ready gauge
 ghostconn_ready 1
 # HELP ghostconn_reconcile_corrections_total Table entries a snapshot corrected: added (no event announced them), removed (the kernel no longer had them), state (the state differed).
@@ -186,6 +192,7 @@ ghostconn_reconcile_corrections_total{kind="state"} 0
 		"ghostconn_state_transitions_total", "ghostconn_retransmits_total", "ghostconn_keepalive_probes_total",
 		"ghostconn_verdicts_raised_total", "ghostconn_reconcile_duration_seconds", "ghostconn_program_attached",
 		"ghostconn_ready", "ghostconn_reconcile_corrections_total",
+		"ghostconn_reader_errors_total", "ghostconn_namespace_snapshot_errors_total",
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), names...); err != nil {
 		t.Error(err)
@@ -268,21 +275,22 @@ func TestProcessLabelCardinalityCap(t *testing.T) {
 func TestMetricsHandlerHealthAndPromtool(t *testing.T) {
 	src := newFake(t)
 	notReady := newFake(t)
-	notReady.ready = make(chan struct{})
+	notReady.notReady = "event reader: read event ring buffer: injected"
 	for _, tc := range []struct {
 		src  *fakeSource
 		path string
 		code int
+		body string
 	}{
-		{src, "/healthz", 200},
-		{src, "/readyz", 200},
-		{notReady, "/readyz", 503},
-		{notReady, "/healthz", 200},
+		{src, "/healthz", 200, "ok"},
+		{src, "/readyz", 200, "ready"},
+		{notReady, "/readyz", 503, "not ready: event reader: read event ring buffer: injected"},
+		{notReady, "/healthz", 200, "ok"},
 	} {
 		rec := httptest.NewRecorder()
 		exporter.NewMetricsHandler(tc.src, exporter.MetricsOptions{}).ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
-		if rec.Code != tc.code {
-			t.Errorf("%s: %d, want %d", tc.path, rec.Code, tc.code)
+		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.body) {
+			t.Errorf("%s: %d %q, want %d with %q", tc.path, rec.Code, rec.Body.String(), tc.code, tc.body)
 		}
 	}
 

@@ -169,17 +169,27 @@ func runAgent(args []string, _, stderr io.Writer) error {
 	}
 	defer c.Close()
 
+	sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// fail stops the agent with an error: it exits non-zero so that systemd
+	// or Kubernetes restarts it.
+	ctx, fail := context.WithCancelCause(sigCtx)
+	defer fail(nil)
+	serve := func(what string, run func() error) {
+		go superviseServer(what, run, func(err error) {
+			c.SetNotReady(err.Error())
+			log.Error("stopping: a server stopped", "err", err)
+			fail(err)
+		})
+	}
+
 	l, err := exporter.ListenUnix(cfg.apiSocket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(cfg.apiSocket)
 	srv := &http.Server{Handler: exporter.NewAPI(c), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("api server stopped", "err", err)
-		}
-	}()
+	serve("api server on "+cfg.apiSocket, func() error { return srv.Serve(l) })
 	defer srv.Close()
 
 	if cfg.metricsAddr != "" {
@@ -191,22 +201,15 @@ func runAgent(args []string, _, stderr io.Writer) error {
 			Handler:           exporter.NewMetricsHandler(c, exporter.MetricsOptions{ProcessLabel: cfg.processLabel, MaxProcesses: cfg.maxProcesses, PodLabel: cfg.podLabel, MaxPods: cfg.maxPods}),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
-		go func() {
-			// exporter-toolkit adds TLS and basic auth from the web config
-			// file; without one it serves plain HTTP.
-			flags := &web.FlagConfig{WebConfigFile: &cfg.webConfig}
-			if err := web.Serve(ml, msrv, flags, log); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server stopped", "err", err)
-			}
-		}()
+		// exporter-toolkit adds TLS and basic auth from the web config
+		// file; without one it serves plain HTTP.
+		flags := &web.FlagConfig{WebConfigFile: &cfg.webConfig}
+		serve("metrics server on "+ml.Addr().String(), func() error { return web.Serve(ml, msrv, flags, log) })
 		defer msrv.Close()
 		log.Info("serving metrics", "address", ml.Addr().String())
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	start := time.Now()
-	dropErr := make(chan error, 1)
 	go func() {
 		select {
 		case <-c.Ready():
@@ -224,20 +227,36 @@ func runAgent(args []string, _, stderr io.Writer) error {
 		case errors.Is(err, caps.ErrCgo):
 			log.Warn("capabilities not dropped", "err", err)
 		default:
-			dropErr <- fmt.Errorf("drop capabilities: %w", err)
-			stop()
+			fail(fmt.Errorf("drop capabilities: %w", err))
 		}
 	}()
 	if err := c.Run(ctx); err != nil {
+		log.Error("stopping: detaching programs", "err", err)
 		return fmt.Errorf("collector: %w", err)
 	}
-	select {
-	case err := <-dropErr:
+	// A signal cancels sigCtx (cause context.Canceled); fail gives the
+	// cause of any other stop.
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("stopping: detaching programs", "err", err)
 		return err
-	default:
 	}
 	log.Info("stopping: detaching programs")
 	return nil
+}
+
+// superviseServer runs a server until it is closed at shutdown. A server
+// that stops on its own (its listener failed or was closed under it) is
+// reported to stopped, which makes the agent not ready and stops it: the
+// agent must not run on without its API or metrics unnoticed.
+func superviseServer(what string, run func() error, stopped func(error)) {
+	err := run()
+	if errors.Is(err, http.ErrServerClosed) {
+		return
+	}
+	if err == nil {
+		err = errors.New("returned without an error")
+	}
+	stopped(fmt.Errorf("%s stopped: %w", what, err))
 }
 
 // runtimeCaps are the capabilities the agent keeps once it is ready:
