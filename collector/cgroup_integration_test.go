@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 // cgroup2Mount finds where the unified hierarchy is mounted
@@ -92,24 +93,21 @@ func TestContainerAttribution(t *testing.T) {
 	if err := c.Reconcile(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var h collector.Holder
+	testutil.Eventually(t, 10*time.Second, "the holder to carry its cgroup", func() (bool, string) {
 		views := c.Table().List(time.Now(), collector.ListOptions{Match: tuple(local, remote, collector.StateEstablished)})
 		if len(views) == 1 && len(views[0].Holders) == 1 && views[0].Holders[0].Cgroup != nil && views[0].Holders[0].Cgroup.Path != "" {
-			h := views[0].Holders[0]
-			if h.PID != uint32(child.Process.Pid) {
-				t.Errorf("holder pid %d, want %d", h.PID, child.Process.Pid)
-			}
-			cg := h.Cgroup
-			if cg.Path != "/"+rel || cg.PodUID != pod || cg.ContainerID != container || cg.Runtime != "containerd" || cg.ID != ino {
-				t.Errorf("cgroup %+v, want id %d path /%s pod %s container %s runtime containerd", cg, ino, rel, pod, container)
-			}
-			return
+			h = views[0].Holders[0]
+			return true, ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("holder never carried its cgroup: %+v", views)
-		}
-		time.Sleep(100 * time.Millisecond)
 		c.RefreshHolders()
+		return false, fmt.Sprintf("%+v", views)
+	})
+	if h.PID != uint32(child.Process.Pid) {
+		t.Errorf("holder pid %d, want %d", h.PID, child.Process.Pid)
+	}
+	cg := h.Cgroup
+	if cg.Path != "/"+rel || cg.PodUID != pod || cg.ContainerID != container || cg.Runtime != "containerd" || cg.ID != ino {
+		t.Errorf("cgroup %+v, want id %d path /%s pod %s container %s runtime containerd", cg, ino, rel, pod, container)
 	}
 }

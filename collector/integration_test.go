@@ -20,6 +20,7 @@ import (
 	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/privtest"
 	"github.com/ghostconn/ghostconn/internal/testnet"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 // startCollector loads the real programs and runs a collector until the
@@ -54,26 +55,25 @@ func startCollector(t *testing.T, cfg collector.Config) *collector.Collector {
 	return c
 }
 
-// waitFor polls the table until match finds a connection or the deadline
-// passes. It returns the match.
+// waitFor polls the table until match finds a connection, for up to 10s.
+// It returns the match.
 func waitFor(t *testing.T, c *collector.Collector, what string, match func(*collector.ConnView) bool) collector.ConnView {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var found collector.ConnView
+	testutil.Eventually(t, 10*time.Second, what, func() (bool, string) {
 		conns := c.Table().List(time.Now(), collector.ListOptions{Closed: true, History: true, Match: match})
 		if len(conns) > 0 {
-			return conns[len(conns)-1]
+			found = conns[len(conns)-1]
+			return true, ""
 		}
-		if time.Now().After(deadline) {
-			all := c.Table().List(time.Now(), collector.ListOptions{Closed: true})
-			var b strings.Builder
-			for _, v := range all {
-				fmt.Fprintf(&b, "  %s %s -> %s cookie=%d\n", v.State, v.Local, v.Remote, v.Cookie)
-			}
-			t.Fatalf("timed out waiting for %s; table has:\n%s", what, b.String())
+		all := c.Table().List(time.Now(), collector.ListOptions{Closed: true})
+		var b strings.Builder
+		for _, v := range all {
+			fmt.Fprintf(&b, "\n  %s %s -> %s cookie=%d", v.State, v.Local, v.Remote, v.Cookie)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false, "table has:" + b.String()
+	})
+	return found
 }
 
 func tuple(local, remote string, state collector.State) func(*collector.ConnView) bool {
@@ -462,27 +462,23 @@ func TestRingBufferLossIsCountedAndReconciled(t *testing.T) {
 	server := ln.Addr().String()
 	burstDone := time.Now()
 	got := map[string]bool{}
-	for {
+	testutil.Eventually(t, interval+5*time.Second, "every client end in the table as ESTABLISHED after reconcile", func() (bool, string) {
 		clear(got)
 		for _, v := range c.Table().List(time.Now(), collector.ListOptions{}) {
 			if v.Remote == server && v.State == collector.StateEstablished {
 				got[v.Local] = true
 			}
 		}
-		if len(got) == len(want) || time.Since(burstDone) > interval+5*time.Second {
-			break
+		var missing []string
+		for l := range want {
+			if !got[l] {
+				missing = append(missing, l)
+			}
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		extra := len(got) - (len(want) - len(missing))
+		return len(missing) == 0 && extra == 0, fmt.Sprintf("table has %d client ends, kernel has %d; missing %v; %d not the test's", len(got), len(want), missing, extra)
+	})
 	t.Logf("converged %s after the burst (reconcile interval %s)", time.Since(burstDone).Round(time.Millisecond), interval)
-	for l := range want {
-		if !got[l] {
-			t.Errorf("after reconcile, client %s missing from the table", l)
-		}
-	}
-	if len(got) != len(want) {
-		t.Errorf("table has %d client ends, kernel has %d", len(got), len(want))
-	}
 	st2, _ = c.Status()
 	t.Logf("lost %d state events; reconcile added %d connections", st2.EventsLost["state"], st2.ReconcileAdded)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/internal/testnet"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 // TestMain lets the test binary double as a helper process that receives
@@ -98,17 +99,15 @@ func waitVerdict(t *testing.T, c *collector.Collector, local, remote net.Addr, k
 // kind (or is gone).
 func waitCleared(t *testing.T, c *collector.Collector, cookie uint64, kind string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("the %s verdict on cookie %d to clear", kind, cookie), func() (bool, string) {
 		still := c.Table().List(time.Now(), collector.ListOptions{Match: func(v *collector.ConnView) bool {
 			return v.Cookie == cookie && verdictOf(v, kind) != nil
 		}})
 		if len(still) == 0 {
-			return
+			return true, ""
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s verdict on cookie %d did not clear", kind, cookie)
+		return false, fmt.Sprintf("still flagged: %+v", still[0].Verdicts)
+	})
 }
 
 func checkGhost(t *testing.T, v collector.ConnView, closedAt, seen time.Time, closerFD int, holderPID uint32, holderFD int) {
@@ -343,6 +342,8 @@ func TestNoFalseGhosts(t *testing.T) {
 		s.Close()
 	}
 
+	// Not synchronisation: what is under test is that nothing fires, so
+	// wall time must pass beyond the ghost grace period of the last close.
 	time.Sleep(verdictTestConfig.GhostGrace + 2*time.Second)
 	// The forking server's connection is held by the worker and still open.
 	if err := c.Reconcile(); err != nil {
@@ -457,7 +458,9 @@ func TestSilent(t *testing.T) {
 	if d := verdictOf(&v, collector.VerdictSilent).Detail; !strings.Contains(d, "keepalive idle 10s, set on the socket") {
 		t.Errorf("long-keepalive detail %q does not explain the keepalive", d)
 	}
-	// Give the others the same time and more: they must stay clean.
+	// Give the others the same time and more: they must stay clean. Not
+	// synchronisation: the test is that nothing is raised on them while
+	// this time passes.
 	time.Sleep(2 * time.Second)
 	for _, cl := range []net.Conn{shortKA, beating} {
 		views := c.Table().List(time.Now(), collector.ListOptions{Match: tuple(cl.LocalAddr().String(), cl.RemoteAddr().String(), collector.StateEstablished)})
@@ -515,7 +518,18 @@ func TestUnresponsive(t *testing.T) {
 	defer sender.Close()
 	defer prober.Close()
 	// Let the prober's first keepalive be answered, then cut the peer off.
-	time.Sleep(1500 * time.Millisecond)
+	// Nothing but a keepalive makes the peer ACK after the handshake, so
+	// an ACK received well after the dial (tcpi_last_ack_recv, ms ago) is
+	// the answer.
+	dialed := time.Now()
+	testutil.Eventually(t, 10*time.Second, "the prober's first keepalive to be answered", func() (bool, string) {
+		info, err := unix.GetsockoptTCPInfo(fdOf(t, prober), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			t.Fatalf("TCP_INFO of the prober: %v", err)
+		}
+		lastAck := time.Now().Add(-time.Duration(info.Last_ack_recv) * time.Millisecond)
+		return lastAck.Sub(dialed) > 500*time.Millisecond, fmt.Sprintf("last ACK received %dms ago, %s after the dial", info.Last_ack_recv, lastAck.Sub(dialed).Round(time.Millisecond))
+	})
 	testnet.DropInput(t, nsB, port)
 	if _, err := sender.Write([]byte("anyone there?")); err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/caps"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite generated files (kubernetes/prometheus-operator/prometheusrule.yaml)")
@@ -218,28 +219,30 @@ func (p *proc) alive(t *testing.T) {
 	}
 }
 
-// waitFor polls cond every 100ms until it holds, failing the test after
-// timeout with cond's last explanation.
+// waitFor polls cond until it holds, failing the test after timeout with
+// cond's last explanation and the tail of each process's log, or as soon
+// as one of procs exits.
 func waitFor(t *testing.T, timeout time.Duration, what string, procs []*proc, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, why := cond()
-		if ok {
+	done := false
+	defer func() {
+		if done {
 			return
 		}
 		for _, p := range procs {
-			p.alive(t)
+			t.Logf("--- %s:\n%s", p.name, tail(p.logs.String(), 4000))
 		}
-		if time.Now().After(deadline) {
-			var logs strings.Builder
+	}()
+	testutil.Eventually(t, timeout, what, func() (bool, string) {
+		ok, why := cond()
+		if !ok {
 			for _, p := range procs {
-				fmt.Fprintf(&logs, "--- %s:\n%s\n", p.name, tail(p.logs.String(), 4000))
+				p.alive(t)
 			}
-			t.Fatalf("%s: not after %s: %s\n%s", what, timeout, why, logs.String())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return ok, why
+	})
+	done = true
 }
 
 func tail(s string, n int) string {

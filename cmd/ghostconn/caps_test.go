@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ghostconn/ghostconn/internal/privtest"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 // minimalCaps is the documented set (README, deploy/): setpriv syntax.
@@ -56,13 +57,9 @@ func procField(t *testing.T, pid int, field string) string {
 func TestRootAgentDropsBoundingSetToo(t *testing.T) {
 	a := launchAgent(t, "", "")
 	defer a.stop(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for !status(t, a.sock).CapsDropped {
-		if time.Now().After(deadline) {
-			t.Fatalf("capabilities never dropped:\n%s", a.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, "the agent to drop capabilities", func() (bool, string) {
+		return status(t, a.sock).CapsDropped, "capabilities_dropped is false; agent log:\n" + a.logs.String()
+	})
 	const want = "0000000000280000"
 	if eff, bnd := procCaps(t, a.cmd.Process.Pid); eff != want || bnd != want {
 		t.Errorf("CapEff=%s CapBnd=%s, want both %s", eff, bnd, want)
@@ -82,17 +79,11 @@ func TestAgentRunsWithMinimalCapsAndDropsAfterAttach(t *testing.T) {
 	go func() { a.exited <- cmd.Wait() }()
 	defer a.stop(t)
 
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, _, code := ghostconn(t, "status", "--api-socket", sock)
-		if code == 0 && strings.Contains(out, `"capabilities_dropped": true`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent with minimal caps never became ready and dropped caps:\n%s\n%s", out, logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testutil.Eventually(t, 30*time.Second, "the agent with minimal caps to become ready and drop caps", func() (bool, string) {
+		out, stderr, code := ghostconn(t, "status", "--api-socket", sock)
+		return code == 0 && strings.Contains(out, `"capabilities_dropped": true`),
+			fmt.Sprintf("status exit %d:\n%s%s\nagent log:\n%s", code, out, stderr, logs.String())
+	})
 	st := status(t, sock)
 	for name, s := range st.Programs {
 		if s != "attached" {
@@ -120,7 +111,12 @@ func TestAgentRunsWithMinimalCapsAndDropsAfterAttach(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	time.Sleep(2500 * time.Millisecond) // two reconciles
+	// Two reconciles (one a second) after the connection was made.
+	since := status(t, sock).Reconciles
+	testutil.Eventually(t, 10*time.Second, "two reconciles after the connection", func() (bool, string) {
+		n := status(t, sock).Reconciles
+		return n >= since+2, fmt.Sprintf("%d reconciles, %d before the connection", n, since)
+	})
 	out, stderr, code := ghostconn(t, "ls", "-o", "json", "--api-socket", sock, "--port", fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
 	if code != 0 || !strings.Contains(out, c.LocalAddr().String()) {
 		t.Errorf("after dropping caps, new connection not listed (exit %d): %s %s", code, out, stderr)

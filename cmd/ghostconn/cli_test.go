@@ -30,6 +30,7 @@ import (
 	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/privtest"
 	"github.com/ghostconn/ghostconn/internal/testnet"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 // cliAgentArgs are short thresholds so that every verdict shows within
@@ -325,10 +326,10 @@ func (s *cliScene) wait(t *testing.T) map[string]collector.ConnView {
 		key(s.silentLocal, s.silentRemote): collector.VerdictSilent,
 		key(s.unrespLocal, s.unrespRemote): collector.VerdictUnresponsive,
 	}
-	deadline := time.Now().Add(120 * time.Second)
-	for {
+	var byKey map[string]collector.ConnView
+	testutil.Eventually(t, 120*time.Second, "every verdict of the scene", func() (bool, string) {
 		conns := lsJSON(t, "--api-socket", s.sock, "--comm", s.comm)
-		byKey := map[string]collector.ConnView{}
+		byKey = map[string]collector.ConnView{}
 		var missing []string
 		for k, kind := range want {
 			lr := strings.SplitN(k, " ", 2)
@@ -342,14 +343,9 @@ func (s *cliScene) wait(t *testing.T) map[string]collector.ConnView {
 				byKey[key(v.Local, v.Remote)] = v
 			}
 		}
-		if len(missing) == 0 {
-			return byKey
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 120s still missing: %s\n%+v", strings.Join(missing, "; "), conns)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return len(missing) == 0, fmt.Sprintf("still missing: %s\n%+v", strings.Join(missing, "; "), conns)
+	})
+	return byKey
 }
 
 // tableRows checks that out is a table whose header is exactly cols and
@@ -970,18 +966,17 @@ func (w *watcher) stop(t *testing.T, sig syscall.Signal) int {
 // yet), and returns that connection's ends.
 func primeWatch(t *testing.T, w *watcher, l *cliListener, established func(line string, client net.Conn) bool) (net.Conn, net.Conn) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, s := l.dial(nil)
+	var c, s net.Conn
+	testutil.Eventually(t, 30*time.Second, "the watch to show a connection reaching ESTABLISHED", func() (bool, string) {
+		c, s = l.dial(nil)
 		if _, ok := w.next(2*time.Second, func(line string) bool { return established(line, c) }); ok {
-			return c, s
+			return true, ""
 		}
 		c.Close()
 		s.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("watch showed no connection reaching ESTABLISHED within 30s; stderr %s; lines:\n%s", w.stderr, strings.Join(w.seen, "\n"))
-		}
-	}
+		return false, fmt.Sprintf("stderr %s; lines:\n%s", w.stderr, strings.Join(w.seen, "\n"))
+	})
+	return c, s
 }
 
 func decodeChange(t *testing.T, line string) collector.Change {

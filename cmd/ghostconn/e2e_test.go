@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/privtest"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 var binary string
@@ -121,22 +123,19 @@ func launchAgent(t *testing.T, sockDir, pinDir string, args ...string) *agentPro
 	go func() { a.exited <- a.cmd.Wait() }()
 	sock, logs, exited := a.sock, a.logs, a.exited
 	client := exporter.NewClient(sock)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testutil.Eventually(t, 30*time.Second, "the agent to be ready", func() (bool, string) {
 		st, err := client.Status(context.Background())
 		if err == nil && st.Ready {
-			return a
+			return true, ""
 		}
 		select {
 		case err := <-exited:
 			t.Fatalf("agent exited early: %v\n%s", err, logs.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready after 30s: %v\n%s", err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false, fmt.Sprintf("status: ready %t, error %v\n%s", st.Ready, err, logs.String())
+	})
+	return a
 }
 
 func TestLsJSONHasEveryField(t *testing.T) {
@@ -146,10 +145,18 @@ func TestLsJSONHasEveryField(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	// The server end stays open until the test ends.
+	accepted := make(chan net.Conn, 1)
 	go func() {
 		if s, err := ln.Accept(); err == nil {
-			defer s.Close()
-			time.Sleep(5 * time.Second)
+			accepted <- s
+		}
+	}()
+	defer func() {
+		select {
+		case s := <-accepted:
+			s.Close()
+		default:
 		}
 	}()
 	client, err := net.Dial("tcp6", ln.Addr().String())
@@ -159,8 +166,7 @@ func TestLsJSONHasEveryField(t *testing.T) {
 	defer client.Close()
 
 	var conn map[string]any
-	deadline := time.Now().Add(10 * time.Second)
-	for conn == nil {
+	testutil.Eventually(t, 10*time.Second, "ls to list the client "+client.LocalAddr().String()+" as ESTABLISHED", func() (bool, string) {
 		out, stderr, code := ghostconn(t, "ls", "-o", "json", "--api-socket", sock)
 		if code != 0 {
 			t.Fatalf("ls exit %d: %s", code, stderr)
@@ -174,10 +180,8 @@ func TestLsJSONHasEveryField(t *testing.T) {
 				conn = c
 			}
 		}
-		if conn == nil && time.Now().After(deadline) {
-			t.Fatalf("client %s not listed:\n%s", client.LocalAddr(), out)
-		}
-	}
+		return conn != nil, "ls -o json:\n" + out
+	})
 	for _, k := range []string{"cookie", "family", "state", "local", "remote", "inode", "uid", "holders", "keepalive", "idle_seconds", "retransmits", "probes_out", "closed_by", "verdicts"} {
 		if _, ok := conn[k]; !ok {
 			t.Errorf("connection lacks field %q: %v", k, conn)
@@ -256,23 +260,21 @@ exec "$0" agent --api-socket "$1" --metrics-address 127.0.0.1:0`
 		<-exited
 	}()
 	client := exporter.NewClient(sock)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := client.Status(context.Background())
+	var st collector.Status
+	testutil.Eventually(t, 30*time.Second, "the agent to be ready", func() (bool, string) {
+		var err error
+		st, err = client.Status(context.Background())
 		if err == nil && st.Ready {
-			if st.Programs["sys_enter_close"] != "attached" {
-				t.Errorf("sys_enter_close: %s", st.Programs["sys_enter_close"])
-			}
-			return
+			return true, ""
 		}
 		select {
 		case err := <-exited:
 			t.Fatalf("agent exited: %v\n%s", err, logs.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready: %v\n%s", err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+		return false, fmt.Sprintf("status: ready %t, error %v\n%s", st.Ready, err, logs.String())
+	})
+	if st.Programs["sys_enter_close"] != "attached" {
+		t.Errorf("sys_enter_close: %s", st.Programs["sys_enter_close"])
 	}
 }

@@ -5,9 +5,12 @@ import (
 	"time"
 )
 
-// MinInterval is the shortest wait between two calls of an Eventually
-// condition.
-const MinInterval = 20 * time.Millisecond
+// MinInterval and MaxInterval bound the wait between two calls of an
+// Eventually condition.
+const (
+	MinInterval = 20 * time.Millisecond
+	MaxInterval = 250 * time.Millisecond
+)
 
 // TB is the part of testing.TB that Eventually uses; *testing.T and
 // *testing.B satisfy it.
@@ -20,11 +23,12 @@ type TB interface {
 // within timeout, with "timed out after <timeout> waiting for <what>:
 // <detail>", detail being what the last call of cond returned. cond runs
 // in the calling goroutine, so it may itself call t.Fatalf (for example
-// when a process it waits on has exited). Between calls it waits
-// MinInterval, or four times as long as the last call took if that is
-// longer, so that a condition that runs a command costs at most a fifth
-// of a CPU. cond is called at least once, and once more after the
-// deadline if the last wait crossed it.
+// when a process it waits on has exited). Between calls it waits four
+// times as long as the last call took, but at least MinInterval and at
+// most MaxInterval, so that a condition that runs a command costs about a
+// fifth of a CPU and one that blocks for a while is retried soon. cond is
+// called at least once, and once more after the deadline if the last wait
+// crossed it.
 func Eventually(t TB, timeout time.Duration, what string, cond func() (ok bool, detail string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -38,7 +42,7 @@ func Eventually(t TB, timeout time.Duration, what string, cond func() (ok bool, 
 			t.Fatalf("timed out after %s waiting for %s: %s", timeout, what, detail)
 			return
 		}
-		wait := max(MinInterval, 4*time.Since(start))
+		wait := min(max(MinInterval, 4*time.Since(start)), MaxInterval)
 		time.Sleep(min(wait, max(time.Until(deadline), 0)+time.Millisecond))
 	}
 }

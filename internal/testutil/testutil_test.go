@@ -77,7 +77,8 @@ func TestEventuallyCallsCondAtLeastOnce(t *testing.T) {
 	}
 }
 
-// A slow condition is called less often than a cheap one.
+// A slow condition is called less often than a cheap one, and one that
+// blocks for long is retried after at most MaxInterval.
 func TestEventuallyBacksOffForSlowCond(t *testing.T) {
 	calls := 0
 	run(400*time.Millisecond, func() (bool, string) {
@@ -88,5 +89,22 @@ func TestEventuallyBacksOffForSlowCond(t *testing.T) {
 	// Each round is at least 50ms of cond and 200ms of waiting.
 	if calls > 3 {
 		t.Fatalf("a 50ms cond was called %d times in 400ms, want at most 3", calls)
+	}
+}
+
+func TestEventuallyRetriesBlockingCondSoon(t *testing.T) {
+	var starts []time.Time
+	run(1200*time.Millisecond, func() (bool, string) {
+		starts = append(starts, time.Now())
+		time.Sleep(300 * time.Millisecond)
+		return false, ""
+	})
+	for i := 1; i < len(starts); i++ {
+		if gap := starts[i].Sub(starts[i-1]); gap > 300*time.Millisecond+testutil.MaxInterval+200*time.Millisecond {
+			t.Errorf("call %d started %s after the previous one, want at most 300ms + MaxInterval (plus slack)", i, gap)
+		}
+	}
+	if len(starts) < 2 {
+		t.Errorf("a 300ms cond was called %d times in 1.2s, want it retried", len(starts))
 	}
 }
