@@ -62,6 +62,12 @@ rm -rf "$RUN"
 cp -a "$BASE" "$RUN"
 cp -a "$GOROOT_HOST" "$RUN/usr/local/go"
 cp /etc/resolv.conf "$RUN/etc/resolv.conf"
+# The machine's own CAs (this workplace's egress proxy among them) are part
+# of the machine, not of the project.
+if [ -n "$(ls /usr/local/share/ca-certificates 2>/dev/null)" ]; then
+	cp -r /usr/local/share/ca-certificates/. "$RUN/usr/local/share/ca-certificates/"
+	chroot "$RUN" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in the scratch root"
+fi
 git clone -q --no-hardlinks "$SRC" "$RUN/work/ci"
 git -C "$RUN/work/ci" checkout -q "$REV"
 # CI copies shared/ beside the clone, without write bits.
@@ -84,6 +90,7 @@ start=$(date +%s)
 rc=0
 chroot "$R" /usr/bin/env -i \
 	HOME=/root CI=true LANG=C.UTF-8 TERM=dumb GOFLAGS=-buildvcs=false GOTOOLCHAIN=local \
+	SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
 	PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	bash -c 'cd /work/ci && bash .ci/run </dev/null' || rc=$?
 echo "ci-scratch: .ci/run exited $rc after $(( $(date +%s) - start ))s"
