@@ -137,7 +137,7 @@ func TestAPIRejectsBadFilters(t *testing.T) {
 		{"port=70000", `port "70000" is not a port number`},
 		{"port=0", `port "0"`},
 		// The remote message names the bad value, not the parameter.
-		{"remote=nope", `"nope" is not a CIDR prefix or an IP address`},
+		{"remote=nope", `remote "nope" is not a CIDR prefix or an IP address`},
 		{"target=nope", `target "nope"`},
 		{"sort=size", `unknown sort "size"`},
 		{"closed=maybe", `parameter closed="maybe" is not a boolean`},

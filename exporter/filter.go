@@ -81,7 +81,9 @@ func ParseFilter(q url.Values) (Filter, error) {
 			}
 			f.Port = uint16(n)
 		case "remote":
-			f.Remote, err = ParseCIDR(v)
+			if f.Remote, err = ParseCIDR(v); err != nil {
+				err = fmt.Errorf("remote %w", err)
+			}
 		case "target":
 			var t Target
 			t, err = ParseTarget(v)

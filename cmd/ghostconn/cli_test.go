@@ -767,8 +767,8 @@ func TestCLIAgainstAgent(t *testing.T) {
 		}}}
 		for _, c := range []struct{ path, want string }{
 			{"/v1/connections?verdict=bogus", `unknown verdict "bogus"`},
-			{"/v1/connections?remote=x", `"x" is not a CIDR prefix`},
-			{"/v1/connections?remote=10.0.0.0/33", `"10.0.0.0/33" is not a CIDR prefix`},
+			{"/v1/connections?remote=x", `remote "x" is not a CIDR prefix`},
+			{"/v1/connections?remote=10.0.0.0/33", `remote "10.0.0.0/33" is not a CIDR prefix`},
 			{"/v1/connections?nosuch=1", `unknown parameter "nosuch"`},
 			{"/v1/connections?target=not-a-target", `target "not-a-target" is not`},
 			{"/v1/connections?sort=bogus", `unknown sort "bogus"`},
