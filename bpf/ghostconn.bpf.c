@@ -54,6 +54,17 @@ enum close_op {
 	CLOSE_OP_CLOSE_RANGE = 2,
 	CLOSE_OP_DUP2 = 3,
 	CLOSE_OP_DUP3 = 4,
+	CLOSE_OP_EXIT = 5, // the process exited holding the fd (no close call)
+};
+
+// close_slot says which close a closes entry keeps. A ghost verdict needs
+// the latest close or exit of a copy that is the closer's own (it makes the
+// closer, whatever came before), and the latest close of a copy a fork
+// child inherited from a parent that still has it (the closer when nothing
+// else closed, and otherwise no evidence: it must not push the closer out).
+enum close_slot {
+	CLOSE_SLOT_OWN = 0,
+	CLOSE_SLOT_INHERITED = 1,
 };
 
 // Indexes into the stats map.
@@ -130,8 +141,8 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-// close_rec is the evidence of the last close of an fd of a socket that left
-// other references behind.
+// close_rec is the evidence of one close (or exit) of an fd of a socket
+// that left other references behind.
 struct close_rec {
 	__u64 ts_ns;
 	__u32 pid;
@@ -145,14 +156,24 @@ struct close_rec {
 	char comm[16];
 };
 
-// closes keeps close_rec by socket cookie. It is pinned in bpffs, so ghost
-// evidence survives an agent restart or crash.
-// Writer: on_fd_close. Reader: the agent, at start. Deleter: the agent, for
-// sockets that are gone; LRU eviction bounds it meanwhile.
+// close_key names one slot of a socket's close evidence.
+struct close_key {
+	__u64 cookie;
+	__u32 slot; // enum close_slot
+	__u32 pad;
+};
+
+// closes keeps close_rec by socket cookie and slot, at most two per socket,
+// each close replacing the one in its slot with a single update. It is
+// pinned in bpffs, so ghost evidence survives an agent restart or crash.
+// Writer: on_fd_close (close, close_range, dup2, dup3 and process exit).
+// Reader: the agent, at start, which replays both slots in time order.
+// Deleter: the agent, for sockets that are gone; LRU eviction bounds it
+// meanwhile.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__type(key, struct close_key);
 	__type(value, struct close_rec);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } closes SEC(".maps");
@@ -160,6 +181,8 @@ struct {
 // Force the generated Go types.
 const struct event *unused_event __attribute__((unused));
 const struct close_rec *unused_close_rec __attribute__((unused));
+const struct close_key *unused_close_key __attribute__((unused));
+const enum close_slot *unused_close_slot __attribute__((unused));
 const enum event_type *unused_event_type __attribute__((unused));
 const enum stat_index *unused_stat_index __attribute__((unused));
 const enum close_op *unused_close_op __attribute__((unused));
@@ -448,6 +471,11 @@ static __always_inline struct sock *tcp_sock_of(struct file *f)
 // on_fd_close records the close of fd when it is a TCP socket that other
 // references keep open. A close of the last reference is only counted: the
 // state change that follows tells the rest.
+//
+// The record goes to the closes slot of its kind: a copy the parent still
+// has at the same fd was inherited by a fork child, whose close must not
+// replace the closer; the exit of such a child is no evidence at all (the
+// collector ignores it too), so it is not kept.
 static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 {
 	struct file *f = fd_file(fdt, fd);
@@ -474,7 +502,12 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 	fill_tuple(e, sk);
 	set_task(e);
 	struct task_struct *task = bpf_get_current_task_btf();
-	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	struct fdtable *pfdt = BPF_CORE_READ(parent, files, fdt);
+	__u32 slot = CLOSE_SLOT_OWN;
+	if (pfdt && pfdt != fdt && fd_file(pfdt, fd) == f)
+		slot = CLOSE_SLOT_INHERITED;
 
 	struct close_rec rec = {
 		.ts_ns = e->ts_ns,
@@ -487,11 +520,11 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 		.op = op,
 	};
 	__builtin_memcpy(rec.comm, e->comm, sizeof(rec.comm));
-	// The key is copied to the stack: 6.1's verifier refuses ring-buffer
+	// The key is built on the stack: 6.1's verifier refuses ring-buffer
 	// memory as a map key.
-	__u64 cookie = e->cookie;
-	if (cookie)
-		bpf_map_update_elem(&closes, &cookie, &rec, BPF_ANY);
+	struct close_key key = { .cookie = e->cookie, .slot = slot };
+	if (key.cookie && !(slot == CLOSE_SLOT_INHERITED && op == CLOSE_OP_EXIT))
+		bpf_map_update_elem(&closes, &key, &rec, BPF_ANY);
 	submit(e);
 }
 
@@ -519,12 +552,23 @@ int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
+// close_fd is on_fd_close as a global function, which the verifier checks
+// once, on its own: the bit loop of close_range_word calls it instead of
+// inlining it 64 times (that grew past the verifier's limit). fdt is a
+// kernel address, read only through probe reads.
+__noinline int close_fd(__u64 fdt, __u32 fd, __u32 op)
+{
+	on_fd_close((struct fdtable *)fdt, fd, op);
+	return 0;
+}
+
 struct range_ctx {
 	struct fdtable *fdt;
 	unsigned long *open_fds;
 	__u32 base; // first word of the bitmap to visit
 	__u32 first;
 	__u32 last;
+	__u8 op; // CLOSE_OP_CLOSE_RANGE or CLOSE_OP_EXIT
 };
 
 // close_range_word visits the open fds of one 64-bit word of the open_fds
@@ -544,7 +588,7 @@ static long close_range_word(__u32 n, struct range_ctx *c)
 			continue;
 		if (fd > c->last)
 			return 1;
-		on_fd_close(c->fdt, fd, CLOSE_OP_CLOSE_RANGE);
+		close_fd((__u64)c->fdt, fd, c->op);
 	}
 	return 0;
 }
@@ -561,6 +605,7 @@ int sys_enter_close_range(struct trace_event_raw_sys_enter *ctx)
 		.fdt = fdt,
 		.first = ctx->args[0],
 		.last = ctx->args[1],
+		.op = CLOSE_OP_CLOSE_RANGE,
 	};
 	__u32 max = BPF_CORE_READ(fdt, max_fds);
 	if (c.first >= max)
@@ -570,6 +615,35 @@ int sys_enter_close_range(struct trace_event_raw_sys_enter *ctx)
 	c.open_fds = BPF_CORE_READ(fdt, open_fds);
 	c.base = c.first / 64;
 	__u32 words = c.last / 64 + 1 - c.base;
+	if (words > 1 << 16)
+		words = 1 << 16;
+	bpf_loop(words, close_range_word, &c, 0);
+	return 0;
+}
+
+// sched_process_exit fires for every exiting thread before exit_files.
+// When the thread is the last user of its fd table, exit closes every fd
+// in it without a close call: each TCP socket fd that leaves references
+// behind is recorded as a close with op exit. Any other exit costs two
+// reads.
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sched_process_exit, struct task_struct *p)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct files_struct *files = BPF_CORE_READ(task, files);
+	if (!files || BPF_CORE_READ(files, count.counter) != 1)
+		return 0;
+	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	struct range_ctx c = {
+		.fdt = fdt,
+		.op = CLOSE_OP_EXIT,
+	};
+	__u32 max = BPF_CORE_READ(fdt, max_fds);
+	if (!max)
+		return 0;
+	c.last = max - 1;
+	c.open_fds = BPF_CORE_READ(fdt, open_fds);
+	__u32 words = (max + 63) / 64;
 	if (words > 1 << 16)
 		words = 1 << 16;
 	bpf_loop(words, close_range_word, &c, 0);

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type GhostconnCloseKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Slot   uint32
+	Pad    uint32
+}
+
 type GhostconnCloseOp uint32
 
 const (
@@ -20,6 +27,7 @@ const (
 	GhostconnCloseOpCLOSE_OP_CLOSE_RANGE GhostconnCloseOp = 2
 	GhostconnCloseOpCLOSE_OP_DUP2        GhostconnCloseOp = 3
 	GhostconnCloseOpCLOSE_OP_DUP3        GhostconnCloseOp = 4
+	GhostconnCloseOpCLOSE_OP_EXIT        GhostconnCloseOp = 5
 )
 
 type GhostconnCloseRec struct {
@@ -35,6 +43,13 @@ type GhostconnCloseRec struct {
 	Pad       [7]uint8
 	Comm      [16]int8
 }
+
+type GhostconnCloseSlot uint32
+
+const (
+	GhostconnCloseSlotCLOSE_SLOT_OWN       GhostconnCloseSlot = 0
+	GhostconnCloseSlotCLOSE_SLOT_INHERITED GhostconnCloseSlot = 1
+)
 
 type GhostconnEvent struct {
 	_             structs.HostLayout
@@ -161,6 +176,7 @@ const (
 	GhostconnProgInetSockSetState   = "inet_sock_set_state"
 	GhostconnProgIterTaskFile       = "iter_task_file"
 	GhostconnProgIterTcp            = "iter_tcp"
+	GhostconnProgSchedProcessExit   = "sched_process_exit"
 	GhostconnProgSysEnterClose      = "sys_enter_close"
 	GhostconnProgSysEnterCloseRange = "sys_enter_close_range"
 	GhostconnProgSysEnterDup2       = "sys_enter_dup2"
@@ -170,8 +186,10 @@ const (
 	GhostconnProgTimerExpireEntry   = "timer_expire_entry"
 	GhostconnVarKeepaliveTimerFn    = "keepalive_timer_fn"
 	GhostconnVarSockCloseFn         = "sock_close_fn"
+	GhostconnVarUnusedCloseKey      = "unused_close_key"
 	GhostconnVarUnusedCloseOp       = "unused_close_op"
 	GhostconnVarUnusedCloseRec      = "unused_close_rec"
+	GhostconnVarUnusedCloseSlot     = "unused_close_slot"
 	GhostconnVarUnusedEvent         = "unused_event"
 	GhostconnVarUnusedEventType     = "unused_event_type"
 	GhostconnVarUnusedHolderRec     = "unused_holder_rec"
@@ -225,6 +243,7 @@ type GhostconnProgramSpecs struct {
 	InetSockSetState   *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
 	IterTaskFile       *ebpf.ProgramSpec `ebpf:"iter_task_file"`
 	IterTcp            *ebpf.ProgramSpec `ebpf:"iter_tcp"`
+	SchedProcessExit   *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
 	SysEnterClose      *ebpf.ProgramSpec `ebpf:"sys_enter_close"`
 	SysEnterCloseRange *ebpf.ProgramSpec `ebpf:"sys_enter_close_range"`
 	SysEnterDup2       *ebpf.ProgramSpec `ebpf:"sys_enter_dup2"`
@@ -249,8 +268,10 @@ type GhostconnMapSpecs struct {
 type GhostconnVariableSpecs struct {
 	KeepaliveTimerFn *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
 	SockCloseFn      *ebpf.VariableSpec `ebpf:"sock_close_fn"`
+	UnusedCloseKey   *ebpf.VariableSpec `ebpf:"unused_close_key"`
 	UnusedCloseOp    *ebpf.VariableSpec `ebpf:"unused_close_op"`
 	UnusedCloseRec   *ebpf.VariableSpec `ebpf:"unused_close_rec"`
+	UnusedCloseSlot  *ebpf.VariableSpec `ebpf:"unused_close_slot"`
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
@@ -298,8 +319,10 @@ func (m *GhostconnMaps) Close() error {
 type GhostconnVariables struct {
 	KeepaliveTimerFn *ebpf.Variable `ebpf:"keepalive_timer_fn"`
 	SockCloseFn      *ebpf.Variable `ebpf:"sock_close_fn"`
+	UnusedCloseKey   *ebpf.Variable `ebpf:"unused_close_key"`
 	UnusedCloseOp    *ebpf.Variable `ebpf:"unused_close_op"`
 	UnusedCloseRec   *ebpf.Variable `ebpf:"unused_close_rec"`
+	UnusedCloseSlot  *ebpf.Variable `ebpf:"unused_close_slot"`
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.Variable `ebpf:"unused_holder_rec"`
@@ -315,6 +338,7 @@ type GhostconnPrograms struct {
 	InetSockSetState   *ebpf.Program `ebpf:"inet_sock_set_state"`
 	IterTaskFile       *ebpf.Program `ebpf:"iter_task_file"`
 	IterTcp            *ebpf.Program `ebpf:"iter_tcp"`
+	SchedProcessExit   *ebpf.Program `ebpf:"sched_process_exit"`
 	SysEnterClose      *ebpf.Program `ebpf:"sys_enter_close"`
 	SysEnterCloseRange *ebpf.Program `ebpf:"sys_enter_close_range"`
 	SysEnterDup2       *ebpf.Program `ebpf:"sys_enter_dup2"`
@@ -329,6 +353,7 @@ func (p *GhostconnPrograms) Close() error {
 		p.InetSockSetState,
 		p.IterTaskFile,
 		p.IterTcp,
+		p.SchedProcessExit,
 		p.SysEnterClose,
 		p.SysEnterCloseRange,
 		p.SysEnterDup2,

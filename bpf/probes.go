@@ -30,6 +30,7 @@ const (
 	ProgDup2        = "sys_enter_dup2"
 	ProgDup3        = "sys_enter_dup3"
 	ProgSetsockopt  = "sys_enter_setsockopt"
+	ProgExit        = "sched_process_exit"
 	ProgIterTCP     = "iter_tcp"
 	ProgIterFiles   = "iter_task_file"
 )
@@ -55,6 +56,7 @@ var programs = []program{
 	{name: ProgDup2, group: "syscalls", kind: "tracepoint"},
 	{name: ProgDup3, group: "syscalls", kind: "tracepoint"},
 	{name: ProgSetsockopt, group: "syscalls", kind: "tracepoint"},
+	{name: ProgExit, kind: "tp_btf"},
 }
 
 // Required reports whether the agent cannot run without the program.
@@ -291,10 +293,11 @@ func (p *Probes) Close() error {
 	return errors.Join(errs...)
 }
 
-// CloseRecords returns the close evidence kept in the kernel, by cookie.
-func (p *Probes) CloseRecords() (map[uint64]GhostconnCloseRec, error) {
-	out := map[uint64]GhostconnCloseRec{}
-	var k uint64
+// CloseRecords returns the close evidence kept in the kernel: for each
+// socket cookie, up to one record per GhostconnCloseSlot.
+func (p *Probes) CloseRecords() (map[GhostconnCloseKey]GhostconnCloseRec, error) {
+	out := map[GhostconnCloseKey]GhostconnCloseRec{}
+	var k GhostconnCloseKey
 	var v GhostconnCloseRec
 	it := p.Closes.Iterate()
 	for it.Next(&k, &v) {
@@ -306,15 +309,15 @@ func (p *Probes) CloseRecords() (map[uint64]GhostconnCloseRec, error) {
 	return out, nil
 }
 
-// ForgetCloses deletes the close evidence of every socket for which live
-// returns false.
+// ForgetCloses deletes the close evidence (every slot) of every socket for
+// which live returns false. It returns how many records it deleted.
 func (p *Probes) ForgetCloses(live func(cookie uint64) bool) (int, error) {
-	var gone []uint64
-	var k uint64
+	var gone []GhostconnCloseKey
+	var k GhostconnCloseKey
 	var v GhostconnCloseRec
 	it := p.Closes.Iterate()
 	for it.Next(&k, &v) {
-		if !live(k) {
+		if !live(k.Cookie) {
 			gone = append(gone, k)
 		}
 	}

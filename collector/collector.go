@@ -518,32 +518,15 @@ func (c *Collector) take(dec *Decoder, raw []byte, batch []Event) []Event {
 
 // replayCloses feeds the close evidence the kernel kept (across agent
 // restarts, when pinned) to the table as close events, the same path a live
-// close takes, for the sockets the seed snapshot found.
+// close takes, for the sockets the seed snapshot found: every record of
+// every socket, in the order the closes happened.
 func (c *Collector) replayCloses() error {
 	recs, err := c.probes.CloseRecords()
 	if err != nil {
 		return err
 	}
-	var evs []Event
-	for cookie, r := range recs {
-		if !c.table.Has(cookie) {
-			continue
-		}
-		cl, err := decodeClose(r.Op, r.Fd, r.Refs, r.WriteSeq, r.CopiedSeq)
-		if err != nil {
-			c.decodeErrors.Add(1)
-			continue
-		}
-		evs = append(evs, Event{
-			Kind:   KindClose,
-			Time:   time.Unix(0, int64(r.TsNs)+c.dec.MonoOffset),
-			Cookie: cookie,
-			Task:   &Task{PID: r.Pid, PPID: r.Ppid, Comm: cString(r.Comm[:])},
-			Close:  cl,
-		})
-	}
-	// Oldest first, so the newest close of a socket is the one that stays.
-	sort.Slice(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+	evs, bad := replayEvents(recs, c.table.Has, c.dec.MonoOffset)
+	c.decodeErrors.Add(uint64(bad))
 	c.table.Apply(evs)
 	c.replayed.Add(uint64(len(evs)))
 	return nil

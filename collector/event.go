@@ -144,6 +144,7 @@ var closeOps = map[uint8]string{
 	uint8(bpf.GhostconnCloseOpCLOSE_OP_CLOSE_RANGE): "close_range",
 	uint8(bpf.GhostconnCloseOpCLOSE_OP_DUP2):        "dup2",
 	uint8(bpf.GhostconnCloseOpCLOSE_OP_DUP3):        "dup3",
+	uint8(bpf.GhostconnCloseOpCLOSE_OP_EXIT):        "exit",
 }
 
 // decodeClose checks and builds the close facts of a kernel record (a live

@@ -264,8 +264,13 @@ func applySockopt(s *SockSettings, o Sockopt) {
 // inherited (before exec, as Python's subprocess and OpenSSH's closefrom
 // do) while its parent still holds the socket and an earlier close, with no
 // I/O since, already explains it. That earlier close stays the evidence;
-// replacing it would pass a ghost off as a child's inherited copy.
+// replacing it would pass a ghost off as a child's inherited copy. The exit
+// of a child whose parent still holds the socket is never evidence, as in
+// noteExits.
 func passingChild(c *Conn, ev *Event) bool {
+	if ev.Close.Op == "exit" && ev.Task.PPID != 0 && heldByPID(c.Holders, ev.Task.PPID) {
+		return true
+	}
 	cb := c.ClosedBy
 	return cb != nil && cb.RefsLeft > 0 && ev.Task.PPID != 0 && heldByPID(c.Holders, ev.Task.PPID) &&
 		cb.writeSeq == ev.Close.WriteSeq && cb.copiedSeq == ev.Close.CopiedSeq

@@ -1,0 +1,210 @@
+package bpf
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/ghostconn/ghostconn/internal/privtest"
+	"github.com/ghostconn/ghostconn/internal/testutil"
+)
+
+// closesPinDir returns a fresh directory under bpffs, removed at cleanup.
+func closesPinDir(t *testing.T) string {
+	t.Helper()
+	dir := fmt.Sprintf("/sys/fs/bpf/gctest-closes-%d-%d", os.Getpid(), time.Now().UnixNano())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// TestPinnedClosesFromOldLayoutReplaced: a closes map pinned by a build
+// keyed by cookie alone is replaced by one of the current layout, and
+// PinReset says so; a second load keeps the new pin.
+func TestPinnedClosesFromOldLayoutReplaced(t *testing.T) {
+	privtest.Require(t)
+	dir := closesPinDir(t)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "closes", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 48, MaxEntries: 65536,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "closes")); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+
+	p, err := Load(Options{PinDir: dir, Skip: skipAllOptional()})
+	if err != nil {
+		t.Fatalf("load over an old pinned map: %v", err)
+	}
+	if !p.PinReset {
+		t.Error("PinReset is false after replacing a map of another layout")
+	}
+	if ks := p.Closes.KeySize(); ks != 16 {
+		t.Errorf("closes key size %d, want 16 (struct close_key)", ks)
+	}
+	p.Close()
+
+	p, err = Load(Options{PinDir: dir, Skip: skipAllOptional()})
+	if err != nil {
+		t.Fatalf("second load: %v", err)
+	}
+	defer p.Close()
+	if p.PinReset {
+		t.Error("PinReset is true on a load over a pin of the same layout")
+	}
+}
+
+// skipAllOptional leaves out every optional program: the pin tests need
+// only the maps.
+func skipAllOptional() map[string]bool {
+	skip := map[string]bool{}
+	for _, name := range ProgramNames() {
+		if !Required(name) {
+			skip[name] = true
+		}
+	}
+	return skip
+}
+
+// tcpPair returns the client end of a loopback connection as an *os.File
+// (the only copy in this process) and closes what else it made at cleanup.
+func tcpPair(t *testing.T) (*os.File, uint64) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if s, err := ln.Accept(); err == nil {
+			accepted <- s
+		}
+	}()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-accepted
+	t.Cleanup(func() { s.Close() })
+	f, err := c.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	t.Cleanup(func() { f.Close() })
+	cookie, err := unix.GetsockoptUint64(int(f.Fd()), unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Fd() == 3 {
+		t.Skip("the socket is at fd 3 here too, which would make the child's copy look inherited")
+	}
+	return f, cookie
+}
+
+func slotRec(t *testing.T, p *Probes, cookie uint64, slot GhostconnCloseSlot) (GhostconnCloseRec, bool) {
+	t.Helper()
+	recs, err := p.CloseRecords()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, ok := recs[GhostconnCloseKey{Cookie: cookie, Slot: uint32(slot)}]
+	return r, ok
+}
+
+func recText(r GhostconnCloseRec) string {
+	return fmt.Sprintf("pid %d ppid %d fd %d op %d refs %d comm %q", r.Pid, r.Ppid, r.Fd, r.Op, r.Refs, commOf(r))
+}
+
+func commOf(r GhostconnCloseRec) string {
+	var b []byte
+	for _, c := range r.Comm {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}
+
+// TestCloseSlots drives each kind of close evidence through the kernel:
+// a fork child closing the copy it inherited from a parent that still has
+// it goes to the inherited slot; the exit of a process holding its own
+// copy is kept in the own slot with op exit; the exit of a fork child
+// whose parent still has the fd is not kept.
+func TestCloseSlots(t *testing.T) {
+	privtest.Require(t)
+	p, err := Load(Options{})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer p.Close()
+	if err := p.Attached[ProgExit]; err != nil {
+		t.Fatalf("%s not attached: %v", ProgExit, err)
+	}
+	f, cookie := tcpPair(t)
+
+	// sh (P) holds the socket at fd 3; a subshell (its child K) closes the
+	// inherited copy; another subshell exits holding it; then P becomes
+	// sleep and is killed, exiting with its own copy.
+	holder := exec.Command("sh", "-c", "(exec 3>&-); (:); exec sleep 60")
+	holder.ExtraFiles = []*os.File{f}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		holder.Process.Kill()
+		holder.Wait()
+	}()
+	pid := uint32(holder.Process.Pid)
+	testutil.Eventually(t, 10*time.Second, "the holder to exec sleep", func() (bool, string) {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		return err == nil && strings.TrimSpace(string(comm)) == "sleep", fmt.Sprintf("comm %q, %v", comm, err)
+	})
+
+	r, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_INHERITED)
+	if !ok || r.Ppid != pid || r.Pid == pid || r.Fd != 3 || r.Op != uint8(GhostconnCloseOpCLOSE_OP_CLOSE) || r.Refs < 3 || commOf(r) != "sh" {
+		t.Errorf("inherited slot: %v (%s), want the subshell's close of fd 3, child of %d, at least 3 references", ok, recText(r), pid)
+	}
+	// The own slot has only this process's close of the copy it handed
+	// over (os/exec closes nothing of ours; the test closed the dup).
+	if r, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_OWN); ok && r.Op == uint8(GhostconnCloseOpCLOSE_OP_EXIT) {
+		t.Errorf("own slot holds an exit before anyone with an own copy exited: %s (the subshell's exit was kept)", recText(r))
+	}
+
+	holder.Process.Kill()
+	holder.Wait()
+	testutil.Eventually(t, 5*time.Second, "the holder's exit in the own slot", func() (bool, string) {
+		r, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_OWN)
+		return ok && r.Op == uint8(GhostconnCloseOpCLOSE_OP_EXIT), fmt.Sprintf("%v %s", ok, recText(r))
+	})
+	r, _ = slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_OWN)
+	if r.Pid != pid || r.Ppid != uint32(os.Getpid()) || r.Fd != 3 || r.Refs != 2 || commOf(r) != "sleep" {
+		t.Errorf("own slot: %s, want sleep (pid %d, child of %d) exiting with fd 3, 2 references", recText(r), pid, os.Getpid())
+	}
+	if r2, _ := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_INHERITED); r2.Ppid != pid {
+		t.Errorf("the exit replaced the inherited slot: %s", recText(r2))
+	}
+
+	n, err := p.ForgetCloses(func(c uint64) bool { return c != cookie })
+	if err != nil || n != 2 {
+		t.Errorf("ForgetCloses = %d, %v; want both slots of the socket deleted", n, err)
+	}
+	if _, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_INHERITED); ok {
+		t.Error("inherited slot left after ForgetCloses")
+	}
+}
