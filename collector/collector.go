@@ -279,9 +279,11 @@ func (c *Collector) Run(ctx context.Context) error {
 	// does not wait for the next tick.
 	due := time.NewTimer(time.Hour)
 	defer due.Stop()
-	schedule := func(next time.Time) {
-		if !next.IsZero() {
-			due.Reset(time.Until(next) + time.Millisecond)
+	// The wait is a monotonic difference: a wall-clock step moves no
+	// deadline.
+	schedule := func(wait time.Duration) {
+		if wait > 0 {
+			due.Reset(wait + time.Millisecond)
 		}
 	}
 	for {
@@ -354,19 +356,20 @@ const verdictTick = 250 * time.Millisecond
 
 // evaluate runs the verdict rules; when a rule needs fresher evidence it
 // takes a snapshot of just the namespaces concerned and evaluates again.
-// It returns when the next pending ghost decision falls due.
-func (c *Collector) evaluate() time.Time {
-	need, next := c.table.Evaluate(time.Now())
+// It returns how long until the next deadline (a grace period ending), on
+// the monotonic clock; zero if there is none.
+func (c *Collector) evaluate() time.Duration {
+	need, wait := c.table.EvaluateNow()
 	if len(need) == 0 {
-		return next
+		return wait
 	}
 	if err := c.refresh(need); err != nil {
 		c.reconcileErrors.Add(1)
 		c.cfg.Logger.Warn("refresh for verdicts", "err", err)
-		return next
+		return wait
 	}
-	_, next = c.table.Evaluate(time.Now())
-	return next
+	_, wait = c.table.EvaluateNow()
+	return wait
 }
 
 // refresh snapshots the sockets of the given namespaces and every holder.

@@ -111,12 +111,50 @@ type Conn struct {
 
 	observedGen uint64
 	// dirty marks a connection changed since its last evaluation;
-	// nextEval is when time alone could change its verdicts (zero: never).
-	// A full evaluation skips connections that are neither.
-	dirty    bool
-	nextEval time.Time
+	// nextEval is when time alone could change its verdicts, a monotonic
+	// reading (see timeline), if hasNextEval. A full evaluation skips
+	// connections that are neither.
+	dirty       bool
+	hasNextEval bool
+	nextEval    int64
 	// localStr and remoteStr print Local and Remote (see tupleStrings).
 	localStr, remoteStr string
+}
+
+// shift moves every time c holds by d, a wall-clock step, to keep them on
+// the table's timeline (see Table.sync). The close record and the verdicts
+// are replaced, not changed: views and watchers share them.
+func (c *Conn) shift(d time.Duration) {
+	for _, t := range [...]*time.Time{&c.FirstSeen, &c.StateSince, &c.LastUpdate, &c.ClosedAt, &c.HoldersAt,
+		&c.LastKeepalive, &c.LastData, &c.LastDataAt, &c.RetransSince} {
+		shiftTime(t, d)
+	}
+	for i := range c.History {
+		shiftTime(&c.History[i].At, d)
+	}
+	if c.ClosedBy != nil {
+		cb := *c.ClosedBy
+		shiftTime(&cb.At, d)
+		c.ClosedBy = &cb
+	}
+	if len(c.Verdicts) > 0 {
+		vs := append([]Verdict(nil), c.Verdicts...)
+		for i := range vs {
+			shiftTime(&vs[i].Since, d)
+			if vs[i].GiveUp != nil {
+				at := vs[i].GiveUp.Add(d)
+				vs[i].GiveUp = &at
+			}
+		}
+		c.Verdicts = vs
+	}
+}
+
+// shiftTime moves *t by d unless it is zero (unset).
+func shiftTime(t *time.Time, d time.Duration) {
+	if !t.IsZero() {
+		*t = t.Add(d)
+	}
 }
 
 func (c *Conn) addTransition(t Transition) {

@@ -67,6 +67,9 @@ type Table struct {
 	// hook, when set, is called under the lock for each applied event with
 	// the connection it touched.
 	hook func(ev *Event, c *Conn)
+	// tl is the timeline of every time the table holds; deadlines are
+	// monotonic readings, so a wall-clock step moves none of them.
+	tl timeline
 }
 
 // NewTable returns an empty table.
@@ -90,13 +93,41 @@ func NewTable(cfg TableConfig) *Table {
 		alive:    processAlive,
 		subs:     map[*Subscription]struct{}{},
 		cgroups:  newCgroupCache(),
+		tl:       newTimeline(hostClock),
 	}
+}
+
+// setClock makes the table read c instead of the host's clock. Call it
+// before the table holds anything.
+func (t *Table) setClock(c Clock) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.tl = newTimeline(c)
+}
+
+// sync reads the clock, under the lock, and returns the monotonic reading.
+// After a wall-clock step it first moves every time the table holds by the
+// step, so that they stay on the timeline with the times that come in from
+// now on (taken from the stepped wall clock) and show as wall-clock times
+// again. Deadlines, being monotonic, stay.
+func (t *Table) sync() int64 {
+	mono, step := t.tl.now()
+	if step != 0 {
+		for _, c := range t.conns {
+			c.shift(step)
+		}
+		for _, c := range t.closed {
+			c.shift(step)
+		}
+	}
+	return mono
 }
 
 // Apply applies a batch of events in order.
 func (t *Table) Apply(evs []Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.sync()
 	for i := range evs {
 		t.apply(&evs[i])
 	}
@@ -375,6 +406,7 @@ func (t *Table) dropClosed(n int) {
 func (t *Table) GC(now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.sync()
 	// Reconcile retires with the snapshot's start time, so the history is
 	// not strictly ordered by ClosedAt: filter it all.
 	kept := t.closed[:0]
@@ -461,9 +493,41 @@ func later(a, b time.Time) time.Time {
 // namespaces whose sockets need a fresh snapshot before a rule can decide,
 // and the earliest deadline still ahead (zero if none), so the caller can
 // evaluate again right then.
+//
+// now and next are times as the table holds them: wall-clock times as of
+// the last wall-clock step. A caller that schedules on next must not
+// compare it with a wall clock that may have been stepped since; the agent
+// uses EvaluateNow.
 func (t *Table) Evaluate(now time.Time) (need map[uint32]bool, next time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.sync()
+	need, at, ok := t.evaluateAll(now, t.tl.mono(now))
+	if ok {
+		next = t.tl.at(at)
+	}
+	return need, next
+}
+
+// EvaluateNow is Evaluate at the table clock's now. Instead of the next
+// deadline it returns how long until it comes, measured on the monotonic
+// clock (zero if there is none): the wait for a timer, which a wall-clock
+// step neither shortens nor stretches.
+func (t *Table) EvaluateNow() (need map[uint32]bool, wait time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	mono := t.sync()
+	need, at, ok := t.evaluateAll(t.tl.at(mono), mono)
+	if ok {
+		wait = time.Duration(at - mono)
+	}
+	return need, wait
+}
+
+// evaluateAll is Evaluate under the lock at now, whose monotonic reading
+// is mono. It returns the monotonic reading of the earliest deadline ahead
+// and whether there is one.
+func (t *Table) evaluateAll(now time.Time, mono int64) (need map[uint32]bool, next int64, ok bool) {
 	need = map[uint32]bool{}
 	visit := func(c *Conn) {
 		if !c.ClosedAt.IsZero() {
@@ -478,7 +542,7 @@ func (t *Table) Evaluate(now time.Time) (need map[uint32]bool, next time.Time) {
 	for _, c := range dirty {
 		visit(c)
 	}
-	for len(t.deadlines) > 0 && t.deadlines[0].at <= now.UnixNano() {
+	for len(t.deadlines) > 0 && t.deadlines[0].at <= mono {
 		d := heap.Pop(&t.deadlines).(deadline)
 		if c := t.due(d); c != nil && !c.dirty {
 			visit(c)
@@ -486,16 +550,16 @@ func (t *Table) Evaluate(now time.Time) (need map[uint32]bool, next time.Time) {
 	}
 	t.compactDeadlines()
 	if len(t.deadlines) > 0 {
-		next = time.Unix(0, t.deadlines[0].at)
+		return need, t.deadlines[0].at, true
 	}
-	return need, next
+	return need, 0, false
 }
 
 // due returns the live connection d is for, or nil if the entry is stale:
 // the connection was retired or its deadline moved.
 func (t *Table) due(d deadline) *Conn {
 	c := t.conns[d.cookie]
-	if c == nil || c.nextEval.IsZero() || c.nextEval.UnixNano() != d.at {
+	if c == nil || !c.hasNextEval || c.nextEval != d.at {
 		return nil
 	}
 	return c
@@ -533,7 +597,7 @@ func (t *Table) markDirty(c *Conn) {
 // alive. The soak found 30,000 of them pinned at maximum churn, a heap
 // that grew 6 MiB a minute until compaction.
 type deadline struct {
-	at     int64 // Unix nanoseconds
+	at     int64 // monotonic reading, in nanoseconds
 	cookie uint64
 }
 
@@ -564,10 +628,14 @@ func (t *Table) evaluateOne(c *Conn, now time.Time) bool {
 		e.wake(now.Add(time.Second))
 	}
 	c.dirty = false
-	if !e.next.Equal(c.nextEval) {
-		c.nextEval = e.next
-		if !e.next.IsZero() {
-			heap.Push(&t.deadlines, deadline{at: e.next.UnixNano(), cookie: c.Cookie})
+	var next int64
+	if !e.next.IsZero() {
+		next = t.tl.mono(e.next)
+	}
+	if next != c.nextEval || !e.next.IsZero() != c.hasNextEval {
+		c.nextEval, c.hasNextEval = next, !e.next.IsZero()
+		if c.hasNextEval {
+			heap.Push(&t.deadlines, deadline{at: next, cookie: c.Cookie})
 		}
 	}
 	for i := range e.verdicts {

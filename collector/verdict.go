@@ -92,7 +92,9 @@ func (e *evaluation) wake(t time.Time) {
 	}
 }
 
-// evaluate applies every rule to c at now.
+// evaluate applies every rule to c at now. now and every time c holds are
+// on the table's timeline (see timeline), so the rules' comparisons and
+// durations are monotonic ones; a wall-clock step changes none of them.
 func evaluate(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) evaluation {
 	ev := evaluation{now: now}
 	if c.State != StateEstablished && c.State != StateCloseWait {

@@ -1336,5 +1336,5 @@ func vtPending(tb *Table, cookie uint64) bool {
 	if c == nil || c.ClosedBy == nil || c.ClosedBy.RefsLeft == 0 {
 		return false
 	}
-	return c.dirty || c.nextEval.Equal(c.ClosedBy.At.Add(tb.cfg.Verdicts.GhostGrace))
+	return c.dirty || (c.hasNextEval && c.nextEval == tb.tl.mono(c.ClosedBy.At.Add(tb.cfg.Verdicts.GhostGrace)))
 }

@@ -1,0 +1,87 @@
+package collector
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Clock tells the table the time. The table measures and schedules on the
+// monotonic clock, which a wall-clock step (NTP, `date -s`) does not move,
+// and uses the wall clock only to show times.
+type Clock interface {
+	// Now returns the wall-clock time and the CLOCK_MONOTONIC reading, in
+	// nanoseconds, of one instant.
+	Now() (wall time.Time, mono int64)
+}
+
+// hostClock is the host's clock, which every table uses unless a test
+// gives it another.
+var hostClock Clock = newSystemClock()
+
+// systemClock reads both clocks with a single time.Now: on Linux, Go's
+// monotonic reading is CLOCK_MONOTONIC relative to an origin of its own,
+// which base and baseMono pin once. The two values then come from the same
+// instant, so their difference moves only when the wall clock is stepped
+// or slewed.
+type systemClock struct {
+	base     time.Time
+	baseMono int64
+}
+
+func newSystemClock() *systemClock {
+	var ts unix.Timespec
+	base := time.Now()
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return &systemClock{base: base, baseMono: ts.Nano()}
+}
+
+// Now implements Clock.
+func (c *systemClock) Now() (time.Time, int64) {
+	w := time.Now()
+	return w, c.baseMono + int64(w.Sub(c.base)) // Sub of two monotonic readings
+}
+
+// clockStepTolerance is how far the wall clock may drift from the table's
+// timeline before the table takes it for a step and moves the times it
+// holds. Below it, a slewing clock (NTP corrects at most 0.5ms a second,
+// chrony by default up to 83ms) leaves the timeline alone, so that
+// rebasing, which visits every connection, stays rare.
+const clockStepTolerance = 100 * time.Millisecond
+
+// timeline maps between the table's times and the monotonic clock. Every
+// time the table holds is on it: a wall-clock time as of the last step,
+// that is the monotonic reading plus off. Comparing two of them, or one
+// with the table's now, is then comparing monotonic readings, whatever the
+// wall clock did in between, while each still shows as the wall-clock
+// time it was, give or take clockStepTolerance.
+type timeline struct {
+	clock Clock
+	// off is the wall-clock time minus the monotonic reading, in
+	// nanoseconds, as of the last step.
+	off int64
+}
+
+func newTimeline(c Clock) timeline {
+	w, m := c.Now()
+	return timeline{clock: c, off: w.UnixNano() - m}
+}
+
+// now reads the clock. It returns the monotonic reading and, when the wall
+// clock was stepped since the last reading, by how much; the caller must
+// then move the times it holds by that step to keep them on the timeline.
+func (l *timeline) now() (mono int64, step time.Duration) {
+	w, m := l.clock.Now()
+	d := w.UnixNano() - m - l.off
+	if d > int64(clockStepTolerance) || d < -int64(clockStepTolerance) {
+		l.off += d
+		step = time.Duration(d)
+	}
+	return m, step
+}
+
+// at is the time on the timeline of monotonic reading mono.
+func (l *timeline) at(mono int64) time.Time { return time.Unix(0, mono+l.off) }
+
+// mono is the monotonic reading of t, a time on the timeline.
+func (l *timeline) mono(t time.Time) int64 { return t.UnixNano() - l.off }
