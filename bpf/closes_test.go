@@ -177,8 +177,10 @@ func TestCloseSlots(t *testing.T) {
 	})
 
 	r, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_INHERITED)
-	if !ok || r.Ppid != pid || r.Pid == pid || r.Fd != 3 || r.Op != uint8(GhostconnCloseOpCLOSE_OP_CLOSE) || r.Refs < 3 || commOf(r) != "sh" {
-		t.Errorf("inherited slot: %v (%s), want the subshell's close of fd 3, child of %d, at least 3 references", ok, recText(r), pid)
+	// dash saves fd 3 at 10 or above before it closes it, and closes both:
+	// either close is the subshell dropping its inherited copy.
+	if !ok || r.Ppid != pid || r.Pid == pid || r.Op != uint8(GhostconnCloseOpCLOSE_OP_CLOSE) || r.Refs < 3 || commOf(r) != "sh" {
+		t.Errorf("inherited slot: %v (%s), want the subshell's close, child of %d, at least 3 references", ok, recText(r), pid)
 	}
 	// The own slot has only this process's close of the copy it handed
 	// over (os/exec closes nothing of ours; the test closed the dup).

@@ -473,9 +473,11 @@ static __always_inline struct sock *tcp_sock_of(struct file *f)
 // state change that follows tells the rest.
 //
 // The record goes to the closes slot of its kind: a copy the parent still
-// has at the same fd was inherited by a fork child, whose close must not
-// replace the closer; the exit of such a child is no evidence at all (the
-// collector ignores it too), so it is not kept.
+// has at the same fd, or any close by a fork child that has not exec'd, is
+// an inherited copy, whose close must not push the closer out of the own
+// slot. The exit of a child whose parent still has the fd is no evidence at
+// all (the collector ignores it too), so it is not kept; other exits go to
+// the own slot.
 static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 {
 	struct file *f = fd_file(fdt, fd);
@@ -504,9 +506,15 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
 	e->ppid = BPF_CORE_READ(parent, tgid);
+	// The parent still has this copy at the same fd; or the task is a fork
+	// child that has not exec'd (its exec id is still the one it was
+	// forked with), whose closes drop inherited copies however it
+	// renumbered them (a shell saves an fd above 10 before closing it).
 	struct fdtable *pfdt = BPF_CORE_READ(parent, files, fdt);
+	bool parent_has = pfdt && pfdt != fdt && fd_file(pfdt, fd) == f;
+	bool forked_only = BPF_CORE_READ(task, self_exec_id) == BPF_CORE_READ(task, parent_exec_id);
 	__u32 slot = CLOSE_SLOT_OWN;
-	if (pfdt && pfdt != fdt && fd_file(pfdt, fd) == f)
+	if (parent_has || (forked_only && op != CLOSE_OP_EXIT))
 		slot = CLOSE_SLOT_INHERITED;
 
 	struct close_rec rec = {
@@ -523,7 +531,7 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 	// The key is built on the stack: 6.1's verifier refuses ring-buffer
 	// memory as a map key.
 	struct close_key key = { .cookie = e->cookie, .slot = slot };
-	if (key.cookie && !(slot == CLOSE_SLOT_INHERITED && op == CLOSE_OP_EXIT))
+	if (key.cookie && !(parent_has && op == CLOSE_OP_EXIT))
 		bpf_map_update_elem(&closes, &key, &rec, BPF_ANY);
 	submit(e);
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/privtest"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 // programsGone fails the test unless every program id no longer exists.
@@ -144,6 +147,160 @@ func TestGhostEvidenceSurvivesKill(t *testing.T) {
 	}
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("pinned map has mode %04o, want 0600", fi.Mode().Perm())
+	}
+}
+
+// waitGhostBy waits for a ghost on local whose closer matches want, and
+// returns it.
+func waitGhostBy(t *testing.T, sock, local, what string, want func(*collector.CloseRecord) bool) collector.ConnView {
+	t.Helper()
+	var found collector.ConnView
+	testutil.Eventually(t, 15*time.Second, "a ghost on "+local+" closed by "+what, func() (bool, string) {
+		conns, err := exporter.NewClient(sock).Connections(context.Background(), exporter.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range conns {
+			if c.Local != local {
+				continue
+			}
+			// The ghost must be the closer's: a verdict from an earlier
+			// closer stands until the rules run again.
+			if g := hasVerdict(&c, collector.VerdictGhost); c.ClosedBy != nil && want(c.ClosedBy) && g != nil &&
+				strings.Contains(g.Detail, fmt.Sprintf("(pid %d)", c.ClosedBy.PID)) {
+				found = c
+				return true, ""
+			}
+			return false, fmt.Sprintf("closed_by %+v, holders %+v, verdicts %+v", c.ClosedBy, c.Holders, c.Verdicts)
+		}
+		return false, "not listed"
+	})
+	return found
+}
+
+// TestExitEvidenceSurvivesRestart drives the sequence whose evidence a
+// restart used to lose: the opener (sh, holding the connection at fd 3)
+// has a child P that keeps it; a helper forked by P drops its inherited
+// copy with close(2); then the opener exits. The socket is P's alone and P
+// never uses it: a ghost whose closer is the opener's exit. An agent that
+// ran throughout and one restarted afterwards with the same pin dir must
+// show the same closer and the same verdict. (The kernel used to keep only
+// the helper's close, which passes for a child's copy: no ghost.)
+func TestExitEvidenceSurvivesRestart(t *testing.T) {
+	pins := tempPinDir(t)
+	steady := launchAgent(t, "", "", "--ghost-grace", "1s")
+	defer steady.stop(t)
+	restarted := launchAgent(t, "", pins, "--ghost-grace", "1s")
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if s, err := ln.Accept(); err == nil {
+			accepted <- s
+		}
+	}()
+	conn, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { (<-accepted).Close() }()
+	local := conn.LocalAddr().String()
+	f, err := conn.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// P is the background subshell: it forks the helper, which closes
+	// fd 3, then becomes sleep. The opener prints P's pid and exits when
+	// told.
+	opener := exec.Command("sh", "-c", "( (exec 3>&-); exec sleep 600 ) & echo $!; read go; exit 0")
+	opener.ExtraFiles = []*os.File{f}
+	in, err := opener.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := opener.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := opener.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	conn.Close()
+	var holder int
+	if _, err := fmt.Fscan(out, &holder); err != nil {
+		t.Fatalf("read the holder's pid: %v", err)
+	}
+	defer func() {
+		syscall.Kill(holder, syscall.SIGKILL)
+	}()
+	testutil.Eventually(t, 10*time.Second, "the holder to exec sleep (the helper has closed its copy)", func() (bool, string) {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", holder))
+		return err == nil && strings.TrimSpace(string(comm)) == "sleep", fmt.Sprintf("comm %q, %v", comm, err)
+	})
+	openerPID := uint32(opener.Process.Pid)
+	// Both agents know the opener as a holder before it exits, so the
+	// steady one can tell its exit even from a holder walk.
+	for _, a := range []*agentProc{steady, restarted} {
+		testutil.Eventually(t, 10*time.Second, "the opener and the holder listed as holders", func() (bool, string) {
+			conns, err := exporter.NewClient(a.sock).Connections(context.Background(), exporter.Filter{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range conns {
+				if c.Local == local {
+					pids := map[uint32]bool{}
+					for _, h := range c.Holders {
+						pids[h.PID] = true
+					}
+					return pids[openerPID] && pids[uint32(holder)], fmt.Sprintf("holders %+v", c.Holders)
+				}
+			}
+			return false, "not listed"
+		})
+	}
+	in.Close() // the opener's read ends: it exits
+	if err := opener.Wait(); err != nil {
+		t.Fatalf("opener: %v", err)
+	}
+
+	byExit := func(cb *collector.CloseRecord) bool { return cb.Op == "exit" && cb.PID == openerPID }
+	want := waitGhostBy(t, steady.sock, local, "the opener's exit", byExit)
+	if cb := want.ClosedBy; cb.Comm != "sh" || cb.FD != 3 || cb.PPID != uint32(os.Getpid()) {
+		t.Errorf("closed_by %+v, want sh (child of %d) exiting with fd 3", cb, os.Getpid())
+	}
+	if len(want.Holders) != 1 || want.Holders[0].PID != uint32(holder) || want.Holders[0].FD != 3 {
+		t.Errorf("holders %+v, want sleep (pid %d) at fd 3", want.Holders, holder)
+	}
+	waitGhostBy(t, restarted.sock, local, "the opener's exit, before the restart", byExit)
+
+	restarted.stop(t)
+	again := launchAgent(t, "", pins, "--ghost-grace", "1s")
+	defer again.stop(t)
+	got := waitGhostBy(t, again.sock, local, "the opener's exit, after the restart", byExit)
+
+	x, y := *want.ClosedBy, *got.ClosedBy
+	if x.PID != y.PID || x.PPID != y.PPID || x.Comm != y.Comm || x.FD != y.FD || x.Op != y.Op || x.RefsLeft != y.RefsLeft {
+		t.Errorf("closer after the restart %+v, without one %+v", y, x)
+	}
+	if d := x.At.Sub(y.At).Abs(); d > time.Millisecond {
+		t.Errorf("exit time differs by %s after the restart (%s vs %s)", d, y.At, x.At)
+	}
+	vx, vy := hasVerdict(&want, collector.VerdictGhost), hasVerdict(&got, collector.VerdictGhost)
+	if d := vx.Since.Sub(vy.Since).Abs(); d > time.Millisecond {
+		t.Errorf("ghost since %s after the restart, %s without one", vy.Since, vx.Since)
+	}
+	// The detail names times to the second; compare it exactly unless the
+	// two clocks' conversions fell on either side of a second.
+	if x.At.Truncate(time.Second).Equal(y.At.Truncate(time.Second)) && vx.Detail != vy.Detail {
+		t.Errorf("ghost detail after the restart:\n%s\nwithout one:\n%s", vy.Detail, vx.Detail)
+	}
+	if st := status(t, again.sock); st.ClosesReplayed < 2 {
+		t.Errorf("restarted agent replayed %d close records, want the helper's close and the opener's exit at least", st.ClosesReplayed)
 	}
 }
 
