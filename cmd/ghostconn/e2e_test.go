@@ -269,6 +269,7 @@ exec "$0" agent --api-socket "$1" --metrics-address 127.0.0.1:0`
 		}
 		select {
 		case err := <-exited:
+			exited <- err // for the deferred stop, which waits for it
 			t.Fatalf("agent exited: %v\n%s", err, logs.String())
 		default:
 		}
