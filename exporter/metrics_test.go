@@ -165,6 +165,7 @@ ghostconn_reconcile_duration_seconds_count 3
 ghostconn_program_attached{program="inet_sock_set_state"} 1
 ghostconn_program_attached{program="iter_task_file"} 1
 ghostconn_program_attached{program="iter_tcp"} 1
+ghostconn_program_attached{program="sched_process_exit"} 1
 ghostconn_program_attached{program="sys_enter_close"} 1
 ghostconn_program_attached{program="sys_enter_close_range"} 1
 ghostconn_program_attached{program="sys_enter_dup2"} 1
