@@ -286,3 +286,32 @@ func TestClockStepCollectorWait(t *testing.T) {
 		}
 	}
 }
+
+// TestClockStepKernelEventTimes: a kernel event decoded with the offset of
+// before a wall-clock step (the reader refreshes it only when the ring is
+// idle) and applied after it lands on the table's timeline by its
+// monotonic time, so the ghost grace period it starts ends on time.
+func TestClockStepKernelEventTimes(t *testing.T) {
+	for _, step := range clockSteps {
+		t.Run(step.String(), func(t *testing.T) {
+			clk := newFakeClock()
+			tb := vtTable(t)
+			tb.setClock(clk)
+			tbEstablished(t, tb, 1, clk.wall)
+			tb.Apply([]Event{tbObserve(t, vtSeqSnapshot(), clk.wall, 1, true)})
+			tb.SetHolders([]bpf.GhostconnHolderRec{vtHolderRec(100, 1, 7, "closer"), vtHolderRec(200, 1, 9, "keeper")}, clk.wall)
+			clk.advance(10 * time.Second)
+			stale := clk.wall // the decoder's idea of now, from before the step
+			clk.step(step)
+			ev := vtCloseEv(stale, 100, 1, "closer", 7, 2, "close")
+			ev.Mono = clk.mono
+			tb.Apply([]Event{ev})
+			if need, wait := tb.EvaluateNow(); len(need) != 0 || wait != vtCfg.GhostGrace {
+				t.Fatalf("after a close decoded before a step of %v: need %v, wait %v, want none and the grace period %v", step, need, wait, vtCfg.GhostGrace)
+			}
+			if c := tb.conns[1]; !c.ClosedBy.At.Equal(clk.wall) {
+				t.Errorf("ClosedBy.At = %v, want the stepped wall clock's now %v", c.ClosedBy.At, clk.wall)
+			}
+		})
+	}
+}

@@ -86,8 +86,14 @@ type Sockopt struct {
 
 // Event is one input to the Table.
 type Event struct {
-	Kind     Kind
-	Time     time.Time
+	Kind Kind
+	Time time.Time
+	// Mono is the kernel's CLOCK_MONOTONIC reading of the event in
+	// nanoseconds, or zero when it has none. The table places such an
+	// event on its own timeline from it, replacing Time, so an event
+	// decoded before a wall-clock step and applied after it (or decoded
+	// with an offset from before the step) is not off by the step.
+	Mono     int64
 	Cookie   uint64
 	Inode    uint64
 	Netns    uint32
@@ -185,6 +191,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	*ev = Event{
 		Kind:     kind,
 		Time:     time.Unix(0, int64(k.TsNs)+d.MonoOffset),
+		Mono:     int64(k.TsNs),
 		Cookie:   k.Cookie,
 		Inode:    k.Ino,
 		Netns:    k.Netns,

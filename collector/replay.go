@@ -33,6 +33,7 @@ func replayEvents(recs map[bpf.GhostconnCloseKey]bpf.GhostconnCloseRec, has func
 		ks = append(ks, keyed{slot: k.Slot, ev: Event{
 			Kind:   KindClose,
 			Time:   time.Unix(0, int64(r.TsNs)+monoOffset),
+			Mono:   int64(r.TsNs),
 			Cookie: k.Cookie,
 			Task:   &Task{PID: r.Pid, PPID: r.Ppid, Comm: cString(r.Comm[:])},
 			Close:  cl,

@@ -156,6 +156,9 @@ func TestReplayReachesLiveVerdict(t *testing.T) {
 			kept := rpKeep(tc.steps)
 			for i := 0; i < 20; i++ { // map order is random
 				re := vtTable(t)
+				// The kernel's times are placed on the table's timeline:
+				// one whose wall clock is rpMono ahead of the monotonic.
+				re.setClock(&fakeClock{wall: decideAt, mono: decideAt.UnixNano() - rpMono})
 				re.Apply([]Event{tbObserve(t, vtSeqSnapshot(), decideAt, 1, true)})
 				re.SetHolders(tc.final, decideAt)
 				evs, bad := replayEvents(kept, func(c uint64) bool { return c == 1 }, rpMono)

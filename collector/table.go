@@ -191,6 +191,11 @@ func (t *Table) setInode(c *Conn, ino uint64) {
 
 func (t *Table) apply(ev *Event) {
 	t.stats.Applied[ev.Kind]++
+	if ev.Mono != 0 {
+		// A kernel time: on the table's timeline, whatever the wall
+		// clock did since the event was decoded.
+		ev.Time = t.tl.at(ev.Mono)
+	}
 	c := t.lookup(ev)
 	switch ev.Kind {
 	case KindState:
