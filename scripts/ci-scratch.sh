@@ -81,6 +81,10 @@ set +e
 unshare --mount --propagation private bash -s "$RUN" <<'EOS' 2>&1 | tee "$DIR/ci.log"
 set -eu
 R=$1
+# The root must be a mount point of its own, as a machine's / is: `ip netns`
+# and `unshare --propagation` change the propagation of /, which fails on a
+# plain directory.
+mount --bind "$R" "$R"
 mount -t proc proc "$R/proc"
 mount -t sysfs sysfs "$R/sys"
 mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
