@@ -29,23 +29,20 @@ func programsGone(t *testing.T, ids map[string]uint32) {
 	if len(ids) == 0 {
 		t.Fatal("agent reported no program ids")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for name, id := range ids {
-		for {
+	testutil.Eventually(t, 5*time.Second, "every program of the agent to be unloaded", func() (bool, string) {
+		var left []string
+		for name, id := range ids {
 			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
 			if errors.Is(err, os.ErrNotExist) {
-				break
+				continue
 			}
 			if err == nil {
 				p.Close()
 			}
-			if time.Now().After(deadline) {
-				t.Errorf("program %s (id %d) still loaded after the agent exited: %v", name, id, err)
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
+			left = append(left, fmt.Sprintf("%s (id %d): %v", name, id, err))
 		}
-	}
+		return len(left) == 0, "still loaded: " + strings.Join(left, "; ")
+	})
 }
 
 func status(t *testing.T, sock string) collector.Status {
@@ -69,22 +66,21 @@ func TestSIGTERMDetaches(t *testing.T) {
 
 func waitGhost(t *testing.T, sock, local string) collector.ConnView {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	var ghost collector.ConnView
+	testutil.Eventually(t, 15*time.Second, "a ghost on "+local, func() (bool, string) {
 		conns, err := exporter.NewClient(sock).Connections(context.Background(), exporter.Filter{Verdict: collector.VerdictGhost})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range conns {
 			if c.Local == local {
-				return c
+				ghost = c
+				return true, ""
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no ghost on %s", local)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return false, fmt.Sprintf("%d ghosts, none on %s", len(conns), local)
+	})
+	return ghost
 }
 
 // TestGhostEvidenceSurvivesKill: a ghost, then kill -9 of the agent; the
@@ -97,10 +93,13 @@ func TestGhostEvidenceSurvivesKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	// The server side stays open until the test ends.
+	testEnd := make(chan struct{})
+	t.Cleanup(func() { close(testEnd) })
 	go func() {
 		if s, err := ln.Accept(); err == nil {
 			defer s.Close()
-			time.Sleep(time.Minute)
+			<-testEnd
 		}
 	}()
 	conn, err := net.Dial("tcp4", ln.Addr().String())
