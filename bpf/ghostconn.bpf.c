@@ -4,8 +4,8 @@
 // ghostconn's kernel side. Everything here is a tracepoint or an iterator:
 // kprobes and fentry are not assumed to exist.
 //
-// Cost model: every close(), every setsockopt() and every timer expiry on the
-// host runs through this file, so the common path of each hook rejects
+// Cost model: every close(), every setsockopt(), every connect() and
+// accept() and every timer expiry on the host runs through this file, so the common path of each hook rejects
 // uninteresting work with as few memory reads as possible and only
 // interesting, rare facts reach the ring buffer.
 
@@ -27,6 +27,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define TCP_KEEPCNT 6
 #define TCP_USER_TIMEOUT 18
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
+#define EINPROGRESS 115
 
 // Load-time settings, written by the Go loader before load.
 
@@ -47,6 +48,13 @@ enum event_type {
 	EVENT_KEEPALIVE = 3,
 	EVENT_CLOSE = 4,
 	EVENT_SOCKOPT = 5,
+	EVENT_OWNER = 6, // a process has a new fd of a socket: its connect or accept returned
+};
+
+// owner_op says which syscall an EVENT_OWNER record reports.
+enum owner_op {
+	OWNER_OP_CONNECT = 1,
+	OWNER_OP_ACCEPT = 2, // accept or accept4
 };
 
 enum close_op {
@@ -74,6 +82,7 @@ enum stat_index {
 	STAT_LOST_KEEPALIVE,
 	STAT_LOST_CLOSE,
 	STAT_LOST_SOCKOPT,
+	STAT_LOST_OWNER,
 	STAT_CLOSE_LAST_REF, // TCP socket fds closed with no other reference left
 	STAT_MAX,
 };
@@ -86,11 +95,11 @@ enum stat_index {
 struct event {
 	__u64 ts_ns;  // bpf_ktime_get_ns(), CLOCK_MONOTONIC
 	__u64 cookie; // socket cookie; 0 when the socket never had one
-	__u64 ino;    // socket inode (close and sockopt events)
+	__u64 ino;    // socket inode (close, sockopt and owner events)
 	__u32 pid;    // tgid of the task, when EVENT_FLAG_TASK is set
 	__u32 ppid;   // parent tgid of the task (close events)
 	__u32 netns;  // inode number of the socket's network namespace
-	__s32 fd;     // close and sockopt events
+	__s32 fd;     // close, sockopt and owner events
 	__u8 type;    // enum event_type
 	__u8 family;
 	__u8 old_state;
@@ -101,7 +110,7 @@ struct event {
 	__u8 daddr[16];
 	char comm[16];
 	__u8 flags; // EVENT_FLAG_*
-	__u8 op;    // enum close_op for close events
+	__u8 op;    // enum close_op for close events, enum owner_op for owner events
 	__u8 backoff;
 	__u8 probes_out;    // keepalive/zero-window probes outstanding
 	__u32 refs;         // close: references to the file before this close
@@ -178,6 +187,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } closes SEC(".maps");
 
+// connect_fds holds the fd of each connect() in progress, by pid_tgid, so
+// that its exit, whose arguments the tracepoint no longer has, can find the
+// socket. Writer: sys_enter_connect (AF_INET and AF_INET6 addresses only).
+// Reader and deleter: sys_exit_connect, on the same thread's return. An
+// entry whose exit never ran (the agent attached between the two) is
+// overwritten by the thread's next connect or evicted by the LRU bound;
+// nothing in user space touches the map.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);   // bpf_get_current_pid_tgid()
+	__type(value, __u32); // the fd
+} connect_fds SEC(".maps");
+
 // Force the generated Go types.
 const struct event *unused_event __attribute__((unused));
 const struct close_rec *unused_close_rec __attribute__((unused));
@@ -186,6 +209,7 @@ const enum close_slot *unused_close_slot __attribute__((unused));
 const enum event_type *unused_event_type __attribute__((unused));
 const enum stat_index *unused_stat_index __attribute__((unused));
 const enum close_op *unused_close_op __attribute__((unused));
+const enum owner_op *unused_owner_op __attribute__((unused));
 
 static __always_inline void count(__u32 idx)
 {
@@ -693,6 +717,90 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 	fill_tuple(e, sk);
 	set_task(e);
 	submit(e);
+	return 0;
+}
+
+// on_owner reports that the current process has fd, when it is a TCP
+// socket that already has a cookie (the state hook gives every socket one at
+// SYN_SENT or SYN_RECV; a socket without one is left to the next holder
+// walk). The record names the process as the holder walk does: its tgid,
+// its parent's and its thread group leader's comm.
+static __always_inline void on_owner(__u32 fd, __u8 op)
+{
+	struct file *f = fd_file(current_fdtable(), fd);
+	struct sock *sk = tcp_sock_of(f);
+	if (!sk)
+		return;
+	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	if (!cookie)
+		return;
+	struct event *e = reserve(STAT_LOST_OWNER);
+	if (!e)
+		return;
+	e->type = EVENT_OWNER;
+	e->op = op;
+	e->fd = fd;
+	e->cookie = cookie;
+	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	struct task_struct *task = bpf_get_current_task_btf();
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
+	e->flags = EVENT_FLAG_TASK;
+	submit(e);
+}
+
+// sys_enter_connect remembers the fd of a connect to an IPv4 or IPv6
+// address for sys_exit_connect; any other connect (a unix socket's, most
+// often) costs one read of the address family.
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sys_enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	__u16 family = 0;
+	if (bpf_probe_read_user(&family, sizeof(family), (void *)ctx->args[1]) ||
+	    (family != AF_INET && family != AF_INET6))
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 fd = ctx->args[0];
+	bpf_map_update_elem(&connect_fds, &id, &fd, BPF_ANY);
+	return 0;
+}
+
+// sys_exit_connect reports the owner of a socket whose connect succeeded or
+// is in progress (a non-blocking connect).
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 *fdp = bpf_map_lookup_elem(&connect_fds, &id);
+	if (!fdp)
+		return 0;
+	__u32 fd = *fdp;
+	bpf_map_delete_elem(&connect_fds, &id);
+	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
+		return 0;
+	on_owner(fd, OWNER_OP_CONNECT);
+	return 0;
+}
+
+// sys_exit_accept and sys_exit_accept4 report the owner of an accepted
+// socket: the return value is its fd.
+SEC("tracepoint/syscalls/sys_exit_accept")
+int sys_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret < 0)
+		return 0;
+	on_owner(ctx->ret, OWNER_OP_ACCEPT);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int sys_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret < 0)
+		return 0;
+	on_owner(ctx->ret, OWNER_OP_ACCEPT);
 	return 0;
 }
 

@@ -98,6 +98,7 @@ const (
 	GhostconnEventTypeEVENT_KEEPALIVE  GhostconnEventType = 3
 	GhostconnEventTypeEVENT_CLOSE      GhostconnEventType = 4
 	GhostconnEventTypeEVENT_SOCKOPT    GhostconnEventType = 5
+	GhostconnEventTypeEVENT_OWNER      GhostconnEventType = 6
 )
 
 type GhostconnHolderRec struct {
@@ -113,6 +114,13 @@ type GhostconnHolderRec struct {
 	CgroupId uint64
 	Comm     [16]int8
 }
+
+type GhostconnOwnerOp uint32
+
+const (
+	GhostconnOwnerOpOWNER_OP_CONNECT GhostconnOwnerOp = 1
+	GhostconnOwnerOpOWNER_OP_ACCEPT  GhostconnOwnerOp = 2
+)
 
 type GhostconnSockRec struct {
 	_              structs.HostLayout
@@ -162,8 +170,9 @@ const (
 	GhostconnStatIndexSTAT_LOST_KEEPALIVE  GhostconnStatIndex = 2
 	GhostconnStatIndexSTAT_LOST_CLOSE      GhostconnStatIndex = 3
 	GhostconnStatIndexSTAT_LOST_SOCKOPT    GhostconnStatIndex = 4
-	GhostconnStatIndexSTAT_CLOSE_LAST_REF  GhostconnStatIndex = 5
-	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 6
+	GhostconnStatIndexSTAT_LOST_OWNER      GhostconnStatIndex = 5
+	GhostconnStatIndexSTAT_CLOSE_LAST_REF  GhostconnStatIndex = 6
+	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 7
 )
 
 // Names of all BPF objects in the ELF.
@@ -171,6 +180,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	GhostconnMapCloses              = "closes"
+	GhostconnMapConnectFds          = "connect_fds"
 	GhostconnMapEvents              = "events"
 	GhostconnMapStats               = "stats"
 	GhostconnProgInetSockSetState   = "inet_sock_set_state"
@@ -179,9 +189,13 @@ const (
 	GhostconnProgSchedProcessExit   = "sched_process_exit"
 	GhostconnProgSysEnterClose      = "sys_enter_close"
 	GhostconnProgSysEnterCloseRange = "sys_enter_close_range"
+	GhostconnProgSysEnterConnect    = "sys_enter_connect"
 	GhostconnProgSysEnterDup2       = "sys_enter_dup2"
 	GhostconnProgSysEnterDup3       = "sys_enter_dup3"
 	GhostconnProgSysEnterSetsockopt = "sys_enter_setsockopt"
+	GhostconnProgSysExitAccept      = "sys_exit_accept"
+	GhostconnProgSysExitAccept4     = "sys_exit_accept4"
+	GhostconnProgSysExitConnect     = "sys_exit_connect"
 	GhostconnProgTcpRetransmitSkb   = "tcp_retransmit_skb"
 	GhostconnProgTimerExpireEntry   = "timer_expire_entry"
 	GhostconnVarKeepaliveTimerFn    = "keepalive_timer_fn"
@@ -193,6 +207,7 @@ const (
 	GhostconnVarUnusedEvent         = "unused_event"
 	GhostconnVarUnusedEventType     = "unused_event_type"
 	GhostconnVarUnusedHolderRec     = "unused_holder_rec"
+	GhostconnVarUnusedOwnerOp       = "unused_owner_op"
 	GhostconnVarUnusedSockRec       = "unused_sock_rec"
 	GhostconnVarUnusedStatIndex     = "unused_stat_index"
 	GhostconnVarWakeupBytes         = "wakeup_bytes"
@@ -246,9 +261,13 @@ type GhostconnProgramSpecs struct {
 	SchedProcessExit   *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
 	SysEnterClose      *ebpf.ProgramSpec `ebpf:"sys_enter_close"`
 	SysEnterCloseRange *ebpf.ProgramSpec `ebpf:"sys_enter_close_range"`
+	SysEnterConnect    *ebpf.ProgramSpec `ebpf:"sys_enter_connect"`
 	SysEnterDup2       *ebpf.ProgramSpec `ebpf:"sys_enter_dup2"`
 	SysEnterDup3       *ebpf.ProgramSpec `ebpf:"sys_enter_dup3"`
 	SysEnterSetsockopt *ebpf.ProgramSpec `ebpf:"sys_enter_setsockopt"`
+	SysExitAccept      *ebpf.ProgramSpec `ebpf:"sys_exit_accept"`
+	SysExitAccept4     *ebpf.ProgramSpec `ebpf:"sys_exit_accept4"`
+	SysExitConnect     *ebpf.ProgramSpec `ebpf:"sys_exit_connect"`
 	TcpRetransmitSkb   *ebpf.ProgramSpec `ebpf:"tcp_retransmit_skb"`
 	TimerExpireEntry   *ebpf.ProgramSpec `ebpf:"timer_expire_entry"`
 }
@@ -257,9 +276,10 @@ type GhostconnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnMapSpecs struct {
-	Closes *ebpf.MapSpec `ebpf:"closes"`
-	Events *ebpf.MapSpec `ebpf:"events"`
-	Stats  *ebpf.MapSpec `ebpf:"stats"`
+	Closes     *ebpf.MapSpec `ebpf:"closes"`
+	ConnectFds *ebpf.MapSpec `ebpf:"connect_fds"`
+	Events     *ebpf.MapSpec `ebpf:"events"`
+	Stats      *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // GhostconnVariableSpecs contains global variables before they are loaded into the kernel.
@@ -275,6 +295,7 @@ type GhostconnVariableSpecs struct {
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
+	UnusedOwnerOp    *ebpf.VariableSpec `ebpf:"unused_owner_op"`
 	UnusedSockRec    *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
 	UnusedStatIndex  *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -300,14 +321,16 @@ func (o *GhostconnObjects) Close() error {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnMaps struct {
-	Closes *ebpf.Map `ebpf:"closes"`
-	Events *ebpf.Map `ebpf:"events"`
-	Stats  *ebpf.Map `ebpf:"stats"`
+	Closes     *ebpf.Map `ebpf:"closes"`
+	ConnectFds *ebpf.Map `ebpf:"connect_fds"`
+	Events     *ebpf.Map `ebpf:"events"`
+	Stats      *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *GhostconnMaps) Close() error {
 	return _GhostconnClose(
 		m.Closes,
+		m.ConnectFds,
 		m.Events,
 		m.Stats,
 	)
@@ -326,6 +349,7 @@ type GhostconnVariables struct {
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.Variable `ebpf:"unused_holder_rec"`
+	UnusedOwnerOp    *ebpf.Variable `ebpf:"unused_owner_op"`
 	UnusedSockRec    *ebpf.Variable `ebpf:"unused_sock_rec"`
 	UnusedStatIndex  *ebpf.Variable `ebpf:"unused_stat_index"`
 	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
@@ -341,9 +365,13 @@ type GhostconnPrograms struct {
 	SchedProcessExit   *ebpf.Program `ebpf:"sched_process_exit"`
 	SysEnterClose      *ebpf.Program `ebpf:"sys_enter_close"`
 	SysEnterCloseRange *ebpf.Program `ebpf:"sys_enter_close_range"`
+	SysEnterConnect    *ebpf.Program `ebpf:"sys_enter_connect"`
 	SysEnterDup2       *ebpf.Program `ebpf:"sys_enter_dup2"`
 	SysEnterDup3       *ebpf.Program `ebpf:"sys_enter_dup3"`
 	SysEnterSetsockopt *ebpf.Program `ebpf:"sys_enter_setsockopt"`
+	SysExitAccept      *ebpf.Program `ebpf:"sys_exit_accept"`
+	SysExitAccept4     *ebpf.Program `ebpf:"sys_exit_accept4"`
+	SysExitConnect     *ebpf.Program `ebpf:"sys_exit_connect"`
 	TcpRetransmitSkb   *ebpf.Program `ebpf:"tcp_retransmit_skb"`
 	TimerExpireEntry   *ebpf.Program `ebpf:"timer_expire_entry"`
 }
@@ -356,9 +384,13 @@ func (p *GhostconnPrograms) Close() error {
 		p.SchedProcessExit,
 		p.SysEnterClose,
 		p.SysEnterCloseRange,
+		p.SysEnterConnect,
 		p.SysEnterDup2,
 		p.SysEnterDup3,
 		p.SysEnterSetsockopt,
+		p.SysExitAccept,
+		p.SysExitAccept4,
+		p.SysExitConnect,
 		p.TcpRetransmitSkb,
 		p.TimerExpireEntry,
 	)

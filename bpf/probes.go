@@ -31,6 +31,10 @@ const (
 	ProgDup3        = "sys_enter_dup3"
 	ProgSetsockopt  = "sys_enter_setsockopt"
 	ProgExit        = "sched_process_exit"
+	ProgConnect     = "sys_enter_connect"
+	ProgConnectExit = "sys_exit_connect"
+	ProgAccept      = "sys_exit_accept"
+	ProgAccept4     = "sys_exit_accept4"
 	ProgIterTCP     = "iter_tcp"
 	ProgIterFiles   = "iter_task_file"
 )
@@ -57,6 +61,12 @@ var programs = []program{
 	{name: ProgDup3, group: "syscalls", kind: "tracepoint"},
 	{name: ProgSetsockopt, group: "syscalls", kind: "tracepoint"},
 	{name: ProgExit, kind: "tp_btf"},
+	// The owner hooks: who holds a new connection, at once. Without them
+	// holders are known from the next holder walk.
+	{name: ProgConnect, group: "syscalls", kind: "tracepoint"},
+	{name: ProgConnectExit, group: "syscalls", kind: "tracepoint"},
+	{name: ProgAccept, group: "syscalls", kind: "tracepoint"},
+	{name: ProgAccept4, group: "syscalls", kind: "tracepoint"},
 }
 
 // Required reports whether the agent cannot run without the program.
@@ -111,6 +121,9 @@ type Probes struct {
 	// Attached maps each program name to nil when it is attached, or to the
 	// reason it is not.
 	Attached map[string]error
+
+	// connectFds is the kernel's own scratch map of the connect hooks.
+	connectFds *ebpf.Map
 
 	iterTCP   *link.Iter
 	iterFiles *link.Iter
@@ -175,9 +188,9 @@ func Load(opts Options) (*Probes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create bpf maps: %w", err)
 	}
-	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, PinReset: pinReset,
+	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, connectFds: maps.ConnectFds, PinReset: pinReset,
 		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}}
-	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes}
+	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes, "connect_fds": maps.ConnectFds}
 
 	// Only the syscall hooks need tracefs, and they are optional: without
 	// it they stay detached, with the reason.
@@ -289,7 +302,7 @@ func (p *Probes) Close() error {
 	for _, prog := range p.progs {
 		errs = append(errs, prog.Close())
 	}
-	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close())
+	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close(), p.connectFds.Close())
 	return errors.Join(errs...)
 }
 
