@@ -18,8 +18,12 @@ import (
 )
 
 // closesPinDir returns a fresh directory under bpffs, removed at cleanup.
+// A new machine has no bpffs mounted: it is mounted as the agent does.
 func closesPinDir(t *testing.T) string {
 	t.Helper()
+	if err := EnsureBPFFS(); err != nil {
+		t.Fatal(err)
+	}
 	dir := fmt.Sprintf("/sys/fs/bpf/gctest-closes-%d-%d", os.Getpid(), time.Now().UnixNano())
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir

@@ -56,10 +56,13 @@ func (ff *filterFlags) filter() (exporter.Filter, error) {
 		if !ok || !given[name] {
 			continue
 		}
-		if _, err := exporter.ParseFilter(url.Values{name: {*p}}); err != nil {
-			if name == "remote" {
+		if name == "remote" {
+			// The API names the parameter; the CLI names the flag.
+			if _, err := exporter.ParseCIDR(*p); err != nil {
 				return exporter.Filter{}, usagef("--remote: %v", err)
 			}
+		}
+		if _, err := exporter.ParseFilter(url.Values{name: {*p}}); err != nil {
 			return exporter.Filter{}, usageError{err.Error()}
 		}
 		q.Set(name, *p)
