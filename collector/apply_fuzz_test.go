@@ -16,7 +16,7 @@ func FuzzTableApply(f *testing.F) {
 		base := time.Unix(1000, 0)
 		var evs []Event
 		for i := 0; i+4 < len(data); i += 5 {
-			kind := []Kind{KindState, KindRetransmit, KindKeepalive, KindClose, KindSockopt, KindObserved}[int(data[i])%6]
+			kind := []Kind{KindState, KindRetransmit, KindKeepalive, KindClose, KindSockopt, KindObserved, KindOwner}[int(data[i])%7]
 			ev := Event{
 				Kind:     kind,
 				Time:     base.Add(time.Duration(data[i+1]) * time.Second),
@@ -31,6 +31,7 @@ func FuzzTableApply(f *testing.F) {
 				Task:     &Task{PID: uint32(data[i+1]), Comm: "x"},
 				Close:    Close{FD: int32(data[i+2]), Refs: uint32(data[i+3]%4 + 2), Op: "close"},
 				Sockopt:  Sockopt{Level: 6, Name: int32(data[i+3] % 20), Value: int32(data[i+4])},
+				Owner:    Owner{FD: int32(data[i+2] % 8), Op: "accept"},
 			}
 			ev.Counters = TCPCounters{Retransmits: uint32(data[i+3] % 4), ProbesOut: data[i+4] % 3, HaveCounters: true}
 			if kind == KindObserved {

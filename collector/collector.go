@@ -651,6 +651,7 @@ var lostIndex = map[string]bpf.GhostconnStatIndex{
 	"keepalive":  bpf.GhostconnStatIndexSTAT_LOST_KEEPALIVE,
 	"close":      bpf.GhostconnStatIndexSTAT_LOST_CLOSE,
 	"sockopt":    bpf.GhostconnStatIndexSTAT_LOST_SOCKOPT,
+	"owner":      bpf.GhostconnStatIndexSTAT_LOST_OWNER,
 }
 
 // Status reads the counters. Kernel counters that cannot be read make it

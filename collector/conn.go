@@ -12,6 +12,11 @@ type Holder struct {
 	Comm   string  `json:"comm"`
 	FD     int32   `json:"fd"`
 	Cgroup *Cgroup `json:"cgroup,omitempty"`
+
+	// ownedAt is, for a holder an owner event (connect, accept) added, the
+	// monotonic reading of that event, so that a holder walk begun before
+	// it does not drop the holder; zero for a holder a walk found.
+	ownedAt int64
 }
 
 // CloseRecord says who closed an fd of a socket while other references to
@@ -72,8 +77,11 @@ type Conn struct {
 	LastUpdate time.Time
 	ClosedAt   time.Time // set once the connection left the kernel
 
-	Opener    *Task
-	Holders   []Holder
+	Opener  *Task
+	Holders []Holder
+	// HoldersAt is when the last holder walk that saw the connection
+	// began; zero until one has. Holders an owner event added since count
+	// on top of what that walk found.
 	HoldersAt time.Time
 	ClosedBy  *CloseRecord
 
@@ -197,39 +205,46 @@ func EffectiveKeepalive(s SockSettings, d NetDefaults) Keepalive {
 // ConnView is the JSON form of a connection, as `ghostconn ls -o json` and
 // the API print it.
 type ConnView struct {
-	Cookie             uint64       `json:"cookie"`
-	Family             string       `json:"family"`
-	State              State        `json:"state"`
-	Local              string       `json:"local"`
-	Remote             string       `json:"remote"`
-	Netns              uint32       `json:"netns"`
-	Inode              uint64       `json:"inode"`
-	UID                *uint32      `json:"uid"`
-	Holders            []Holder     `json:"holders"`
-	Keepalive          Keepalive    `json:"keepalive"`
-	UserTimeoutSeconds float64      `json:"user_timeout_seconds"`
-	IdleSeconds        *float64     `json:"idle_seconds"`
-	Retransmits        uint32       `json:"retransmits"`
-	RTORetransmits     uint32       `json:"rto_retransmits"`
-	ProbesOut          uint8        `json:"probes_out"`
-	KeepaliveFirings   uint64       `json:"keepalive_firings"`
-	SendQueue          uint32       `json:"send_queue_bytes"`
-	RecvQueue          uint32       `json:"recv_queue_bytes"`
-	ClosedBy           *CloseRecord `json:"closed_by"`
-	Opener             *Task        `json:"opener,omitempty"`
-	FirstSeen          time.Time    `json:"first_seen"`
-	StateSince         time.Time    `json:"state_since"`
-	ClosedAt           *time.Time   `json:"closed_at,omitempty"`
-	Verdicts           []Verdict    `json:"verdicts"`
-	History            []Transition `json:"history,omitempty"`
+	Cookie  uint64   `json:"cookie"`
+	Family  string   `json:"family"`
+	State   State    `json:"state"`
+	Local   string   `json:"local"`
+	Remote  string   `json:"remote"`
+	Netns   uint32   `json:"netns"`
+	Inode   uint64   `json:"inode"`
+	UID     *uint32  `json:"uid"`
+	Holders []Holder `json:"holders"`
+	// HoldersKnown is false while Holders is empty only because nothing
+	// has looked yet: no holder walk has run since the connection
+	// appeared and no connect or accept of it was seen.
+	// HoldersUnknownReason then says so, with the times.
+	HoldersKnown         bool         `json:"holders_known"`
+	HoldersUnknownReason string       `json:"holders_unknown_reason,omitempty"`
+	Keepalive            Keepalive    `json:"keepalive"`
+	UserTimeoutSeconds   float64      `json:"user_timeout_seconds"`
+	IdleSeconds          *float64     `json:"idle_seconds"`
+	Retransmits          uint32       `json:"retransmits"`
+	RTORetransmits       uint32       `json:"rto_retransmits"`
+	ProbesOut            uint8        `json:"probes_out"`
+	KeepaliveFirings     uint64       `json:"keepalive_firings"`
+	SendQueue            uint32       `json:"send_queue_bytes"`
+	RecvQueue            uint32       `json:"recv_queue_bytes"`
+	ClosedBy             *CloseRecord `json:"closed_by"`
+	Opener               *Task        `json:"opener,omitempty"`
+	FirstSeen            time.Time    `json:"first_seen"`
+	StateSince           time.Time    `json:"state_since"`
+	ClosedAt             *time.Time   `json:"closed_at,omitempty"`
+	Verdicts             []Verdict    `json:"verdicts"`
+	History              []Transition `json:"history,omitempty"`
 }
 
-// view renders c at now. Holders and Verdicts are shared, not copied: the
-// table replaces those slices rather than changing them in place. uid and
-// idle are where the view's pointers point, so a caller rendering many
+// view renders c at now; lastWalk is when the table's last holder walk
+// began (zero if none has). Holders and Verdicts are shared, not copied:
+// the table replaces those slices rather than changing them in place. uid
+// and idle are where the view's pointers point, so a caller rendering many
 // connections can hand out slots of one slab instead of two allocations
 // each.
-func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, uid *uint32, idle *float64) ConnView {
+func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, lastWalk time.Time, uid *uint32, idle *float64) ConnView {
 	local, remote := c.tupleStrings()
 	v := ConnView{
 		Cookie:             c.Cookie,
@@ -256,6 +271,10 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, uid *uint32,
 	if v.Holders == nil {
 		v.Holders = []Holder{}
 	}
+	v.HoldersKnown = c.holdersKnown()
+	if !v.HoldersKnown {
+		v.HoldersUnknownReason = holdersUnknownReason(c.FirstSeen, lastWalk)
+	}
 	if v.Verdicts == nil {
 		v.Verdicts = []Verdict{}
 	}
@@ -279,6 +298,25 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, uid *uint32,
 		v.History = append([]Transition{}, c.History...)
 	}
 	return v
+}
+
+// holdersKnown reports whether c's holders are known: it has some, it is
+// closed (and holds none), or a holder walk has run since it appeared. A
+// connection first seen at the walk's start (a seeding snapshot) was seen
+// by that walk.
+func (c *Conn) holdersKnown() bool {
+	return len(c.Holders) > 0 || !c.ClosedAt.IsZero() || (!c.HoldersAt.IsZero() && !c.HoldersAt.Before(c.FirstSeen))
+}
+
+// holdersUnknownReason says why the holders of a connection first seen at
+// firstSeen are not known, lastWalk being the table's last holder walk.
+func holdersUnknownReason(firstSeen, lastWalk time.Time) string {
+	const owner = "and no connect or accept by a process was seen for it (they are known at the next walk)"
+	if lastWalk.IsZero() {
+		return "no fd walk has run yet, " + owner
+	}
+	return "the connection (first seen at " + firstSeen.Format(time.RFC3339Nano) + ") is newer than the last fd walk (at " +
+		lastWalk.Format(time.RFC3339Nano) + "), " + owner
 }
 
 // setTuple sets the addresses and caches their printed form, which views

@@ -17,7 +17,7 @@ import (
 // Kind says what an Event reports.
 type Kind uint8
 
-// Event kinds. The first five mirror the kernel's enum event_type; Observed
+// Event kinds. The first six mirror the kernel's enum event_type; Observed
 // is the synthetic event a snapshot record becomes.
 const (
 	KindState      = Kind(bpf.GhostconnEventTypeEVENT_STATE)
@@ -25,12 +25,13 @@ const (
 	KindKeepalive  = Kind(bpf.GhostconnEventTypeEVENT_KEEPALIVE)
 	KindClose      = Kind(bpf.GhostconnEventTypeEVENT_CLOSE)
 	KindSockopt    = Kind(bpf.GhostconnEventTypeEVENT_SOCKOPT)
+	KindOwner      = Kind(bpf.GhostconnEventTypeEVENT_OWNER)
 	KindObserved   = Kind(100)
 )
 
 var kindNames = map[Kind]string{
 	KindState: "state", KindRetransmit: "retransmit", KindKeepalive: "keepalive",
-	KindClose: "close", KindSockopt: "sockopt", KindObserved: "observed",
+	KindClose: "close", KindSockopt: "sockopt", KindOwner: "owner", KindObserved: "observed",
 }
 
 func (k Kind) String() string {
@@ -84,6 +85,13 @@ type Sockopt struct {
 	Level, Name, Value int32
 }
 
+// Owner is a new fd of a socket in the process of the event's Task: the fd
+// its connect or accept returned (or, for connect, was called with).
+type Owner struct {
+	FD int32
+	Op string // "connect" or "accept"
+}
+
 // Event is one input to the Table.
 type Event struct {
 	Kind Kind
@@ -107,6 +115,7 @@ type Event struct {
 	Counters TCPCounters
 	Close    Close
 	Sockopt  Sockopt
+	Owner    Owner
 	// Observed is set on KindObserved events.
 	Observed *Observation
 }
@@ -137,6 +146,12 @@ type Decoder struct {
 	HZ int
 	// MonoOffset is wall-clock minus CLOCK_MONOTONIC, in nanoseconds.
 	MonoOffset int64
+
+	// lastComm and lastCommStr remember the last task name decoded, so a
+	// process that opens connection after connection costs no string
+	// for its name each time.
+	lastComm    [16]int8
+	lastCommStr string
 }
 
 // ErrDecode marks a record that could not be decoded.
@@ -144,6 +159,11 @@ var ErrDecode = errors.New("decode event")
 
 // EventSize is the size of a ring-buffer record.
 const EventSize = int(unsafe.Sizeof(bpf.GhostconnEvent{}))
+
+var ownerOps = map[uint8]string{
+	uint8(bpf.GhostconnOwnerOpOWNER_OP_CONNECT): "connect",
+	uint8(bpf.GhostconnOwnerOpOWNER_OP_ACCEPT):  "accept",
+}
 
 var closeOps = map[uint8]string{
 	uint8(bpf.GhostconnCloseOpCLOSE_OP_CLOSE):       "close",
@@ -178,7 +198,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&k)), EventSize), raw)
 
 	kind := Kind(k.Type)
-	if kind < KindState || kind > KindSockopt {
+	if kind < KindState || kind > KindOwner {
 		return fmt.Errorf("%w: unknown event type %d", ErrDecode, k.Type)
 	}
 	fam := Family(k.Family)
@@ -202,7 +222,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		State:    State(k.State),
 	}
 	if k.Flags&2 != 0 { // EVENT_FLAG_TASK
-		ev.Task = &Task{PID: k.Pid, PPID: k.Ppid, Comm: cString(k.Comm[:])}
+		ev.Task = &Task{PID: k.Pid, PPID: k.Ppid, Comm: d.comm(&k.Comm)}
 	}
 	switch kind {
 	case KindState, KindRetransmit, KindKeepalive:
@@ -238,8 +258,29 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		}
 		ev.Close.FD = k.Fd
 		ev.Sockopt = Sockopt{Level: k.Level, Name: k.Optname, Value: k.Optval}
+	case KindOwner:
+		if ev.Task == nil {
+			return fmt.Errorf("%w: owner event without task", ErrDecode)
+		}
+		op, ok := ownerOps[k.Op]
+		if !ok {
+			return fmt.Errorf("%w: unknown owner op %d", ErrDecode, k.Op)
+		}
+		if k.Fd < 0 || k.Cookie == 0 {
+			return fmt.Errorf("%w: owner event with fd %d, cookie %d", ErrDecode, k.Fd, k.Cookie)
+		}
+		ev.Owner = Owner{FD: k.Fd, Op: op}
 	}
 	return nil
+}
+
+// comm returns the task name b as a string, the same string as last time
+// when it is the same name.
+func (d *Decoder) comm(b *[16]int8) string {
+	if *b != d.lastComm || d.lastCommStr == "" {
+		d.lastComm, d.lastCommStr = *b, cString(b[:])
+	}
+	return d.lastCommStr
 }
 
 // Jiffies converts a kernel jiffies count to a duration.

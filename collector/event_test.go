@@ -387,6 +387,52 @@ func TestDecodeSockopt(t *testing.T) {
 	}
 }
 
+// An owner record as sys_exit_connect and sys_exit_accept4 write it:
+// cookie, inode, family, the task and its fd; no tuple or state.
+func TestDecodeOwner(t *testing.T) {
+	for _, tc := range []struct {
+		op   bpf.GhostconnOwnerOp
+		want string
+	}{{bpf.GhostconnOwnerOpOWNER_OP_CONNECT, "connect"}, {bpf.GhostconnOwnerOpOWNER_OP_ACCEPT, "accept"}} {
+		t.Run(tc.want, func(t *testing.T) {
+			k := bpf.GhostconnEvent{TsNs: 7_000_000_000, Cookie: 0xbeef, Ino: 5151, Family: 10,
+				Type: uint8(bpf.GhostconnEventTypeEVENT_OWNER), Op: uint8(tc.op), Fd: 9, Flags: 2,
+				Pid: 321, Ppid: 1, Comm: evComm("python3")}
+			d := &collector.Decoder{HZ: 250, MonoOffset: 1_000_000_000}
+			ev := evMustDecode(t, d, &k)
+			if ev.Kind != collector.KindOwner || ev.Kind.String() != "owner" {
+				t.Errorf("Kind = %v, want owner", ev.Kind)
+			}
+			if want := (collector.Owner{FD: 9, Op: tc.want}); ev.Owner != want {
+				t.Errorf("Owner = %+v, want %+v", ev.Owner, want)
+			}
+			if ev.Task == nil || *ev.Task != (collector.Task{PID: 321, PPID: 1, Comm: "python3"}) {
+				t.Errorf("Task = %+v, want pid 321 ppid 1 python3", ev.Task)
+			}
+			if ev.Cookie != 0xbeef || ev.Inode != 5151 || ev.Mono != 7_000_000_000 || ev.Family != collector.FamilyIPv6 {
+				t.Errorf("cookie %#x inode %d mono %d family %v", ev.Cookie, ev.Inode, ev.Mono, ev.Family)
+			}
+		})
+	}
+}
+
+// The decoder hands the same string for the same task name twice in a
+// row, so a process churning connections costs no name string each.
+func TestDecodeCommReused(t *testing.T) {
+	d := &collector.Decoder{HZ: 250}
+	k := evBase()
+	k.Flags, k.Pid, k.Comm = 2, 5, evComm("nginx")
+	a := evMustDecode(t, d, &k)
+	b := evMustDecode(t, d, &k)
+	if a.Task.Comm != "nginx" || unsafe.StringData(a.Task.Comm) != unsafe.StringData(b.Task.Comm) {
+		t.Errorf("comms %q and %q are not one string", a.Task.Comm, b.Task.Comm)
+	}
+	k.Comm = evComm("curl")
+	if c := evMustDecode(t, d, &k); c.Task.Comm != "curl" {
+		t.Errorf("comm after a change = %q, want curl", c.Task.Comm)
+	}
+}
+
 func TestDecodeLongerRecord(t *testing.T) {
 	k := evBase()
 	raw := append(evRaw(&k), 0xff, 0xff, 0xff, 0xff)
@@ -422,7 +468,7 @@ func TestDecodeErrors(t *testing.T) {
 		mod  func(k *bpf.GhostconnEvent)
 	}{
 		{"type 0", func(k *bpf.GhostconnEvent) { k.Type = 0 }},
-		{"type 6", func(k *bpf.GhostconnEvent) { k.Type = 6 }},
+		{"type 7", func(k *bpf.GhostconnEvent) { k.Type = 7 }},
 		{"type observed", func(k *bpf.GhostconnEvent) { k.Type = uint8(collector.KindObserved) }},
 		{"type 255", func(k *bpf.GhostconnEvent) { k.Type = 255 }},
 		{"family 0", func(k *bpf.GhostconnEvent) { k.Family = 0 }},
@@ -438,6 +484,22 @@ func TestDecodeErrors(t *testing.T) {
 		{"close op 5", func(k *bpf.GhostconnEvent) {
 			k.Type = uint8(bpf.GhostconnEventTypeEVENT_CLOSE)
 			k.Op = 5
+		}},
+		{"owner without task", func(k *bpf.GhostconnEvent) {
+			k.Type = uint8(bpf.GhostconnEventTypeEVENT_OWNER)
+			k.Op = uint8(bpf.GhostconnOwnerOpOWNER_OP_CONNECT)
+		}},
+		{"owner op 0", func(k *bpf.GhostconnEvent) {
+			k.Type = uint8(bpf.GhostconnEventTypeEVENT_OWNER)
+			k.Flags, k.Pid = 2, 7
+		}},
+		{"owner fd -1", func(k *bpf.GhostconnEvent) {
+			k.Type = uint8(bpf.GhostconnEventTypeEVENT_OWNER)
+			k.Op, k.Flags, k.Pid, k.Fd = uint8(bpf.GhostconnOwnerOpOWNER_OP_ACCEPT), 2, 7, -1
+		}},
+		{"owner without cookie", func(k *bpf.GhostconnEvent) {
+			k.Type = uint8(bpf.GhostconnEventTypeEVENT_OWNER)
+			k.Op, k.Flags, k.Pid, k.Fd, k.Cookie = uint8(bpf.GhostconnOwnerOpOWNER_OP_ACCEPT), 2, 7, 3, 0
 		}},
 	}
 	for _, tt := range tests {

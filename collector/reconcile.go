@@ -171,7 +171,9 @@ func (t *Table) Sweep(gen uint64, start time.Time, covered map[uint32]bool) {
 
 // SetHolders replaces every connection's holders with the result of a
 // task_file walk begun at at. Closes seen after at are applied again so the
-// walk cannot resurrect an fd that is already gone.
+// walk cannot resurrect an fd that is already gone, and holders that an
+// owner event newer than at added are kept: the walk may have passed their
+// process before the fd was there.
 func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 	var cgroups map[uint64]*Cgroup
 	if t.cgroups != nil {
@@ -196,6 +198,10 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	atMono := t.tl.mono(at)
+	if at.After(t.lastWalk) {
+		t.lastWalk = at
+	}
 	var idx []int
 	var scratch []Holder
 	for _, c := range t.conns {
@@ -216,6 +222,11 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 			// The holder's inode is the one users see in /proc/PID/fd (for
 			// MPTCP it differs from the subflow's).
 			t.setInode(c, r.Ino)
+		}
+		for _, h := range c.Holders {
+			if h.ownedAt != 0 && h.ownedAt > atMono && !heldAt(scratch, h.PID, h.FD) {
+				scratch = append(scratch, h)
+			}
 		}
 		c.HoldersAt = at
 		old := c.Holders
@@ -239,7 +250,9 @@ func holdersEqual(a, b []Holder) bool {
 	}
 	for i := range a {
 		x, y := &a[i], &b[i]
-		if x.PID != y.PID || x.PPID != y.PPID || x.FD != y.FD || x.Comm != y.Comm || x.Cgroup != y.Cgroup {
+		// A holder the walk confirmed replaces the one an owner event
+		// added, so the next walk need not keep it.
+		if x.PID != y.PID || x.PPID != y.PPID || x.FD != y.FD || x.Comm != y.Comm || x.Cgroup != y.Cgroup || (x.ownedAt != 0) != (y.ownedAt != 0) {
 			return false
 		}
 	}
@@ -271,6 +284,16 @@ func (t *Table) noteExits(c *Conn, old []Holder, at time.Time) {
 		}
 		t.markDirty(c)
 	}
+}
+
+// heldAt reports whether hs has fd of pid.
+func heldAt(hs []Holder, pid uint32, fd int32) bool {
+	for _, h := range hs {
+		if h.PID == pid && h.FD == fd {
+			return true
+		}
+	}
+	return false
 }
 
 func heldByPID(hs []Holder, pid uint32) bool {

@@ -70,6 +70,9 @@ type Table struct {
 	// tl is the timeline of every time the table holds; deadlines are
 	// monotonic readings, so a wall-clock step moves none of them.
 	tl timeline
+	// lastWalk is when the last holder walk (SetHolders) began; zero
+	// before the first.
+	lastWalk time.Time
 }
 
 // NewTable returns an empty table.
@@ -119,6 +122,7 @@ func (t *Table) sync() int64 {
 		for _, c := range t.closed {
 			c.shift(step)
 		}
+		shiftTime(&t.lastWalk, step)
 	}
 	return mono
 }
@@ -204,6 +208,9 @@ func (t *Table) apply(ev *Event) {
 	case KindObserved:
 		t.applyObserved(ev, c)
 		return
+	case KindOwner:
+		t.applyOwner(ev, c)
+		return
 	}
 	if c == nil {
 		if ev.Kind == KindClose || ev.Kind == KindSockopt || ev.State == StateClose {
@@ -252,6 +259,40 @@ func (t *Table) apply(ev *Event) {
 		applySockopt(&c.Settings, ev.Sockopt)
 		c.SettingsBy = ev.Task
 	}
+	if t.hook != nil {
+		t.hook(ev, c)
+	}
+}
+
+// applyOwner adds the process of an owner event (its connect or accept
+// returned the fd) to the connection's holders, unless it is there
+// already. The holder's cgroup stays unresolved until the next holder
+// walk: resolving it reads /proc, which the table does not do under its
+// lock. An owner event is no news of the socket's state, so LastUpdate
+// stays.
+func (t *Table) applyOwner(ev *Event, c *Conn) {
+	if c == nil || ev.Task == nil {
+		// A connection no state event or snapshot announced (its state
+		// event was lost): the next reconcile finds it and its holders.
+		t.stats.Unknown++
+		return
+	}
+	t.setInode(c, ev.Inode)
+	for i := range c.Holders {
+		if c.Holders[i].PID == ev.Task.PID && c.Holders[i].FD == ev.Owner.FD {
+			return
+		}
+	}
+	at := ev.Mono
+	if at == 0 {
+		at = t.tl.mono(ev.Time)
+	}
+	// A new slice: views share holder slices, so they are never changed
+	// in place.
+	hs := make([]Holder, len(c.Holders), len(c.Holders)+1)
+	copy(hs, c.Holders)
+	c.Holders = append(hs, Holder{PID: ev.Task.PID, PPID: ev.Task.PPID, Comm: ev.Task.Comm, FD: ev.Owner.FD, ownedAt: at})
+	t.markDirty(c)
 	if t.hook != nil {
 		t.hook(ev, c)
 	}
@@ -476,7 +517,7 @@ func (t *Table) List(now time.Time, opts ListOptions) []ConnView {
 	uids := make([]uint32, len(conns))
 	idles := make([]float64, len(conns))
 	for i, c := range conns {
-		v := c.view(now, t.defaults[c.Netns], opts.History, &uids[i], &idles[i])
+		v := c.view(now, t.defaults[c.Netns], opts.History, t.lastWalk, &uids[i], &idles[i])
 		if opts.Match == nil || opts.Match(&v) {
 			out = append(out, v)
 		}

@@ -910,7 +910,7 @@ func TestConnIdle(t *testing.T) {
 			}
 			var uid uint32
 			var idle float64
-			v := c.view(tc.now, NetDefaults{}, false, &uid, &idle)
+			v := c.view(tc.now, NetDefaults{}, false, time.Time{}, &uid, &idle)
 			switch {
 			case tc.ok && (v.IdleSeconds == nil || *v.IdleSeconds != tc.want.Seconds()):
 				t.Fatalf("view IdleSeconds = %v, want %v", v.IdleSeconds, tc.want.Seconds())

@@ -70,7 +70,7 @@ var (
 	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
 	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
 	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
-	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt"}
+	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt", "owner"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
 	otherProcess         = "other"

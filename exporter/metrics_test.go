@@ -124,6 +124,7 @@ ghostconn_flagged_connections{verdict="unresponsive"} 0
 # TYPE ghostconn_events_lost_total counter
 ghostconn_events_lost_total{event="close"} 0
 ghostconn_events_lost_total{event="keepalive"} 0
+ghostconn_events_lost_total{event="owner"} 0
 ghostconn_events_lost_total{event="retransmit"} 0
 ghostconn_events_lost_total{event="sockopt"} 0
 ghostconn_events_lost_total{event="state"} 7
@@ -168,9 +169,13 @@ ghostconn_program_attached{program="iter_tcp"} 1
 ghostconn_program_attached{program="sched_process_exit"} 1
 ghostconn_program_attached{program="sys_enter_close"} 1
 ghostconn_program_attached{program="sys_enter_close_range"} 1
+ghostconn_program_attached{program="sys_enter_connect"} 1
 ghostconn_program_attached{program="sys_enter_dup2"} 1
 ghostconn_program_attached{program="sys_enter_dup3"} 1
 ghostconn_program_attached{program="sys_enter_setsockopt"} 1
+ghostconn_program_attached{program="sys_exit_accept"} 1
+ghostconn_program_attached{program="sys_exit_accept4"} 1
+ghostconn_program_attached{program="sys_exit_connect"} 1
 ghostconn_program_attached{program="tcp_retransmit_skb"} 1
 ghostconn_program_attached{program="timer_expire_entry"} 0
 # HELP ghostconn_reader_errors_total Failed reads of the event ring buffer (retried; the agent exits when they persist).

@@ -35,7 +35,8 @@ var (
 	// Display order; programs not listed here follow by name.
 	progOrder = []string{"inet_sock_set_state", "tcp_retransmit_skb", "timer_expire_entry",
 		"sys_enter_close", "sys_enter_close_range", "sys_enter_dup2", "sys_enter_dup3",
-		"sys_enter_setsockopt", "iter_tcp", "iter_task_file"}
+		"sys_enter_setsockopt", "sys_enter_connect", "sys_exit_connect", "sys_exit_accept", "sys_exit_accept4",
+		"iter_tcp", "iter_task_file"}
 )
 
 type lossRun struct {
