@@ -36,6 +36,12 @@ func AppendConnView(b []byte, v *collector.ConnView) []byte {
 	}
 	b = appendKey(b, "holders")
 	b = appendHolders(b, v.Holders)
+	b = appendKey(b, "holders_known")
+	b = strconv.AppendBool(b, v.HoldersKnown)
+	if v.HoldersUnknownReason != "" {
+		b = appendKey(b, "holders_unknown_reason")
+		b = appendString(b, v.HoldersUnknownReason)
+	}
 	b = append(b, `,"keepalive":{"enabled":`...)
 	b = strconv.AppendBool(b, v.Keepalive.Enabled)
 	b = appendKey(b, "idle_seconds")

@@ -21,9 +21,9 @@ func TestAppendConnViewMatchesEncodingJSON(t *testing.T) {
 	views := []collector.ConnView{
 		{},
 		{Cookie: 1, Family: "ipv4", State: collector.StateEstablished, Local: "127.0.0.1:80", Remote: "127.0.0.1:5000",
-			Holders: []collector.Holder{}, Verdicts: []collector.Verdict{}},
+			Holders: []collector.Holder{}, Verdicts: []collector.Verdict{}, HoldersUnknownReason: "no fd walk has run yet <&>"},
 		{Cookie: 1<<64 - 1, Family: "ipv6", State: collector.StateCloseWait, Local: "[::1]:80", Remote: "[::1]:5000", Netns: 4026531840,
-			Inode: 123456, UID: &uid, IdleSeconds: &idle,
+			Inode: 123456, UID: &uid, IdleSeconds: &idle, HoldersKnown: true,
 			Holders: []collector.Holder{{PID: 1, PPID: 0, Comm: `we"ird\<>&` + "\x01\u2028é\xff", FD: 3,
 				Cgroup: &collector.Cgroup{ID: 77, Path: "/kubepods/pod1", PodUID: "u-1", ContainerID: "abc", Runtime: "containerd"}},
 				{PID: 2, Comm: "b", FD: -1, Cgroup: &collector.Cgroup{ID: 5}}},

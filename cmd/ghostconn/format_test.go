@@ -139,3 +139,26 @@ func TestFilterFlagsOrder(t *testing.T) {
 		t.Errorf("filter() = %+v, %v", f, err)
 	}
 }
+
+// TestWhoHoldersNotYetKnown: who says holders are not yet known, with the
+// reason, when no walk has looked since the connection appeared, and says
+// nobody holds the socket only when one has.
+func TestWhoHoldersNotYetKnown(t *testing.T) {
+	now := time.Now()
+	v := collector.ConnView{State: collector.StateEstablished, FirstSeen: now, StateSince: now, Holders: []collector.Holder{},
+		HoldersUnknownReason: "the connection (first seen at X) is newer than the last fd walk (at Y), and no connect or accept by a process was seen for it"}
+	var b strings.Builder
+	describe(&b, &v, now, false, painter(false))
+	if want := "\nHolders\n  not yet known: the connection (first seen at X) is newer than the last fd walk (at Y)"; !strings.Contains(b.String(), want) {
+		t.Errorf("who lacks %q:\n%s", want, b.String())
+	}
+	if strings.Contains(b.String(), "no process has an fd") {
+		t.Errorf("who claims no process has an fd although no walk has looked:\n%s", b.String())
+	}
+	v.HoldersKnown, v.HoldersUnknownReason = true, ""
+	b.Reset()
+	describe(&b, &v, now, false, painter(false))
+	if !strings.Contains(b.String(), "\nHolders\n  none: no process has an fd of this socket") {
+		t.Errorf("who with known, empty holders:\n%s", b.String())
+	}
+}

@@ -161,9 +161,14 @@ func describe(b *strings.Builder, v *collector.ConnView, now time.Time, snapshot
 	b.WriteString("\n")
 	section("Holders")
 	if len(v.Holders) == 0 {
-		if v.ClosedAt != nil {
+		switch {
+		case v.ClosedAt != nil:
 			b.WriteString("  none (closed)\n")
-		} else {
+		case !v.HoldersKnown:
+			// No walk has looked since the connection appeared: saying
+			// nobody holds it would be a guess.
+			fmt.Fprintf(b, "  not yet known: %s\n", v.HoldersUnknownReason)
+		default:
 			b.WriteString("  none: no process has an fd of this socket (orphaned, or a kernel socket)\n")
 		}
 	} else {
