@@ -6,6 +6,7 @@
 //	ghostbench churn [flags]    churn worker (started by the harness)
 //	ghostbench hold [flags]     socket holder (started by the harness)
 //	ghostbench fdmix [flags]    fd-hook exerciser (started by the harness)
+//	ghostbench syscalls [flags] syscall timing loops (started by the harness)
 package main
 
 import (
@@ -34,6 +35,9 @@ type config struct {
 	quietDur time.Duration
 	fdmixDur time.Duration
 
+	taxRounds int
+	taxDur    time.Duration
+
 	sockets    int
 	holders    int
 	starts     int
@@ -58,6 +62,8 @@ func main() {
 			os.Exit(runHold(os.Args[2:]))
 		case "fdmix":
 			os.Exit(runFdmix(os.Args[2:]))
+		case "syscalls":
+			os.Exit(runSyscalls(os.Args[2:]))
 		}
 	}
 	os.Exit(runBench(os.Args[1:]))
@@ -77,6 +83,8 @@ func runBench(args []string) (code int) {
 	fs.DurationVar(&c.statsChurnDur, "stats-churn-duration", 10*time.Second, "churn run with kernel.bpf_stats_enabled=1 for per-program cost")
 	fs.DurationVar(&c.quietDur, "quiet-duration", 10*time.Second, "quiet-host window for per-program cost")
 	fs.DurationVar(&c.fdmixDur, "fdmix-duration", 3*time.Second, "fd-hook exerciser window")
+	fs.IntVar(&c.taxRounds, "tax-rounds", 5, "syscall-tax rounds; each times the syscalls bare, under ghostconn and under tcpstates, interleaved")
+	fs.DurationVar(&c.taxDur, "tax-duration", time.Second, "measured time per syscall operation in one syscall-tax run")
 	fs.IntVar(&c.sockets, "sockets", 100000, "established loopback sockets to hold for the scale phase (two per connection)")
 	fs.IntVar(&c.holders, "holders", 10, "holder processes sharing the sockets (each stays under the 20k fd limit)")
 	fs.IntVar(&c.starts, "starts", 3, "agent starts timed at scale")
@@ -85,7 +93,7 @@ func runBench(args []string) (code int) {
 	fs.DurationVar(&c.toolBudget, "tool-budget", 20*time.Second, "stop repeating a lister once its runs took this long in total")
 	fs.DurationVar(&c.budget, "budget", 9*time.Minute+15*time.Second, "wall-time budget: churn rounds beyond the third are dropped when the next would overrun it")
 	agentFlags := fs.String("agent-flags", "", "extra flags for every `ghostconn agent` (space-separated), to compare settings")
-	skip := fs.String("skip", "", "comma-separated phases to skip: quiet,fdmix,scale,churn")
+	skip := fs.String("skip", "", "comma-separated phases to skip: "+strings.Join(phaseNames(), ","))
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -133,15 +141,6 @@ func runBench(args []string) (code int) {
 		logf("warning: pid %d (%s) holds bpf programs %v: other observers make every run slower, bare included", f.pid, f.cmd, f.names)
 	}
 	runSnap0 := snapCPU()
-	phases := []struct {
-		name string
-		fn   func(*config, *results) error
-	}{
-		{"quiet", phaseQuiet},
-		{"fdmix", phaseFdmix},
-		{"scale", phaseScale},
-		{"churn", phaseChurn},
-	}
 	for _, ph := range phases {
 		if c.skip[ph.name] {
 			r.notef("phase %s skipped (--skip)", ph.name)
@@ -176,6 +175,31 @@ func runBench(args []string) (code int) {
 		return 1
 	}
 	return 0
+}
+
+// phase is one step of a harness run.
+type phase struct {
+	name string
+	fn   func(*config, *results) error
+}
+
+// phases are the harness's phases in the order they run: the one list that
+// the run, --skip and the report's per-phase summaries follow.
+var phases = []phase{
+	{"quiet", phaseQuiet},
+	{"fdmix", phaseFdmix},
+	{"tax", phaseTax},
+	{"scale", phaseScale},
+	{"churn", phaseChurn},
+}
+
+// phaseNames returns the names of phases, in order.
+func phaseNames() []string {
+	names := make([]string, len(phases))
+	for i, ph := range phases {
+		names[i] = ph.name
+	}
+	return names
 }
 
 func findTcpstates() string {

@@ -108,6 +108,99 @@ func phaseFdmix(c *config, r *results) error {
 	return nil
 }
 
+// phaseTax: the syscall tax on an unrelated process. Rounds of
+// `ghostbench syscalls` bare, under a ready and idle ghostconn agent and
+// under tcpstates, interleaved with the order rotating each round. The
+// timed process is a child of the harness, not of the observer: any
+// attached syscall tracepoint puts every task on the syscall slow path, and
+// the close hook runs for every close on the host.
+func phaseTax(c *config, r *results) error {
+	observers := observerList(c, r)
+	r.taxObservers = observers
+	for round := 0; round < c.taxRounds; round++ {
+		for _, obs := range roundOrder(observers, round) {
+			run, err := taxWith(c, r, obs)
+			if err != nil {
+				return fmt.Errorf("round %d %s: %w", round+1, obs, err)
+			}
+			if r.tax[obs] == nil {
+				r.tax[obs] = map[string][]float64{}
+			}
+			var parts []string
+			for _, op := range taxOps {
+				r.tax[obs][op] = append(r.tax[obs][op], run.ns[op])
+				parts = append(parts, fmt.Sprintf("%s %.1f ns", op, run.ns[op]))
+			}
+			r.taxNoise[obs] = append(r.taxNoise[obs], run.noise)
+			logf("tax round %d %-9s %s  other load %.2f cores, steal %.2f",
+				round+1, obs, strings.Join(parts, ", "), run.noise.other, run.noise.steal)
+		}
+		r.taxRoundsDone = round + 1
+	}
+	return nil
+}
+
+type taxRun struct {
+	ns    map[string]float64 // ns per operation, by taxOps name
+	noise noise              // load outside the harness and the observer
+}
+
+// taxWith runs `ghostbench syscalls` once under obs.
+func taxWith(c *config, r *results, obs string) (taxRun, error) {
+	var out taxRun
+	o, err := startObserver(c, obs)
+	if err != nil {
+		return out, err
+	}
+	defer o.stop()
+	if o.agent != nil {
+		// Ready means seeded; let what follows readiness settle, so the
+		// agent is idle as on a host where it has run for a while.
+		time.Sleep(500 * time.Millisecond)
+	}
+	var o0, o1 time.Duration
+	if o.pid != 0 {
+		o0, _ = procCPU(o.pid)
+	}
+	s0 := snapCPU()
+	var buf bytes.Buffer
+	p, err := startProc("syscalls", nil, &buf, os.Stderr, c.self, "syscalls", "-duration", c.taxDur.String())
+	if err != nil {
+		return out, err
+	}
+	defer p.stop()
+	if err := p.wait(3*c.taxDur + 30*time.Second); err != nil {
+		return out, fmt.Errorf("syscalls: %w", err)
+	}
+	if o.pid != 0 {
+		o1, _ = procCPU(o.pid)
+	}
+	s1 := snapCPU()
+	out.noise = noiseBetween(s0, s1)
+	out.noise.other = max(0, out.noise.other-(o1-o0).Seconds()/s1.at.Sub(s0.at).Seconds())
+	var res syscallsResult
+	if err := json.Unmarshal(buf.Bytes(), &res); err != nil {
+		return out, fmt.Errorf("syscalls output %q: %w", buf.String(), err)
+	}
+	out.ns = map[string]float64{}
+	for _, op := range res.Ops {
+		out.ns[op.Name] = op.Ns
+	}
+	for _, op := range taxOps {
+		if out.ns[op] <= 0 {
+			return out, fmt.Errorf("syscalls output %q: no time for %s", buf.String(), op)
+		}
+	}
+	if o.agent != nil {
+		s, err := o.agent.status()
+		if err != nil {
+			return out, err
+		}
+		r.checkPrograms(s)
+	}
+	return out, nil
+}
+
 // phaseScale: 100k established sockets held by several processes; agent
 // start, RSS, idle CPU, and how long listing takes against ss and lsof.
 func phaseScale(c *config, r *results) error {
@@ -345,12 +438,7 @@ func countTCP() (all, est int, err error) {
 // throughput runs: they add two clock reads to every program run.
 func phaseChurn(c *config, r *results) error {
 	r.foreignChurn = foreignBPF(ourPids())
-	observers := []string{obsBare, obsGhostconn}
-	if c.tcpstates != "" {
-		observers = append(observers, obsTcpstates)
-	} else {
-		r.notef("tcpstates not found: install libbpf-tools (scripts/deps.sh bench) for the reference column")
-	}
+	observers := observerList(c, r)
 	r.churnObservers = observers
 	statsRuns := time.Duration(len(observers)-1) * (c.statsChurnDur + c.warmup + 3*time.Second)
 	for round := 0; round < c.rounds; round++ {
@@ -359,8 +447,7 @@ func phaseChurn(c *config, r *results) error {
 			r.notef("churn stopped after %d of %d rounds to stay within the %s budget", round, c.rounds, c.budget)
 			break
 		}
-		for k := range observers {
-			obs := observers[(k+round)%len(observers)]
+		for _, obs := range roundOrder(observers, round) {
 			run, err := churnWith(c, r, obs, c.churnDur, false)
 			if err != nil {
 				return fmt.Errorf("round %d %s: %w", round+1, obs, err)
@@ -385,6 +472,60 @@ func phaseChurn(c *config, r *results) error {
 	return nil
 }
 
+// observerList returns the observers every interleaved comparison runs:
+// bare, ghostconn, and tcpstates when it was found (noted once otherwise).
+func observerList(c *config, r *results) []string {
+	observers := []string{obsBare, obsGhostconn}
+	if c.tcpstates != "" {
+		return append(observers, obsTcpstates)
+	}
+	const note = "tcpstates not found: install libbpf-tools (scripts/deps.sh bench) for the reference column"
+	for _, n := range r.notes {
+		if n == note {
+			return observers
+		}
+	}
+	r.notef(note)
+	return observers
+}
+
+// roundOrder returns the observers in the order round runs them: rotated
+// by one each round, so no observer always runs first or after another.
+func roundOrder(observers []string, round int) []string {
+	out := make([]string, len(observers))
+	for k := range observers {
+		out[k] = observers[(k+round)%len(observers)]
+	}
+	return out
+}
+
+// observer is a running observer: nothing for bare, else its process.
+type observer struct {
+	pid   int    // 0 for bare
+	agent *agent // for ghostconn
+	stop  func()
+}
+
+// startObserver starts obs and returns once it watches: a ghostconn agent
+// ready, tcpstates with its programs loaded and attached.
+func startObserver(c *config, obs string) (observer, error) {
+	switch obs {
+	case obsGhostconn:
+		a, err := startAgent(c.bin, c.workDir, c.agentFlags...)
+		if err != nil {
+			return observer{}, err
+		}
+		return observer{pid: a.pid(), agent: a, stop: a.stop}, nil
+	case obsTcpstates:
+		p, err := startTcpstates(c.tcpstates)
+		if err != nil {
+			return observer{}, err
+		}
+		return observer{pid: p.pid(), stop: p.stop}, nil
+	}
+	return observer{stop: func() {}}, nil
+}
+
 type churnRun struct {
 	rate     float64 // connections per second
 	obsCores float64 // CPU the observer process used, in cores
@@ -395,25 +536,12 @@ type churnRun struct {
 // per-program kernel cost.
 func churnWith(c *config, r *results, obs string, dur time.Duration, stats bool) (churnRun, error) {
 	var out churnRun
-	var observerPid int
-	var a *agent
-	switch obs {
-	case obsGhostconn:
-		var err error
-		a, err = startAgent(c.bin, c.workDir, c.agentFlags...)
-		if err != nil {
-			return out, err
-		}
-		defer a.stop()
-		observerPid = a.pid()
-	case obsTcpstates:
-		p, err := startTcpstates(c.tcpstates)
-		if err != nil {
-			return out, err
-		}
-		defer p.stop()
-		observerPid = p.pid()
+	o, err := startObserver(c, obs)
+	if err != nil {
+		return out, err
 	}
+	defer o.stop()
+	observerPid, a := o.pid, o.agent
 	var res churnResult
 	run := func() error {
 		var o0, o1 time.Duration

@@ -24,6 +24,8 @@ const (
 	goalReady        = time.Second
 	goalRSS          = 150e6 // bytes (150 MB)
 	goalCPUFraction  = 0.01
+	goalTaxDupClose  = 1.15 // ratio to bare
+	goalTaxGetppid   = 1.12 // ratio to bare
 	goalHarnessLimit = 10 * time.Minute
 )
 
@@ -73,6 +75,12 @@ type results struct {
 	fdmixIters uint64
 	fdmixLost  uint64
 
+	// syscall tax: ns per operation by observer, then operation, per round
+	taxObservers  []string
+	tax           map[string]map[string][]float64
+	taxNoise      map[string][]noise
+	taxRoundsDone int
+
 	// scale and start-up
 	readyQuiet    []time.Duration
 	readyScale    []time.Duration
@@ -117,6 +125,8 @@ func newResults(c *config) *results {
 		windowDur:   map[string]time.Duration{},
 		kcost:       map[string]map[string]progDelta{},
 		lsTimes:     map[string][]time.Duration{},
+		tax:         map[string]map[string][]float64{},
+		taxNoise:    map[string][]noise{},
 	}
 }
 
@@ -262,6 +272,30 @@ func (r *results) goals() []goal {
 			fmt.Sprintf("%.2f%% of a core (%s)", 100*frac, r.idleCPU.Round(10*time.Millisecond)),
 			"<= 1%", bp(frac <= goalCPUFraction))
 	}
+	// 5. Syscall tax on an unrelated process.
+	taxGoal := func(what, op string, limit float64) {
+		target := fmt.Sprintf("<= %.2fx", limit)
+		gc, bare := r.tax[obsGhostconn][op], r.tax[obsBare][op]
+		if len(gc) == 0 || len(bare) == 0 {
+			if !r.c.skip["tax"] {
+				add("5", what, "not measured", target, nil)
+			}
+			return
+		}
+		ratio := r.taxRatio(obsGhostconn, op)
+		add("5", what, fmt.Sprintf("%s (median of per-round ratios; %s vs %s bare, medians)", fmtRatio(ratio), fmtNs(median(gc)), fmtNs(median(bare))),
+			target, bp(ratio <= limit))
+	}
+	taxGoal("syscall tax on an unrelated process: "+opDupClose+", agent vs bare", opDupClose, goalTaxDupClose)
+	taxGoal("syscall tax on an unrelated process: "+opGetppid+", agent vs bare", opGetppid, goalTaxGetppid)
+	if len(r.tax[obsTcpstates]) > 0 {
+		var parts []string
+		for _, op := range taxOps {
+			parts = append(parts, fmt.Sprintf("%s %s", op, fmtRatio(r.taxRatio(obsTcpstates, op))))
+		}
+		add("5", "syscall tax with tcpstates, vs bare (reference)", strings.Join(parts, "; "),
+			"about 1.00x (it attaches no syscall tracepoint)", nil)
+	}
 	if r.elapsed > 0 {
 		add("-", "harness wall time", r.elapsed.Round(time.Second).String(), "< 10 min", bp(r.elapsed < goalHarnessLimit))
 	}
@@ -274,6 +308,12 @@ func (r *results) bytesPerConn(rss uint64) float64 {
 		return math.NaN()
 	}
 	return (float64(rss) - float64(r.rssQuiet)) / float64(dc)
+}
+
+// taxRatio is obs's syscall tax on op against bare: the median of the
+// per-round ratios, each round's against that round's bare run.
+func (r *results) taxRatio(obs, op string) float64 {
+	return median(pairedRatios(r.tax[obs][op], r.tax[obsBare][op]))
 }
 
 func (r *results) markdown() string {
@@ -452,6 +492,48 @@ func (r *results) markdown() string {
 		w("\n")
 	}
 
+	if r.taxRoundsDone > 0 {
+		w("## 5. Syscall tax on an unrelated process\n\n")
+		w("`ghostbench syscalls`, a child of the harness (not of the observer), on one locked OS thread: raw `dup()` of a /dev/null fd "+
+			"then `close()` of the copy, and `getppid()` (no program hooks it: the syscall-tracepoint slow path alone), "+
+			"%d batches of %s each, the two alternating; ns per operation is the median of the batch means. "+
+			"%d rounds, observers interleaved (order rotates each round); the agent ready and idle; kernel.bpf_stats_enabled=0.\n\n",
+			syscallsBatches, r.c.taxDur/syscallsBatches, r.taxRoundsDone)
+		w("| observer | operation |")
+		for i := 0; i < r.taxRoundsDone; i++ {
+			w(" round %d ns |", i+1)
+		}
+		w(" median ns | vs bare (median of per-round ratios) |\n|---|---|")
+		for i := 0; i < r.taxRoundsDone+2; i++ {
+			w("---|")
+		}
+		w("\n")
+		for _, obs := range r.taxObservers {
+			for _, op := range taxOps {
+				w("| %s | %s |", obs, op)
+				ns := r.tax[obs][op]
+				for i := 0; i < r.taxRoundsDone; i++ {
+					if i < len(ns) {
+						w(" %.1f |", ns[i])
+					} else {
+						w(" - |")
+					}
+				}
+				w(" %s | %s |\n", fmtNs(median(ns)), fmtRatio(r.taxRatio(obs, op)))
+			}
+		}
+		w("\nLoad outside the harness and the observer during each run (cores busy with other work):\n\n")
+		w("| observer | other load per round |\n|---|---|\n")
+		for _, obs := range r.taxObservers {
+			var ns []string
+			for _, n := range r.taxNoise[obs] {
+				ns = append(ns, n.String())
+			}
+			w("| %s | %s |\n", obs, strings.Join(ns, " / "))
+		}
+		w("\n")
+	}
+
 	if len(r.missingProgs) > 0 || len(r.notes) > 0 || len(r.errors) > 0 {
 		w("## Notes\n\n")
 		for _, m := range r.missingProgs {
@@ -470,7 +552,7 @@ func (r *results) markdown() string {
 
 func (r *results) phaseSummary() string {
 	var parts []string
-	for _, p := range []string{"quiet", "fdmix", "scale", "churn"} {
+	for _, p := range phaseNames() {
 		if d, ok := r.phaseTime[p]; ok {
 			parts = append(parts, fmt.Sprintf("%s %s", p, d.Round(time.Second)))
 		}
@@ -480,7 +562,7 @@ func (r *results) phaseSummary() string {
 
 func (r *results) phaseNoiseSummary() string {
 	var parts []string
-	for _, p := range []string{"quiet", "fdmix", "scale", "churn"} {
+	for _, p := range phaseNames() {
 		if n, ok := r.phaseNoise[p]; ok {
 			parts = append(parts, fmt.Sprintf("%s %.2f", p, n.other))
 		}

@@ -79,6 +79,13 @@ func fmtBytes(b float64) string {
 	return fmt.Sprintf("%.0f B", b)
 }
 
+func fmtNs(ns float64) string {
+	if math.IsNaN(ns) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f ns", ns)
+}
+
 func fmtRate(r float64) string {
 	if math.IsNaN(r) {
 		return "n/a"
