@@ -30,10 +30,28 @@ type systemClock struct {
 }
 
 func newSystemClock() *systemClock {
-	var ts unix.Timespec
-	base := time.Now()
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return &systemClock{base: base, baseMono: ts.Nano()}
+	base, mono := pairClocks()
+	return &systemClock{base: base, baseMono: mono}
+}
+
+// pairClocks reads the wall clock (with Go's monotonic reading) and
+// CLOCK_MONOTONIC at one instant: time.Now between two CLOCK_MONOTONIC
+// reads, the tightest of a few tries, paired with their midpoint. A single
+// pair of reads can be split by a preemption (milliseconds on a busy host
+// at start-up), which would shift every kernel time the agent shows by
+// that much, and differently in each run.
+func pairClocks() (wall time.Time, mono int64) {
+	best := int64(-1)
+	for i := 0; i < 8; i++ {
+		var a, b unix.Timespec
+		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &a)
+		w := time.Now()
+		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &b)
+		if gap := b.Nano() - a.Nano(); best < 0 || gap < best {
+			best, wall, mono = gap, w, a.Nano()+gap/2
+		}
+	}
+	return wall, mono
 }
 
 // Now implements Clock.

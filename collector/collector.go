@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
-	"golang.org/x/sys/unix"
 
 	"github.com/ghostconn/ghostconn/bpf"
 )
@@ -713,7 +712,6 @@ func (c *Collector) Status() (Status, error) {
 // monoOffset is wall-clock time minus CLOCK_MONOTONIC, the clock of
 // bpf_ktime_get_ns.
 func monoOffset() int64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return time.Now().UnixNano() - ts.Nano()
+	w, m := pairClocks()
+	return w.UnixNano() - m
 }
