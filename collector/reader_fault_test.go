@@ -17,6 +17,7 @@ import (
 
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/internal/privtest"
+	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
 // faultyReader returns the injected errors, one per read, before it reads
@@ -64,24 +65,6 @@ func runWithReader(t *testing.T, cfg collector.Config, r *faultyReader, logs io.
 	return c, done, cancel
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestReaderErrorsAreCountedAndRetried: read errors other than a closed
 // reader (a truncated record, an I/O error) are counted, logged once per
 // run of failures, and retried; events keep flowing into the table
@@ -93,7 +76,7 @@ func TestReaderErrorsAreCountedAndRetried(t *testing.T) {
 		ringbuf.ErrFlushed,
 		io.ErrUnexpectedEOF,
 	}}
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	// Reconcile only at the seed, so the connection below can reach the
 	// table through events alone.
 	c, done, cancel := runWithReader(t, collector.Config{ReconcileInterval: time.Hour}, r, &logs)
@@ -147,7 +130,7 @@ func TestReaderErrorsAreCountedAndRetried(t *testing.T) {
 // agent then exits non-zero so a supervisor restarts it).
 func TestReaderThatCannotGoOnStopsRun(t *testing.T) {
 	r := &faultyReader{inject: []error{fmt.Errorf("read ring: %w", unix.EIO)}, forever: true}
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	c, done, cancel := runWithReader(t, collector.Config{ReaderGiveUp: 500 * time.Millisecond}, r, &logs)
 	defer cancel()
 	var err error

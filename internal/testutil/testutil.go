@@ -2,6 +2,8 @@
 package testutil
 
 import (
+	"bytes"
+	"sync"
 	"time"
 )
 
@@ -45,4 +47,25 @@ func Eventually(t TB, timeout time.Duration, what string, cond func() (ok bool, 
 		wait := min(max(MinInterval, 4*time.Since(start)), MaxInterval)
 		time.Sleep(min(wait, max(time.Until(deadline), 0)+time.Millisecond))
 	}
+}
+
+// SyncBuffer is a bytes.Buffer that a process's output (or a logger) and
+// the test may use at once.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
