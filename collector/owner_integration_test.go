@@ -1,0 +1,167 @@
+package collector_test
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/internal/testutil"
+)
+
+// sockaddrString prints a socket address as the table prints a tuple.
+func sockaddrString(t *testing.T, sa unix.Sockaddr) string {
+	t.Helper()
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	}
+	t.Fatalf("unexpected socket address %T", sa)
+	return ""
+}
+
+// rawPair connects with a blocking connect(2), which returns 0 rather than
+// Go's EINPROGRESS, and takes the server end with a plain accept(2), which
+// Go never calls (it uses accept4). It returns the two fds and the
+// client's local and remote address.
+func rawPair(t *testing.T, family int) (cfd, sfd int, local, remote string) {
+	t.Helper()
+	mustFD := func(fd int, err error) int {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	var bindTo unix.Sockaddr = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+	if family == unix.AF_INET6 {
+		bindTo = &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16()}
+	}
+	lfd := mustFD(unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0))
+	if err := unix.Bind(lfd, bindTo); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 4); err != nil {
+		t.Fatal(err)
+	}
+	laddr, err := unix.Getsockname(lfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfd = mustFD(unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0))
+	if err := unix.Connect(cfd, laddr); err != nil {
+		t.Fatalf("blocking connect: %v", err)
+	}
+	r, _, errno := unix.Syscall(unix.SYS_ACCEPT, uintptr(lfd), 0, 0)
+	if errno != 0 {
+		t.Fatalf("accept: %v", errno)
+	}
+	sfd = mustFD(int(r), nil)
+	caddr, err := unix.Getsockname(cfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfd, sfd, sockaddrString(t, caddr), sockaddrString(t, laddr)
+}
+
+// TestOwnerEventsGiveHolders: with holder walks an hour apart, a
+// connection made after the collector is ready has both its holders within
+// 1s from the connect and accept hooks alone: through Go's non-blocking
+// connect (EINPROGRESS) and accept4, and through a blocking connect
+// (returning 0) and a plain accept, IPv4 and IPv6.
+func TestOwnerEventsGiveHolders(t *testing.T) {
+	// A listener the seed snapshot sees gives the namespace's sysctls, so
+	// no verdict rule asks for a refresh (another walk) for a new socket.
+	pre, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pre.Close()
+	c := startCollector(t, collector.Config{ReconcileInterval: time.Hour})
+	pid := uint32(os.Getpid())
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantComm := string(comm[:len(comm)-1])
+	st0, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	type ends struct {
+		cfd, sfd      int
+		local, remote string
+	}
+	for _, tc := range []struct {
+		name string
+		open func(t *testing.T) ends
+	}{
+		{"go-ipv4", func(t *testing.T) ends {
+			cl, sv := pair(t, "tcp4", "127.0.0.1:0")
+			t.Cleanup(func() { cl.Close(); sv.Close() })
+			return ends{fdOf(t, cl), fdOf(t, sv), cl.LocalAddr().String(), cl.RemoteAddr().String()}
+		}},
+		{"go-ipv6", func(t *testing.T) ends {
+			cl, sv := pair(t, "tcp6", "[::1]:0")
+			t.Cleanup(func() { cl.Close(); sv.Close() })
+			return ends{fdOf(t, cl), fdOf(t, sv), cl.LocalAddr().String(), cl.RemoteAddr().String()}
+		}},
+		{"raw-ipv4", func(t *testing.T) ends {
+			var e ends
+			e.cfd, e.sfd, e.local, e.remote = rawPair(t, unix.AF_INET)
+			return e
+		}},
+		{"raw-ipv6", func(t *testing.T) ends {
+			var e ends
+			e.cfd, e.sfd, e.local, e.remote = rawPair(t, unix.AF_INET6)
+			return e
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := tc.open(t)
+			holds := func(v *collector.ConnView, fd int) bool {
+				for _, h := range v.Holders {
+					if h.PID == pid && h.FD == int32(fd) && h.Comm == wantComm {
+						return true
+					}
+				}
+				return false
+			}
+			var cv, sv *collector.ConnView
+			testutil.Eventually(t, time.Second, fmt.Sprintf("holders of %s -> %s: pid %d fds %d and %d", e.local, e.remote, pid, e.cfd, e.sfd), func() (bool, string) {
+				cv, sv = nil, nil
+				for _, v := range c.Table().List(time.Now(), collector.ListOptions{}) {
+					switch {
+					case v.Local == e.local && v.Remote == e.remote:
+						cv = &v
+					case v.Local == e.remote && v.Remote == e.local:
+						sv = &v
+					}
+				}
+				return cv != nil && sv != nil && holds(cv, e.cfd) && holds(sv, e.sfd), fmt.Sprintf("client %+v\nserver %+v", cv, sv)
+			})
+			for _, v := range []*collector.ConnView{cv, sv} {
+				if !v.HoldersKnown || len(v.Holders) != 1 {
+					t.Errorf("%s: holders_known %t, holders %+v; want this process alone", v.Local, v.HoldersKnown, v.Holders)
+				}
+			}
+		})
+	}
+	st, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Reconciles != st0.Reconciles || st.Refreshes != st0.Refreshes || st.EventsLost["owner"] != 0 {
+		t.Errorf("reconciles %d -> %d, verdict refreshes %d -> %d, owner events lost %d: want no holder walk and no loss",
+			st0.Reconciles, st.Reconciles, st0.Refreshes, st.Refreshes, st.EventsLost["owner"])
+	}
+}
