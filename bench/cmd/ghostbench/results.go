@@ -496,7 +496,8 @@ func (r *results) markdown() string {
 		w("## 5. Syscall tax on an unrelated process\n\n")
 		w("`ghostbench syscalls`, a child of the harness (not of the observer), on one locked OS thread: raw `dup()` of a /dev/null fd "+
 			"then `close()` of the copy, and `getppid()` (no program hooks it: the syscall-tracepoint slow path alone), "+
-			"%d batches of %s each, the two alternating; ns per operation is the median of the batch means. "+
+			"%d batches of %s each, the two alternating; ns per operation (one operation is a dup()+close() pair, two syscalls, or one getppid()) "+
+			"is the median of the batch means. "+
 			"%d rounds, observers interleaved (order rotates each round); the agent ready and idle; kernel.bpf_stats_enabled=0.\n\n",
 			syscallsBatches, r.c.taxDur/syscallsBatches, r.taxRoundsDone)
 		w("| observer | operation |")
