@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -140,30 +139,8 @@ func launchAgent(t *testing.T, sockDir, pinDir string, args ...string) *agentPro
 
 func TestLsJSONHasEveryField(t *testing.T) {
 	sock := startAgent(t)
-	ln, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	// The server end stays open until the test ends.
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if s, err := ln.Accept(); err == nil {
-			accepted <- s
-		}
-	}()
-	defer func() {
-		select {
-		case s := <-accepted:
-			s.Close()
-		default:
-		}
-	}()
-	client, err := net.Dial("tcp6", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	// Both ends stay open until the test ends.
+	client, _ := loopbackPair(t, t, "tcp6", "[::1]:0")
 
 	var conn map[string]any
 	testutil.Eventually(t, 10*time.Second, "ls to list the client "+client.LocalAddr().String()+" as ESTABLISHED", func() (bool, string) {
@@ -187,8 +164,8 @@ func TestLsJSONHasEveryField(t *testing.T) {
 			t.Errorf("connection lacks field %q: %v", k, conn)
 		}
 	}
-	if conn["family"] != "ipv6" || conn["remote"] != ln.Addr().String() {
-		t.Errorf("family %v remote %v, want ipv6 %s", conn["family"], conn["remote"], ln.Addr())
+	if conn["family"] != "ipv6" || conn["remote"] != client.RemoteAddr().String() {
+		t.Errorf("family %v remote %v, want ipv6 %s", conn["family"], conn["remote"], client.RemoteAddr())
 	}
 	ka, _ := conn["keepalive"].(map[string]any)
 	for _, k := range []string{"enabled", "idle_seconds", "interval_seconds", "count"} {

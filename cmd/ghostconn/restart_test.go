@@ -191,22 +191,7 @@ func TestExitEvidenceSurvivesRestart(t *testing.T) {
 	defer steady.stop(t)
 	restarted := launchAgent(t, "", pins, "--ghost-grace", "1s")
 
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if s, err := ln.Accept(); err == nil {
-			accepted <- s
-		}
-	}()
-	conn, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { (<-accepted).Close() }()
+	conn, _ := loopbackPair(t, t, "tcp4", "127.0.0.1:0")
 	local := conn.LocalAddr().String()
 	f, err := conn.(*net.TCPConn).File()
 	if err != nil {
