@@ -291,6 +291,10 @@ func (c *Collector) Run(ctx context.Context) error {
 			return nil
 		case err := <-readErr:
 			readerDone = true
+			if ctx.Err() != nil {
+				// Stopping: the loop left its backoff because ctx ended.
+				return nil
+			}
 			if err == nil {
 				// Only Close ends the loop without an error, and only
 				// this function closes the reader.
