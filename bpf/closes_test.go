@@ -84,7 +84,8 @@ func skipAllOptional() map[string]bool {
 }
 
 // tcpPair returns the client end of a loopback connection as an *os.File
-// (the only copy in this process) and closes what else it made at cleanup.
+// (the only copy in this process, at fd pairFD) and closes what else it
+// made at cleanup.
 func tcpPair(t *testing.T) (*os.File, uint64) {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -104,21 +105,34 @@ func tcpPair(t *testing.T) (*os.File, uint64) {
 	}
 	s := <-accepted
 	t.Cleanup(func() { s.Close() })
-	f, err := c.(*net.TCPConn).File()
+	dup, err := c.(*net.TCPConn).File()
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
+	// The children get the socket at fd 3: were this process's copy at
+	// fd 3 too, a child's copy would look inherited from here. Move it to
+	// a fixed fd well above what the test process has open.
+	if _, err := unix.FcntlInt(pairFD, unix.F_GETFD, 0); err != unix.EBADF {
+		dup.Close()
+		t.Fatalf("fd %d is already open here (%v): Dup3 would close it", pairFD, err)
+	}
+	err = unix.Dup3(int(dup.Fd()), pairFD, unix.O_CLOEXEC)
+	dup.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(pairFD, "tcp-client")
 	t.Cleanup(func() { f.Close() })
 	cookie, err := unix.GetsockoptUint64(int(f.Fd()), unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Fd() == 3 {
-		t.Skip("the socket is at fd 3 here too, which would make the child's copy look inherited")
-	}
 	return f, cookie
 }
+
+// pairFD is where tcpPair puts the socket it returns.
+const pairFD = 100
 
 func slotRec(t *testing.T, p *Probes, cookie uint64, slot GhostconnCloseSlot) (GhostconnCloseRec, bool) {
 	t.Helper()
