@@ -42,7 +42,10 @@ PACKAGES=ca-certificates,git,make,gcc,libc6-dev,iproute2,procps,util-linux,syste
 
 if [ ! -e "$BASE/.complete" ]; then
 	command -v debootstrap >/dev/null || {
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+		# A new machine's package lists may be stale or absent.
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null ||
+			die "installing debootstrap failed"
 	}
 	rm -rf "$BASE"
 	echo "ci-scratch: debootstrap bookworm into $BASE" >&2
@@ -58,6 +61,17 @@ if [ ! -e "$BASE/.complete" ]; then
 fi
 [ "${SCRATCH_BASE_ONLY:-}" = 1 ] && exit 0
 
+# From here on, however the script ends (a die, a failed step under set -e,
+# .ci/run's own status, a signal), the run root goes as it does after a
+# run, unless SCRATCH_KEEP=1 keeps it. Its mounts (proc, sysfs, cgroup,
+# /dev, /run and the bind of the root itself) are made only inside the
+# private mount namespace below and go with it, so the host has none to
+# unmount.
+remove_run() {
+	[ "${SCRATCH_KEEP:-}" = 1 ] && return
+	rm -rf "$RUN" || printf 'ci-scratch: could not remove %s\n' "$RUN" >&2
+}
+trap remove_run EXIT
 rm -rf "$RUN"
 cp -a "$BASE" "$RUN"
 cp -a "$GOROOT_HOST" "$RUN/usr/local/go"
@@ -102,5 +116,4 @@ exit $rc
 EOS
 rc=${PIPESTATUS[0]}
 set -e
-[ "${SCRATCH_KEEP:-}" = 1 ] || rm -rf "$RUN"
 exit "$rc"
