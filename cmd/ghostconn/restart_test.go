@@ -134,7 +134,7 @@ func TestGhostEvidenceSurvivesKill(t *testing.T) {
 	if x.PID != y.PID || x.FD != y.FD || x.Comm != y.Comm || x.Op != y.Op {
 		t.Errorf("closer changed across the restart: before %+v, after %+v", x, y)
 	}
-	if d := x.At.Sub(y.At).Abs(); d > time.Millisecond {
+	if d := x.At.Sub(y.At).Abs(); d > clockPairing {
 		t.Errorf("close time moved by %s across the restart (%s vs %s)", d, x.At, y.At)
 	}
 	if st := status(t, b.sock); st.ClosesReplayed == 0 {
@@ -176,6 +176,14 @@ func waitGhostBy(t *testing.T, sock, local, what string, want func(*collector.Cl
 	})
 	return found
 }
+
+// clockPairing is how far two agents may show the same kernel time apart.
+// Each pairs the wall clock with CLOCK_MONOTONIC on its own at start
+// (collector's pairClocks): under qemu TCG that pairing is good only to a
+// few milliseconds (CI saw 1.066ms). A replay that took its time from the
+// restart rather than from the kept record would be off by seconds, which
+// the restart tests still catch.
+const clockPairing = 25 * time.Millisecond
 
 // TestExitEvidenceSurvivesRestart drives the sequence whose evidence a
 // restart used to lose: the opener (sh, holding the connection at fd 3)
@@ -271,13 +279,6 @@ func TestExitEvidenceSurvivesRestart(t *testing.T) {
 	if x.PID != y.PID || x.PPID != y.PPID || x.Comm != y.Comm || x.FD != y.FD || x.Op != y.Op || x.RefsLeft != y.RefsLeft {
 		t.Errorf("closer after the restart %+v, without one %+v", y, x)
 	}
-	// Each agent pairs the wall clock with CLOCK_MONOTONIC on its own at
-	// start (collector's pairClocks), so the same kernel time shows a little
-	// differently in each: under qemu TCG that pairing is good only to a
-	// few milliseconds (CI saw 1.066ms). A replay that took its time from
-	// the restart rather than from the kept record would be off by seconds,
-	// which this still catches.
-	const clockPairing = 25 * time.Millisecond
 	if d := x.At.Sub(y.At).Abs(); d > clockPairing {
 		t.Errorf("exit time differs by %s after the restart (%s vs %s)", d, y.At, x.At)
 	}
