@@ -84,6 +84,8 @@ enum stat_index {
 	STAT_LOST_SOCKOPT,
 	STAT_LOST_OWNER,
 	STAT_CLOSE_LAST_REF, // TCP socket fds closed with no other reference left
+	STAT_FOLDED_STATE,   // state changes kept out of the ring (nobody watches them)
+	STAT_FOLDED_SOCKOPT, // socket options folded into sockopts instead of a record
 	STAT_MAX,
 };
 
@@ -201,6 +203,59 @@ struct {
 	__type(value, __u32); // the fd
 } connect_fds SEC(".maps");
 
+// watch_key indexes the single entry of the watch map.
+enum watch_flag {
+	WATCH_STATES = 0, // nonzero while a watch client asks for state changes
+	WATCH_MAX,
+};
+
+// watch holds the agent's requests for extra records. Writer: the agent,
+// when its first watch client subscribes (1) and its last one leaves (0).
+// Readers: the state and setsockopt hooks, which stream every transition and
+// option only while it is set. Never deleted.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WATCH_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} watch SEC(".maps");
+
+// sockopt_bit names the options a sockopt_fold holds.
+enum sockopt_bit {
+	SOCKOPT_KEEPALIVE = 1,
+	SOCKOPT_KEEPIDLE = 2,
+	SOCKOPT_KEEPINTVL = 4,
+	SOCKOPT_KEEPCNT = 8,
+	SOCKOPT_USER_TIMEOUT = 16,
+};
+
+// sockopt_fold is the keepalive and give-up options an application set on
+// one socket since the agent last looked, the latest value of each.
+struct sockopt_fold {
+	__u64 ts_ns; // the latest setsockopt, CLOCK_MONOTONIC
+	__u32 pid;   // its tgid
+	__u32 mask;  // enum sockopt_bit: which values below were set
+	__s32 keepalive;
+	__s32 keep_idle;  // seconds
+	__s32 keep_intvl; // seconds
+	__s32 keep_cnt;
+	__s32 user_timeout_ms;
+	__u32 pad;
+};
+
+// sockopts folds socket options by socket cookie while nobody watches, so a
+// connection's four keepalive calls cost one entry and no ring record.
+// Writer: sys_enter_setsockopt (it creates the entry, then updates it in
+// place). Reader and deleter: the agent, which drains the map on every poll
+// of the ring. A full map refuses new sockets; the refusal is counted as a
+// lost sockopt.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // socket cookie
+	__type(value, struct sockopt_fold);
+} sockopts SEC(".maps");
+
 // Force the generated Go types.
 const struct event *unused_event __attribute__((unused));
 const struct close_rec *unused_close_rec __attribute__((unused));
@@ -210,12 +265,24 @@ const enum event_type *unused_event_type __attribute__((unused));
 const enum stat_index *unused_stat_index __attribute__((unused));
 const enum close_op *unused_close_op __attribute__((unused));
 const enum owner_op *unused_owner_op __attribute__((unused));
+const enum sockopt_bit *unused_sockopt_bit __attribute__((unused));
+const enum watch_flag *unused_watch_flag __attribute__((unused));
+const struct sockopt_fold *unused_sockopt_fold __attribute__((unused));
 
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
 	if (v)
 		*v += 1;
+}
+
+// watching reports whether a watch client asks for every state change and
+// option.
+static __always_inline bool watching(void)
+{
+	__u32 k = WATCH_STATES;
+	__u32 *v = bpf_map_lookup_elem(&watch, &k);
+	return v && *v;
 }
 
 static __always_inline struct event *reserve(__u32 lost_idx)
@@ -354,16 +421,41 @@ static __always_inline bool state_by_syscall(int old, int new)
 	return false;
 }
 
+// state_reported says which transitions reach user space while nobody
+// watches: a connection that became ESTABLISHED (or a listener), one that
+// left ESTABLISHED, the peer's close (CLOSE_WAIT, a verdict's start) and the
+// end (CLOSE). The handshake's SYN states and the teardown's FIN_WAIT2,
+// CLOSING, LAST_ACK and TIME_WAIT are folded: the socket itself keeps its
+// state, which a snapshot reads.
+static __always_inline bool state_reported(int old, int new)
+{
+	switch (new) {
+	case TCP_ESTABLISHED:
+	case TCP_LISTEN:
+	case TCP_CLOSE_WAIT:
+	case TCP_CLOSE:
+		return true;
+	}
+	return old == TCP_ESTABLISHED;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 {
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
+	// Every socket gets its cookie here, folded or not: the owner and
+	// close hooks only read it.
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	if (!state_reported(oldstate, newstate) && !watching()) {
+		count(STAT_FOLDED_STATE);
+		return 0;
+	}
 	struct event *e = reserve(STAT_LOST_STATE);
 	if (!e)
 		return 0;
 	e->type = EVENT_STATE;
-	e->cookie = bpf_get_socket_cookie(sk);
+	e->cookie = cookie;
 	e->old_state = oldstate;
 	e->state = newstate;
 	fill_tuple_btf(e, sk);
@@ -656,8 +748,10 @@ int sys_enter_close_range(struct trace_event_raw_sys_enter *ctx)
 // sched_process_exit fires for every exiting thread before exit_files.
 // When the thread is the last user of its fd table, exit closes every fd
 // in it without a close call: each TCP socket fd that leaves references
-// behind is recorded as a close with op exit. Any other exit costs two
-// reads.
+// behind is recorded as a close with op exit. A thread whose fd table
+// others still share leaves after two reads; every exiting process (the
+// last user of its table) walks the open-fd bitmap, one read per 64 fds,
+// and checks each open fd as a close does.
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(sched_process_exit, struct task_struct *p)
 {
@@ -682,6 +776,47 @@ int BPF_PROG(sched_process_exit, struct task_struct *p)
 	return 0;
 }
 
+// fold_sockopt keeps the option in the socket's sockopts entry. A socket
+// with no cookie yet (set before connect or listen) is skipped: the state
+// record at ESTABLISHED reads the settings from the socket.
+static __always_inline void fold_sockopt(struct sock *sk, int level, int optname, void *uval)
+{
+	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	if (!cookie)
+		return;
+	__s32 val = 0;
+	bpf_probe_read_user(&val, sizeof(val), uval);
+	struct sockopt_fold *f = bpf_map_lookup_elem(&sockopts, &cookie);
+	if (!f) {
+		struct sockopt_fold zero = {};
+		bpf_map_update_elem(&sockopts, &cookie, &zero, BPF_NOEXIST);
+		f = bpf_map_lookup_elem(&sockopts, &cookie);
+		if (!f) {
+			count(STAT_LOST_SOCKOPT);
+			return;
+		}
+	}
+	if (level == SOL_SOCKET) {
+		f->keepalive = val;
+		f->mask |= SOCKOPT_KEEPALIVE;
+	} else if (optname == TCP_KEEPIDLE) {
+		f->keep_idle = val;
+		f->mask |= SOCKOPT_KEEPIDLE;
+	} else if (optname == TCP_KEEPINTVL) {
+		f->keep_intvl = val;
+		f->mask |= SOCKOPT_KEEPINTVL;
+	} else if (optname == TCP_KEEPCNT) {
+		f->keep_cnt = val;
+		f->mask |= SOCKOPT_KEEPCNT;
+	} else {
+		f->user_timeout_ms = val;
+		f->mask |= SOCKOPT_USER_TIMEOUT;
+	}
+	f->pid = bpf_get_current_pid_tgid() >> 32;
+	f->ts_ns = bpf_ktime_get_ns();
+	count(STAT_FOLDED_SOCKOPT);
+}
+
 // setsockopt is only interesting for the keepalive and give-up settings; the
 // level/optname compare rejects everything else before any memory read.
 SEC("tracepoint/syscalls/sys_enter_setsockopt")
@@ -703,6 +838,10 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
 		return 0;
+	if (!watching()) {
+		fold_sockopt(sk, level, optname, (void *)ctx->args[3]);
+		return 0;
+	}
 	struct event *e = reserve(STAT_LOST_SOCKOPT);
 	if (!e)
 		return 0;
@@ -742,7 +881,11 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 	e->fd = fd;
 	e->cookie = cookie;
 	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
-	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	// The tuple and state, so that the record announces a connection whose
+	// handshake states were folded (a non-blocking connect returns in
+	// SYN_SENT).
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	fill_tuple(e, sk);
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	struct task_struct *task = bpf_get_current_task_btf();
 	e->ppid = BPF_CORE_READ(task, real_parent, tgid);

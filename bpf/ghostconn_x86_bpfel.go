@@ -162,6 +162,29 @@ type GhostconnSockRec struct {
 	Pad            uint32
 }
 
+type GhostconnSockoptBit uint32
+
+const (
+	GhostconnSockoptBitSOCKOPT_KEEPALIVE    GhostconnSockoptBit = 1
+	GhostconnSockoptBitSOCKOPT_KEEPIDLE     GhostconnSockoptBit = 2
+	GhostconnSockoptBitSOCKOPT_KEEPINTVL    GhostconnSockoptBit = 4
+	GhostconnSockoptBitSOCKOPT_KEEPCNT      GhostconnSockoptBit = 8
+	GhostconnSockoptBitSOCKOPT_USER_TIMEOUT GhostconnSockoptBit = 16
+)
+
+type GhostconnSockoptFold struct {
+	_             structs.HostLayout
+	TsNs          uint64
+	Pid           uint32
+	Mask          uint32
+	Keepalive     int32
+	KeepIdle      int32
+	KeepIntvl     int32
+	KeepCnt       int32
+	UserTimeoutMs int32
+	Pad           uint32
+}
+
 type GhostconnStatIndex uint32
 
 const (
@@ -172,7 +195,16 @@ const (
 	GhostconnStatIndexSTAT_LOST_SOCKOPT    GhostconnStatIndex = 4
 	GhostconnStatIndexSTAT_LOST_OWNER      GhostconnStatIndex = 5
 	GhostconnStatIndexSTAT_CLOSE_LAST_REF  GhostconnStatIndex = 6
-	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 7
+	GhostconnStatIndexSTAT_FOLDED_STATE    GhostconnStatIndex = 7
+	GhostconnStatIndexSTAT_FOLDED_SOCKOPT  GhostconnStatIndex = 8
+	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 9
+)
+
+type GhostconnWatchFlag uint32
+
+const (
+	GhostconnWatchFlagWATCH_STATES GhostconnWatchFlag = 0
+	GhostconnWatchFlagWATCH_MAX    GhostconnWatchFlag = 1
 )
 
 // Names of all BPF objects in the ELF.
@@ -182,7 +214,9 @@ const (
 	GhostconnMapCloses              = "closes"
 	GhostconnMapConnectFds          = "connect_fds"
 	GhostconnMapEvents              = "events"
+	GhostconnMapSockopts            = "sockopts"
 	GhostconnMapStats               = "stats"
+	GhostconnMapWatch               = "watch"
 	GhostconnProgInetSockSetState   = "inet_sock_set_state"
 	GhostconnProgIterTaskFile       = "iter_task_file"
 	GhostconnProgIterTcp            = "iter_tcp"
@@ -209,7 +243,10 @@ const (
 	GhostconnVarUnusedHolderRec     = "unused_holder_rec"
 	GhostconnVarUnusedOwnerOp       = "unused_owner_op"
 	GhostconnVarUnusedSockRec       = "unused_sock_rec"
+	GhostconnVarUnusedSockoptBit    = "unused_sockopt_bit"
+	GhostconnVarUnusedSockoptFold   = "unused_sockopt_fold"
 	GhostconnVarUnusedStatIndex     = "unused_stat_index"
+	GhostconnVarUnusedWatchFlag     = "unused_watch_flag"
 	GhostconnVarWakeupBytes         = "wakeup_bytes"
 )
 
@@ -279,26 +316,31 @@ type GhostconnMapSpecs struct {
 	Closes     *ebpf.MapSpec `ebpf:"closes"`
 	ConnectFds *ebpf.MapSpec `ebpf:"connect_fds"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
+	Sockopts   *ebpf.MapSpec `ebpf:"sockopts"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	Watch      *ebpf.MapSpec `ebpf:"watch"`
 }
 
 // GhostconnVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnVariableSpecs struct {
-	KeepaliveTimerFn *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
-	SockCloseFn      *ebpf.VariableSpec `ebpf:"sock_close_fn"`
-	UnusedCloseKey   *ebpf.VariableSpec `ebpf:"unused_close_key"`
-	UnusedCloseOp    *ebpf.VariableSpec `ebpf:"unused_close_op"`
-	UnusedCloseRec   *ebpf.VariableSpec `ebpf:"unused_close_rec"`
-	UnusedCloseSlot  *ebpf.VariableSpec `ebpf:"unused_close_slot"`
-	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	UnusedHolderRec  *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
-	UnusedOwnerOp    *ebpf.VariableSpec `ebpf:"unused_owner_op"`
-	UnusedSockRec    *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
-	UnusedStatIndex  *ebpf.VariableSpec `ebpf:"unused_stat_index"`
-	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	KeepaliveTimerFn  *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
+	SockCloseFn       *ebpf.VariableSpec `ebpf:"sock_close_fn"`
+	UnusedCloseKey    *ebpf.VariableSpec `ebpf:"unused_close_key"`
+	UnusedCloseOp     *ebpf.VariableSpec `ebpf:"unused_close_op"`
+	UnusedCloseRec    *ebpf.VariableSpec `ebpf:"unused_close_rec"`
+	UnusedCloseSlot   *ebpf.VariableSpec `ebpf:"unused_close_slot"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType   *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedHolderRec   *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
+	UnusedOwnerOp     *ebpf.VariableSpec `ebpf:"unused_owner_op"`
+	UnusedSockRec     *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
+	UnusedSockoptBit  *ebpf.VariableSpec `ebpf:"unused_sockopt_bit"`
+	UnusedSockoptFold *ebpf.VariableSpec `ebpf:"unused_sockopt_fold"`
+	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	UnusedWatchFlag   *ebpf.VariableSpec `ebpf:"unused_watch_flag"`
+	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // GhostconnObjects contains all objects after they have been loaded into the kernel.
@@ -324,7 +366,9 @@ type GhostconnMaps struct {
 	Closes     *ebpf.Map `ebpf:"closes"`
 	ConnectFds *ebpf.Map `ebpf:"connect_fds"`
 	Events     *ebpf.Map `ebpf:"events"`
+	Sockopts   *ebpf.Map `ebpf:"sockopts"`
 	Stats      *ebpf.Map `ebpf:"stats"`
+	Watch      *ebpf.Map `ebpf:"watch"`
 }
 
 func (m *GhostconnMaps) Close() error {
@@ -332,7 +376,9 @@ func (m *GhostconnMaps) Close() error {
 		m.Closes,
 		m.ConnectFds,
 		m.Events,
+		m.Sockopts,
 		m.Stats,
+		m.Watch,
 	)
 }
 
@@ -340,19 +386,22 @@ func (m *GhostconnMaps) Close() error {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnVariables struct {
-	KeepaliveTimerFn *ebpf.Variable `ebpf:"keepalive_timer_fn"`
-	SockCloseFn      *ebpf.Variable `ebpf:"sock_close_fn"`
-	UnusedCloseKey   *ebpf.Variable `ebpf:"unused_close_key"`
-	UnusedCloseOp    *ebpf.Variable `ebpf:"unused_close_op"`
-	UnusedCloseRec   *ebpf.Variable `ebpf:"unused_close_rec"`
-	UnusedCloseSlot  *ebpf.Variable `ebpf:"unused_close_slot"`
-	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
-	UnusedHolderRec  *ebpf.Variable `ebpf:"unused_holder_rec"`
-	UnusedOwnerOp    *ebpf.Variable `ebpf:"unused_owner_op"`
-	UnusedSockRec    *ebpf.Variable `ebpf:"unused_sock_rec"`
-	UnusedStatIndex  *ebpf.Variable `ebpf:"unused_stat_index"`
-	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
+	KeepaliveTimerFn  *ebpf.Variable `ebpf:"keepalive_timer_fn"`
+	SockCloseFn       *ebpf.Variable `ebpf:"sock_close_fn"`
+	UnusedCloseKey    *ebpf.Variable `ebpf:"unused_close_key"`
+	UnusedCloseOp     *ebpf.Variable `ebpf:"unused_close_op"`
+	UnusedCloseRec    *ebpf.Variable `ebpf:"unused_close_rec"`
+	UnusedCloseSlot   *ebpf.Variable `ebpf:"unused_close_slot"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType   *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedHolderRec   *ebpf.Variable `ebpf:"unused_holder_rec"`
+	UnusedOwnerOp     *ebpf.Variable `ebpf:"unused_owner_op"`
+	UnusedSockRec     *ebpf.Variable `ebpf:"unused_sock_rec"`
+	UnusedSockoptBit  *ebpf.Variable `ebpf:"unused_sockopt_bit"`
+	UnusedSockoptFold *ebpf.Variable `ebpf:"unused_sockopt_fold"`
+	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
+	UnusedWatchFlag   *ebpf.Variable `ebpf:"unused_watch_flag"`
+	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // GhostconnPrograms contains all programs after they have been loaded into the kernel.

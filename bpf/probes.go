@@ -124,6 +124,12 @@ type Probes struct {
 
 	// connectFds is the kernel's own scratch map of the connect hooks.
 	connectFds *ebpf.Map
+	// watch and sockopts: see SetWatching and DrainSockopts.
+	watch    *ebpf.Map
+	sockopts *ebpf.Map
+	// drainKeys and drainVals are DrainSockopts' batch buffers.
+	drainKeys []uint64
+	drainVals []GhostconnSockoptFold
 
 	iterTCP   *link.Iter
 	iterFiles *link.Iter
@@ -188,9 +194,11 @@ func Load(opts Options) (*Probes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create bpf maps: %w", err)
 	}
-	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, connectFds: maps.ConnectFds, PinReset: pinReset,
+	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, connectFds: maps.ConnectFds,
+		watch: maps.Watch, sockopts: maps.Sockopts, PinReset: pinReset,
 		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}}
-	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes, "connect_fds": maps.ConnectFds}
+	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes,
+		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "sockopts": maps.Sockopts}
 
 	// Only the syscall hooks need tracefs, and they are optional: without
 	// it they stay detached, with the reason.
@@ -302,8 +310,52 @@ func (p *Probes) Close() error {
 	for _, prog := range p.progs {
 		errs = append(errs, prog.Close())
 	}
-	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close(), p.connectFds.Close())
+	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close(), p.connectFds.Close(),
+		p.watch.Close(), p.sockopts.Close())
 	return errors.Join(errs...)
+}
+
+// SetWatching tells the state and setsockopt hooks whether a watch client
+// wants every state change and socket option as its own record (on), or
+// only the transitions the table acts on, with options folded into the
+// sockopts map (off).
+func (p *Probes) SetWatching(on bool) error {
+	var v uint32
+	if on {
+		v = 1
+	}
+	if err := p.watch.Update(uint32(GhostconnWatchFlagWATCH_STATES), v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set the watch flag: %w", err)
+	}
+	return nil
+}
+
+// drainBatch is how many folded sockets DrainSockopts takes per syscall.
+const drainBatch = 256
+
+// DrainSockopts takes the socket options folded in the kernel since the
+// last drain, deleting them from the map, and calls fn for each socket. fn
+// must not keep the record past its call.
+func (p *Probes) DrainSockopts(fn func(cookie uint64, f *GhostconnSockoptFold)) (int, error) {
+	if p.drainKeys == nil {
+		p.drainKeys = make([]uint64, drainBatch)
+		p.drainVals = make([]GhostconnSockoptFold, drainBatch)
+	}
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for {
+		n, err := p.sockopts.BatchLookupAndDelete(&cursor, p.drainKeys, p.drainVals, nil)
+		for i := 0; i < n; i++ {
+			fn(p.drainKeys[i], &p.drainVals[i])
+		}
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("drain the sockopts map: %w", err)
+		}
+	}
 }
 
 // CloseRecords returns the close evidence kept in the kernel: for each

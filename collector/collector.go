@@ -105,6 +105,12 @@ type Collector struct {
 	// not snapshot; lastSnapshotErr is the latest of those failures.
 	snapshotErrors  atomic.Uint64
 	lastSnapshotErr atomic.Pointer[TimedError]
+	// drainErrors counts failed drains of the kernel's folded socket
+	// options; lastDrainErr is the latest. watchFlagErrors counts failed
+	// flips of the kernel's watch flag.
+	drainErrors     atomic.Uint64
+	lastDrainErr    atomic.Pointer[TimedError]
+	watchFlagErrors atomic.Uint64
 	// reconcileMu serialises snapshots; nsPaths is the namespace list the
 	// last reconcile found, under it.
 	reconcileMu sync.Mutex
@@ -199,14 +205,24 @@ func New(cfg Config) (*Collector, error) {
 		probes.Close()
 		return nil, fmt.Errorf("open event ring buffer: %w", err)
 	}
-	return &Collector{
+	c := &Collector{
 		cfg:    cfg,
 		probes: probes,
 		table:  NewTable(cfg.Table),
 		dec:    Decoder{HZ: hz, MonoOffset: monoOffset()},
 		reader: rd,
 		ready:  make(chan struct{}),
-	}, nil
+	}
+	// While a watch client is connected, the kernel streams the transitions
+	// and options it otherwise folds.
+	c.table.SetWatchHook(func(on bool) error {
+		err := probes.SetWatching(on)
+		if err != nil {
+			c.watchFlagErrors.Add(1)
+		}
+		return err
+	})
+	return c, nil
 }
 
 // Table returns the live connection table.
@@ -432,10 +448,29 @@ func (c *Collector) readLoop(ctx context.Context) error {
 	dec := c.dec // the loop's own copy: it refreshes MonoOffset
 	var rec ringbuf.Record
 	batch := make([]Event, 0, 256)
+	var held []Event // socket options drained from the kernel
+	var lastDrain time.Time
 	flush := func() {
 		if len(batch) > 0 {
 			c.table.Apply(batch)
 			batch = batch[:0]
+		}
+		if time.Since(lastDrain) < c.cfg.PollInterval {
+			return
+		}
+		// Options drained a poll ago are applied now, after the ring
+		// records read since: the record that announced the socket was
+		// in the ring before the application's setsockopt.
+		if len(held) > 0 {
+			c.table.Apply(held)
+			held = held[:0]
+		}
+		lastDrain = time.Now()
+		if _, err := c.probes.DrainSockopts(func(cookie uint64, f *bpf.GhostconnSockoptFold) {
+			held = foldedSockopts(held, cookie, f)
+		}); err != nil {
+			c.drainErrors.Add(1)
+			c.lastDrainErr.Store(&TimedError{Time: lastDrain, Error: err.Error()})
 		}
 	}
 	var failing int // consecutive failed reads
@@ -616,12 +651,23 @@ func (c *Collector) RefreshHolders() error {
 
 // Status is the collector's account of itself.
 type Status struct {
-	Ready              bool              `json:"ready"`
-	Connections        int               `json:"connections"`
-	EventsRead         uint64            `json:"events_read"`
-	EventsLost         map[string]uint64 `json:"events_lost"`
-	DecodeErrors       uint64            `json:"decode_errors"`
-	ReaderErrors       uint64            `json:"reader_errors"`
+	Ready        bool              `json:"ready"`
+	Connections  int               `json:"connections"`
+	EventsRead   uint64            `json:"events_read"`
+	EventsLost   map[string]uint64 `json:"events_lost"`
+	DecodeErrors uint64            `json:"decode_errors"`
+	ReaderErrors uint64            `json:"reader_errors"`
+	// Folded counts what the kernel kept out of the ring buffer because no
+	// watch client asked for it, by kind ("state", "sockopt").
+	Folded map[string]uint64 `json:"folded"`
+	// SockoptDrainErrors counts failed reads of the folded socket options;
+	// LastSockoptDrainError is the latest.
+	SockoptDrainErrors    uint64      `json:"sockopt_drain_errors"`
+	LastSockoptDrainError *TimedError `json:"last_sockopt_drain_error,omitempty"`
+	// WatchFlagErrors counts failed changes of the kernel's watch flag.
+	WatchFlagErrors uint64 `json:"watch_flag_errors"`
+	// OwnerCreated counts connections that an owner record announced.
+	OwnerCreated       uint64            `json:"owner_created"`
 	NotReadyReason     string            `json:"not_ready_reason,omitempty"`
 	TableFullDrops     uint64            `json:"table_full_drops"`
 	UnknownSocket      uint64            `json:"unknown_socket_events"`
@@ -666,33 +712,41 @@ func (c *Collector) Status() (Status, error) {
 	}
 	ts := c.table.Stats()
 	s := Status{
-		Connections:        c.table.Len(),
-		EventsRead:         c.eventsRead.Load(),
-		EventsLost:         map[string]uint64{},
-		DecodeErrors:       c.decodeErrors.Load(),
-		ReaderErrors:       c.readerErrors.Load(),
-		TableFullDrops:     ts.DroppedFull,
-		UnknownSocket:      ts.Unknown,
-		Reconciles:         c.reconciles.Load(),
-		ReconcileErrors:    c.reconcileErrors.Load(),
-		SnapshotErrors:     c.snapshotErrors.Load(),
-		LastSnapshotError:  c.lastSnapshotErr.Load(),
-		ReconcileSeconds:   time.Duration(c.lastReconcile.Load()).Seconds(),
-		ReconcileAdded:     ts.ReconcileAdds,
-		ReconcileRemoved:   ts.ReconcileGone,
-		ReconcileCorrected: ts.ReconcileFix,
-		Refreshes:          c.refreshes.Load(),
-		VerdictsRaised:     ts.Raised,
-		Transitions:        map[string]uint64{},
-		RetransmitEvents:   ts.Applied[KindRetransmit],
-		KeepaliveFirings:   ts.Applied[KindKeepalive],
-		KeepaliveProbes:    ts.KeepaliveProbes,
-		Programs:           map[string]string{},
-		ProgramIDs:         c.probes.ProgramIDs,
-		ClosesReplayed:     c.replayed.Load(),
-		CapsDropped:        c.capsDropped.Load(),
-		KernelHZ:           c.dec.HZ,
-		CloseLastRef:       kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
+		Connections:  c.table.Len(),
+		EventsRead:   c.eventsRead.Load(),
+		EventsLost:   map[string]uint64{},
+		DecodeErrors: c.decodeErrors.Load(),
+		ReaderErrors: c.readerErrors.Load(),
+		Folded: map[string]uint64{
+			"state":   kstats[bpf.GhostconnStatIndexSTAT_FOLDED_STATE],
+			"sockopt": kstats[bpf.GhostconnStatIndexSTAT_FOLDED_SOCKOPT],
+		},
+		SockoptDrainErrors:    c.drainErrors.Load(),
+		LastSockoptDrainError: c.lastDrainErr.Load(),
+		WatchFlagErrors:       c.watchFlagErrors.Load(),
+		OwnerCreated:          ts.OwnerCreated,
+		TableFullDrops:        ts.DroppedFull,
+		UnknownSocket:         ts.Unknown,
+		Reconciles:            c.reconciles.Load(),
+		ReconcileErrors:       c.reconcileErrors.Load(),
+		SnapshotErrors:        c.snapshotErrors.Load(),
+		LastSnapshotError:     c.lastSnapshotErr.Load(),
+		ReconcileSeconds:      time.Duration(c.lastReconcile.Load()).Seconds(),
+		ReconcileAdded:        ts.ReconcileAdds,
+		ReconcileRemoved:      ts.ReconcileGone,
+		ReconcileCorrected:    ts.ReconcileFix,
+		Refreshes:             c.refreshes.Load(),
+		VerdictsRaised:        ts.Raised,
+		Transitions:           map[string]uint64{},
+		RetransmitEvents:      ts.Applied[KindRetransmit],
+		KeepaliveFirings:      ts.Applied[KindKeepalive],
+		KeepaliveProbes:       ts.KeepaliveProbes,
+		Programs:              map[string]string{},
+		ProgramIDs:            c.probes.ProgramIDs,
+		ClosesReplayed:        c.replayed.Load(),
+		CapsDropped:           c.capsDropped.Load(),
+		KernelHZ:              c.dec.HZ,
+		CloseLastRef:          kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
 	}
 	s.Ready, s.NotReadyReason = c.Readiness()
 	for k, idx := range lostIndex {

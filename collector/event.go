@@ -274,6 +274,42 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	return nil
 }
 
+// sockoptBits maps the bits of a folded sockopt record to the option each
+// stands for.
+var sockoptBits = []struct {
+	bit         bpf.GhostconnSockoptBit
+	level, name int32
+	value       func(f *bpf.GhostconnSockoptFold) int32
+}{
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPALIVE, solSocket, soKeepalive, func(f *bpf.GhostconnSockoptFold) int32 { return f.Keepalive }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPIDLE, solTCP, tcpKeepIdle, func(f *bpf.GhostconnSockoptFold) int32 { return f.KeepIdle }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPINTVL, solTCP, tcpKeepIntvl, func(f *bpf.GhostconnSockoptFold) int32 { return f.KeepIntvl }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPCNT, solTCP, tcpKeepCnt, func(f *bpf.GhostconnSockoptFold) int32 { return f.KeepCnt }},
+	{bpf.GhostconnSockoptBitSOCKOPT_USER_TIMEOUT, solTCP, tcpUserTimeout, func(f *bpf.GhostconnSockoptFold) int32 { return f.UserTimeoutMs }},
+}
+
+// foldedSockopts appends to evs one sockopt event for each option the
+// kernel folded for the socket cookie: the same events a watched
+// setsockopt would have sent, at the time of the socket's latest call.
+func foldedSockopts(evs []Event, cookie uint64, f *bpf.GhostconnSockoptFold) []Event {
+	if cookie == 0 {
+		return evs
+	}
+	for _, b := range sockoptBits {
+		if f.Mask&uint32(b.bit) == 0 {
+			continue
+		}
+		evs = append(evs, Event{
+			Kind:    KindSockopt,
+			Mono:    int64(f.TsNs), // the table puts it on its timeline
+			Cookie:  cookie,
+			Task:    &Task{PID: f.Pid},
+			Sockopt: Sockopt{Level: b.level, Name: b.name, Value: b.value(f)},
+		})
+	}
+	return evs
+}
+
 // comm returns the task name b as a string, the same string as last time
 // when it is the same name.
 func (d *Decoder) comm(b *[16]int8) string {

@@ -110,55 +110,106 @@ func pair(t *testing.T, network, addr string) (client, server net.Conn) {
 	return client, server
 }
 
+// TestLoopbackLifecycle follows both ends of a loopback connection from
+// dial to close. Unwatched, the kernel reports only the transitions the
+// table acts on (ESTABLISHED, leaving it, CLOSE_WAIT, CLOSE) and folds the
+// rest; while a watch client is subscribed, it streams every transition,
+// and the watcher sees each one.
 func TestLoopbackLifecycle(t *testing.T) {
 	c := startCollector(t, collector.Config{})
-	for _, tc := range []struct{ network, addr, family string }{
-		{"tcp4", "127.0.0.1:0", "ipv4"},
-		{"tcp6", "[::1]:0", "ipv6"},
-	} {
-		t.Run(tc.family, func(t *testing.T) {
-			client, server := pair(t, tc.network, tc.addr)
-			cl, sl := client.LocalAddr().String(), server.LocalAddr().String()
-
-			cv := waitFor(t, c, "client ESTABLISHED", tuple(cl, sl, collector.StateEstablished))
-			sv := waitFor(t, c, "server ESTABLISHED", tuple(sl, cl, collector.StateEstablished))
-			for _, v := range []collector.ConnView{cv, sv} {
-				if v.Family != tc.family {
-					t.Errorf("%s: family %q, want %q", v.Local, v.Family, tc.family)
-				}
-				if v.Cookie == 0 {
-					t.Errorf("%s: no cookie", v.Local)
-				}
+	for _, watched := range []bool{false, true} {
+		for _, tc := range []struct{ network, addr, family string }{
+			{"tcp4", "127.0.0.1:0", "ipv4"},
+			{"tcp6", "[::1]:0", "ipv6"},
+		} {
+			name := tc.family + "/unwatched"
+			if watched {
+				name = tc.family + "/watched"
 			}
-			if len(cv.History) == 0 || cv.History[0].To != collector.StateSynSent || cv.Opener == nil || cv.Opener.PID != uint32(os.Getpid()) {
-				t.Errorf("client history %+v opener %+v: want SYN_SENT first, opened by pid %d", cv.History, cv.Opener, os.Getpid())
-			}
-
-			client.Close()
-			// The closing side goes through FIN_WAIT into TIME_WAIT (its
-			// full socket reports CLOSE); the other side sees the FIN.
-			waitFor(t, c, "server CLOSE_WAIT", tuple(sl, cl, collector.StateCloseWait))
-			server.Close()
-			closed := waitFor(t, c, "client closed", func(v *collector.ConnView) bool {
-				return v.Cookie == cv.Cookie && v.State == collector.StateClose
-			})
-			// The kernel's transitions; a snapshot racing the reader may add
-			// a TIME_WAIT of its own (the time-wait socket keeps the cookie).
-			var states []collector.State
-			for _, tr := range closed.History {
-				if tr.Source == "kernel" {
-					states = append(states, tr.To)
-				}
-			}
-			want := []collector.State{collector.StateSynSent, collector.StateEstablished, collector.StateFinWait1, collector.StateFinWait2, collector.StateClose}
-			if fmt.Sprint(states) != fmt.Sprint(want) {
-				t.Errorf("client transitions %v, want %v", states, want)
-			}
-			waitFor(t, c, "server closed", func(v *collector.ConnView) bool {
-				return v.Cookie == sv.Cookie && v.State == collector.StateClose
-			})
-		})
+			t.Run(name, func(t *testing.T) { loopbackLifecycle(t, c, tc.network, tc.addr, tc.family, watched) })
+		}
 	}
+}
+
+func loopbackLifecycle(t *testing.T, c *collector.Collector, network, addr, family string, watched bool) {
+	var sub *collector.Subscription
+	if watched {
+		var err error
+		if sub, err = c.Table().Subscribe(1024); err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Cancel()
+	}
+	client, server := pair(t, network, addr)
+	cl, sl := client.LocalAddr().String(), server.LocalAddr().String()
+
+	cv := waitFor(t, c, "client ESTABLISHED", tuple(cl, sl, collector.StateEstablished))
+	sv := waitFor(t, c, "server ESTABLISHED", tuple(sl, cl, collector.StateEstablished))
+	for _, v := range []collector.ConnView{cv, sv} {
+		if v.Family != family {
+			t.Errorf("%s: family %q, want %q", v.Local, v.Family, family)
+		}
+		if v.Cookie == 0 {
+			t.Errorf("%s: no cookie", v.Local)
+		}
+	}
+	if cv.Opener == nil || cv.Opener.PID != uint32(os.Getpid()) {
+		t.Errorf("client opener %+v: want pid %d", cv.Opener, os.Getpid())
+	}
+
+	client.Close()
+	// The closing side goes through FIN_WAIT into TIME_WAIT (its full
+	// socket reports CLOSE); the other side sees the FIN.
+	waitFor(t, c, "server CLOSE_WAIT", tuple(sl, cl, collector.StateCloseWait))
+	server.Close()
+	closed := waitFor(t, c, "client closed", func(v *collector.ConnView) bool {
+		return v.Cookie == cv.Cookie && v.State == collector.StateClose
+	})
+	serverClosed := waitFor(t, c, "server closed", func(v *collector.ConnView) bool {
+		return v.Cookie == sv.Cookie && v.State == collector.StateClose
+	})
+	// The kernel's transitions; a snapshot racing the reader may add a
+	// TIME_WAIT of its own (the time-wait socket keeps the cookie).
+	kernelStates := func(v collector.ConnView) string {
+		var states []collector.State
+		for _, tr := range v.History {
+			if tr.Source == "kernel" {
+				states = append(states, tr.To)
+			}
+		}
+		return fmt.Sprint(states)
+	}
+	wantClient := []collector.State{collector.StateEstablished, collector.StateFinWait1, collector.StateClose}
+	wantServer := []collector.State{collector.StateEstablished, collector.StateCloseWait, collector.StateClose}
+	if watched {
+		wantClient = []collector.State{collector.StateSynSent, collector.StateEstablished, collector.StateFinWait1, collector.StateFinWait2, collector.StateClose}
+		wantServer = []collector.State{collector.StateSynRecv, collector.StateEstablished, collector.StateCloseWait, collector.StateLastAck, collector.StateClose}
+	}
+	if got := kernelStates(closed); got != fmt.Sprint(wantClient) {
+		t.Errorf("client transitions %v, want %v", got, wantClient)
+	}
+	if got := kernelStates(serverClosed); got != fmt.Sprint(wantServer) {
+		t.Errorf("server transitions %v, want %v", got, wantServer)
+	}
+	if !watched {
+		return
+	}
+	// The watcher saw every transition of the client, in order.
+	var seen []collector.State
+	testutil.Eventually(t, 5*time.Second, "the watcher to see the client's transitions", func() (bool, string) {
+		for {
+			select {
+			case ch := <-sub.C:
+				if ch.Type == "state" && ch.Cookie == cv.Cookie && ch.Source == "kernel" {
+					seen = append(seen, ch.State)
+				}
+				continue
+			default:
+			}
+			break
+		}
+		return fmt.Sprint(seen) == fmt.Sprint(wantClient), fmt.Sprintf("watcher saw %v, want %v", seen, wantClient)
+	})
 }
 
 func TestConnectionBeforeAgentIsSeeded(t *testing.T) {

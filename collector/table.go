@@ -6,6 +6,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TableConfig bounds the table's memory.
@@ -29,6 +31,7 @@ type TableStats struct {
 	Applied       map[Kind]uint64
 	DroppedFull   uint64 // new connections refused because the table was full
 	Unknown       uint64 // close/sockopt events for sockets the table does not know
+	OwnerCreated  uint64 // connections an owner record announced (their handshake was folded)
 	ReconcileAdds uint64 // connections a snapshot found that no event announced
 	ReconcileGone uint64 // connections a snapshot no longer found
 	ReconcileFix  uint64 // connections whose state a snapshot corrected
@@ -57,6 +60,8 @@ type Table struct {
 	alive func(pid uint32) bool
 	// subs are the watchers of changes.
 	subs map[*Subscription]struct{}
+	// watchHook is told when the first watcher comes and the last goes.
+	watchHook func(watching bool) error
 	// cgroups resolves holders' cgroup ids; nil leaves them unresolved.
 	cgroups *cgroupCache
 	// dirtyList holds the connections changed since the last evaluation;
@@ -271,11 +276,29 @@ func (t *Table) apply(ev *Event) {
 // lock. An owner event is no news of the socket's state, so LastUpdate
 // stays.
 func (t *Table) applyOwner(ev *Event, c *Conn) {
-	if c == nil || ev.Task == nil {
-		// A connection no state event or snapshot announced (its state
-		// event was lost): the next reconcile finds it and its holders.
+	if ev.Task == nil {
 		t.stats.Unknown++
 		return
+	}
+	if c == nil {
+		// The kernel folds the handshake's states, so a non-blocking
+		// connect returns (in SYN_SENT) before any state record: the
+		// owner record announces the connection. One already closing is
+		// left to its CLOSE record.
+		switch ev.State {
+		case StateSynSent, StateSynRecv, StateEstablished, StateCloseWait:
+		default:
+			t.stats.Unknown++
+			return
+		}
+		if c = t.create(ev); c == nil {
+			return
+		}
+		c.LastUpdate = ev.Time
+		t.stats.OwnerCreated++
+	}
+	if c.Opener == nil && ev.Owner.Op == "connect" {
+		c.Opener = ev.Task
 	}
 	t.setInode(c, ev.Inode)
 	for i := range c.Holders {
@@ -311,15 +334,15 @@ func (t *Table) updateCounters(c *Conn, ev *Event) {
 	c.Counters = ev.Counters
 }
 
-// Socket option numbers from the uapi headers.
+// Socket option numbers, from the uapi headers by way of x/sys/unix.
 const (
-	solSocket      = 1
-	soKeepalive    = 9
-	solTCP         = 6
-	tcpKeepIdle    = 4
-	tcpKeepIntvl   = 5
-	tcpKeepCnt     = 6
-	tcpUserTimeout = 18
+	solSocket      = unix.SOL_SOCKET
+	soKeepalive    = unix.SO_KEEPALIVE
+	solTCP         = unix.SOL_TCP
+	tcpKeepIdle    = unix.TCP_KEEPIDLE
+	tcpKeepIntvl   = unix.TCP_KEEPINTVL
+	tcpKeepCnt     = unix.TCP_KEEPCNT
+	tcpUserTimeout = unix.TCP_USER_TIMEOUT
 )
 
 func applySockopt(s *SockSettings, o Sockopt) {

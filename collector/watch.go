@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"fmt"
 	"sync/atomic"
 	"time"
 )
@@ -46,22 +47,48 @@ type Subscription struct {
 // keep up, and resets the count.
 func (s *Subscription) Lost() uint64 { return s.lost.Swap(0) }
 
-// Cancel stops the subscription.
+// Cancel stops the subscription. The last one to go tells the watch hook
+// that nobody watches any more.
 func (s *Subscription) Cancel() {
 	s.t.mu.Lock()
+	defer s.t.mu.Unlock()
+	if _, ok := s.t.subs[s]; !ok {
+		return
+	}
 	delete(s.t.subs, s)
-	s.t.mu.Unlock()
+	if len(s.t.subs) == 0 && s.t.watchHook != nil {
+		// A failure leaves the kernel streaming every transition: more
+		// records, nothing missed. The hook counts it.
+		_ = s.t.watchHook(false)
+	}
 }
 
 // Subscribe returns a subscription with a buffer of size changes; a
-// subscriber that falls further behind loses changes, counted by Lost.
-func (t *Table) Subscribe(size int) *Subscription {
+// subscriber that falls further behind loses changes, counted by Lost. The
+// first subscriber asks the watch hook for every state change; if it
+// cannot have them, Subscribe fails.
+func (t *Table) Subscribe(size int) (*Subscription, error) {
 	s := &Subscription{ch: make(chan Change, size), t: t}
 	s.C = s.ch
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.subs) == 0 && t.watchHook != nil {
+		if err := t.watchHook(true); err != nil {
+			return nil, fmt.Errorf("ask the kernel for every state change: %w", err)
+		}
+	}
 	t.subs[s] = struct{}{}
+	return s, nil
+}
+
+// SetWatchHook sets the function told, under the table's lock, when the
+// first watcher arrives (true) and when the last one leaves (false). The
+// collector uses it to have the kernel stream the transitions it otherwise
+// folds.
+func (t *Table) SetWatchHook(fn func(watching bool) error) {
+	t.mu.Lock()
+	t.watchHook = fn
 	t.mu.Unlock()
-	return s
 }
 
 // publish sends a change to every subscriber without blocking. It is called

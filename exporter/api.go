@@ -116,7 +116,11 @@ func (a *API) watch(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, Error{Error: "streaming unsupported"})
 		return
 	}
-	sub := a.src.Table().Subscribe(4096)
+	sub, err := a.src.Table().Subscribe(4096)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Error{Error: err.Error()})
+		return
+	}
 	defer sub.Cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)

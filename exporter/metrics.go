@@ -52,6 +52,8 @@ var (
 	eventsLostDesc       = desc("events_lost_total", "Events the kernel could not put in the ring buffer because it was full, by event kind.", "event")
 	decodeErrorsDesc     = desc("decode_errors_total", "Ring-buffer records that could not be decoded and were skipped.")
 	readerErrorsDesc     = desc("reader_errors_total", "Failed reads of the event ring buffer (retried; the agent exits when they persist).")
+	foldedDesc           = desc("kernel_folded_total", "Records the kernel kept out of the ring buffer because no watch client asked for them (state changes the table does not act on, socket options folded per socket), by kind.", "kind")
+	drainErrorsDesc      = desc("sockopt_drain_errors_total", "Failed reads of the socket options the kernel folded.")
 	snapshotErrorsDesc   = desc("namespace_snapshot_errors_total", "Network namespaces a reconcile or verdict refresh could not snapshot (the last error is in ghostconn status).")
 	transitionsDesc      = desc("state_transitions_total", "TCP state changes reported by the kernel, by new state.", "state")
 	retransmitsDesc      = desc("retransmits_total", "TCP segment retransmissions reported by the kernel.")
@@ -69,7 +71,7 @@ var (
 	buildInfoDesc        = desc("build_info", "Build information; always 1.", "version", "revision", "goversion")
 	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
 	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
-	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
+	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
 	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt", "owner"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
@@ -229,6 +231,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(decodeErrorsDesc, st.DecodeErrors)
 	counter(readerErrorsDesc, st.ReaderErrors)
+	for _, k := range []string{"state", "sockopt"} {
+		counter(foldedDesc, st.Folded[k], k)
+	}
+	counter(drainErrorsDesc, st.SockoptDrainErrors)
 	counter(snapshotErrorsDesc, st.SnapshotErrors)
 	for name, n := range st.Transitions {
 		counter(transitionsDesc, n, name)

@@ -1,0 +1,108 @@
+package collector_test
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/internal/testutil"
+)
+
+// recordsPerSocketBound is the most ring records one end of a short
+// loopback connection may cost while nobody watches: ESTABLISHED, leaving
+// ESTABLISHED (FIN_WAIT1 or CLOSE_WAIT), CLOSE and its owner record. The
+// handshake, the rest of the teardown and every keepalive option stay in
+// the kernel.
+const recordsPerSocketBound = 4
+
+// TestFoldedChurnRecordsPerConnection churns connections through Go's
+// net package, which sets four keepalive options on each end, and counts
+// the records the agent read or lost meanwhile, from its own counters.
+func TestFoldedChurnRecordsPerConnection(t *testing.T) {
+	c := startCollector(t, collector.Config{})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	go func() {
+		for {
+			s, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// Wait for the client's FIN, then close: the server end goes
+			// through CLOSE_WAIT and LAST_ACK.
+			go func() {
+				var b [1]byte
+				s.Read(b[:])
+				s.Close()
+			}()
+		}
+	}()
+
+	before := recordsSeen(t, c)
+	const conns = 10000
+	for i := 0; i < conns; i++ {
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		cl.Close()
+	}
+	// Every end of every connection reaches CLOSE in the table.
+	testutil.Eventually(t, 30*time.Second, "every churned connection closed in the table", func() (bool, string) {
+		live := c.Table().List(time.Now(), collector.ListOptions{Match: func(v *collector.ConnView) bool {
+			_, lp, _ := net.SplitHostPort(v.Local)
+			_, rp, _ := net.SplitHostPort(v.Remote)
+			return (lp == port || rp == port) && v.State != collector.StateListen
+		}})
+		return len(live) == 0, fmt.Sprintf("%d ends still live", len(live))
+	})
+	after := recordsSeen(t, c)
+	records := after.records - before.records
+	perConn := float64(records) / conns
+	t.Logf("%d connections: %d records (%.2f per connection, %.2f per socket); folded %d state changes, %d socket options; %d owner-announced",
+		conns, records, perConn, perConn/2, after.foldedState-before.foldedState, after.foldedSockopt-before.foldedSockopt, after.ownerCreated-before.ownerCreated)
+	// The counters are the host's: allow 1% for what other processes did
+	// meanwhile.
+	if limit := 2 * recordsPerSocketBound * conns * 101 / 100; records > limit {
+		t.Errorf("%d records for %d connections (%.2f per connection, both ends), want at most %d per connection", records, conns, perConn, 2*recordsPerSocketBound)
+	}
+	// SYN_SENT, SYN_RECV, FIN_WAIT2 and LAST_ACK of each connection.
+	if got := after.foldedState - before.foldedState; got < 4*conns {
+		t.Errorf("%d state changes folded, want at least %d", got, 4*conns)
+	}
+	// Go sets SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT on
+	// both ends.
+	if got := after.foldedSockopt - before.foldedSockopt; got < 8*conns {
+		t.Errorf("%d socket options folded, want at least %d", got, 8*conns)
+	}
+	if after.drainErrors != 0 {
+		t.Errorf("%d failed drains of the folded socket options", after.drainErrors)
+	}
+}
+
+type seen struct {
+	records, foldedState, foldedSockopt, ownerCreated, drainErrors uint64
+}
+
+// recordsSeen reads the agent's counters: records read from the ring or
+// lost to it, and what the kernel folded.
+func recordsSeen(t *testing.T, c *collector.Collector) seen {
+	t.Helper()
+	st, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := seen{records: st.EventsRead, foldedState: st.Folded["state"], foldedSockopt: st.Folded["sockopt"],
+		ownerCreated: st.OwnerCreated, drainErrors: st.SockoptDrainErrors}
+	for _, n := range st.EventsLost {
+		s.records += n
+	}
+	return s
+}
