@@ -119,7 +119,22 @@ func launchAgent(t *testing.T, sockDir, pinDir string, args ...string) *agentPro
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { a.exited <- a.cmd.Wait() }()
+	done := make(chan struct{})
+	go func() {
+		err := a.cmd.Wait()
+		close(done)
+		a.exited <- err
+	}()
+	// A test that fails before it stops the agent must not leave it
+	// running (attached to the host) after the test: kill it by its pid.
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			a.cmd.Process.Kill()
+			<-done
+		}
+	})
 	sock, logs, exited := a.sock, a.logs, a.exited
 	client := exporter.NewClient(sock)
 	testutil.Eventually(t, 30*time.Second, "the agent to be ready", func() (bool, string) {
