@@ -162,8 +162,8 @@ func commOf(r GhostconnCloseRec) string {
 // TestCloseSlots drives each kind of close evidence through the kernel:
 // a fork child closing the copy it inherited from a parent that still has
 // it goes to the inherited slot; the exit of a process holding its own
-// copy is kept in the own slot with op exit; the exit of a fork child
-// whose parent still has the fd is not kept.
+// copy (its parent has none) is kept in the own slot with op exit; the
+// exit of a fork child whose parent still has the file is not kept.
 func TestCloseSlots(t *testing.T) {
 	privtest.Require(t)
 	p, err := Load(Options{})
@@ -177,10 +177,16 @@ func TestCloseSlots(t *testing.T) {
 	f, cookie := tcpPair(t)
 
 	// sh (P) holds the socket at fd 3; a subshell (its child K) closes the
-	// inherited copy; another subshell exits holding it; then P becomes
-	// sleep and is killed, exiting with its own copy.
-	holder := exec.Command("sh", "-c", "(exec 3>&-); (:); exec sleep 60")
+	// inherited copy; another subshell exits holding it; a background
+	// sleep (B) keeps a copy; then P becomes sleep and is killed, exiting
+	// with its own copy once this process has closed its own (a child's
+	// exit while its parent still has the file is no evidence).
+	holder := exec.Command("sh", "-c", "(exec 3>&-); (:); sleep 600 & echo $!; exec sleep 60")
 	holder.ExtraFiles = []*os.File{f}
+	out, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +194,11 @@ func TestCloseSlots(t *testing.T) {
 		holder.Process.Kill()
 		holder.Wait()
 	}()
+	var bg int
+	if _, err := fmt.Fscan(out, &bg); err != nil {
+		t.Fatalf("read the background sleep's pid: %v", err)
+	}
+	defer unix.Kill(bg, unix.SIGKILL)
 	pid := uint32(holder.Process.Pid)
 	testutil.Eventually(t, 10*time.Second, "the holder to exec sleep", func() (bool, string) {
 		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
@@ -206,6 +217,7 @@ func TestCloseSlots(t *testing.T) {
 		t.Errorf("own slot holds an exit before anyone with an own copy exited: %s (the subshell's exit was kept)", recText(r))
 	}
 
+	f.Close()
 	holder.Process.Kill()
 	holder.Wait()
 	testutil.Eventually(t, 5*time.Second, "the holder's exit in the own slot", func() (bool, string) {
@@ -226,5 +238,91 @@ func TestCloseSlots(t *testing.T) {
 	}
 	if _, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_INHERITED); ok {
 		t.Error("inherited slot left after ForgetCloses")
+	}
+}
+
+// preforkWorker is a prefork server in miniature: the master forks a
+// worker without exec and keeps no copy of what the worker accepts; the
+// worker accepts a connection, keeps a second reference (a dup), and closes
+// its own fd when told.
+const preforkWorker = `
+import os, socket, struct, sys, time
+ln = socket.socket()
+ln.bind(("127.0.0.1", 0))
+ln.listen()
+sys.stdout.write("%d\n" % ln.getsockname()[1]); sys.stdout.flush()
+pid = os.fork()
+if pid == 0:
+    c, _ = ln.accept()
+    keep = os.dup(c.fileno())
+    cookie = struct.unpack("Q", c.getsockopt(socket.SOL_SOCKET, 57, 8))[0]  # SO_COOKIE
+    sys.stdout.write("%d %d %d\n" % (os.getpid(), c.fileno(), cookie)); sys.stdout.flush()
+    sys.stdin.readline()
+    c.close()
+    sys.stdout.write("closed\n"); sys.stdout.flush()
+    time.sleep(60)
+    os._exit(0)
+ln.close()
+os.waitpid(pid, 0)
+`
+
+// TestPreforkWorkerCloseIsOwn: a worker forked without exec that closes a
+// socket it accepted itself (its parent never had it) makes the own slot,
+// not the inherited one. (The kernel used to file every close by a
+// never-exec'd child as an inherited copy, so a prefork worker's closes
+// could never name the closer.)
+func TestPreforkWorkerCloseIsOwn(t *testing.T) {
+	privtest.Require(t)
+	p, err := Load(Options{})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer p.Close()
+	master := exec.Command("python3", "-c", preforkWorker)
+	stdin, err := master.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := master.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	master.Stderr = os.Stderr
+	if err := master.Start(); err != nil {
+		t.Fatalf("start python3: %v", err)
+	}
+	var worker int
+	defer func() {
+		if worker > 0 {
+			unix.Kill(worker, unix.SIGKILL)
+		}
+		master.Process.Kill()
+		master.Wait()
+	}()
+	var port int
+	if _, err := fmt.Fscan(stdout, &port); err != nil {
+		t.Fatalf("read the listener's port: %v", err)
+	}
+	conn, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var fd int32
+	var cookie uint64
+	if _, err := fmt.Fscan(stdout, &worker, &fd, &cookie); err != nil {
+		t.Fatalf("read the worker's pid, fd and cookie: %v", err)
+	}
+	fmt.Fprintln(stdin)
+	var word string
+	if _, err := fmt.Fscan(stdout, &word); err != nil || word != "closed" {
+		t.Fatalf("worker did not close: %q, %v", word, err)
+	}
+	r, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_OWN)
+	if !ok || r.Pid != uint32(worker) || r.Ppid != uint32(master.Process.Pid) || r.Fd != fd || r.Op != uint8(GhostconnCloseOpCLOSE_OP_CLOSE) || r.Refs != 2 {
+		t.Errorf("own slot: %v (%s), want the worker's close (pid %d, child of %d) of fd %d with 2 references", ok, recText(r), worker, master.Process.Pid, fd)
+	}
+	if r, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_INHERITED); ok {
+		t.Errorf("inherited slot: %s, want none (the master never had the socket)", recText(r))
 	}
 }

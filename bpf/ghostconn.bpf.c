@@ -588,12 +588,60 @@ static __always_inline struct sock *tcp_sock_of(struct file *f)
 // references keep open. A close of the last reference is only counted: the
 // state change that follows tells the rest.
 //
-// The record goes to the closes slot of its kind: a copy the parent still
-// has at the same fd, or any close by a fork child that has not exec'd, is
-// an inherited copy, whose close must not push the closer out of the own
-// slot. The exit of a child whose parent still has the fd is no evidence at
-// all (the collector ignores it too), so it is not kept; other exits go to
-// the own slot.
+// holds_ctx is fdt_holds' state across the words of an open_fds bitmap.
+struct holds_ctx {
+	unsigned long *open_fds;
+	struct file **fds;
+	struct file *f;
+	bool found;
+};
+
+static long holds_word(__u32 i, struct holds_ctx *c)
+{
+	unsigned long word = 0;
+	bpf_probe_read_kernel(&word, sizeof(word), &c->open_fds[i]);
+	if (!word)
+		return 0;
+	for (int bit = 0; bit < 64; bit++) {
+		if (!(word & (1UL << bit)))
+			continue;
+		struct file *g = NULL;
+		bpf_probe_read_kernel(&g, sizeof(g), &c->fds[i * 64 + bit]);
+		if (g == c->f) {
+			c->found = true;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+// fdt_holds reports whether the fd table at fdt has the file f open at any
+// fd: one read per 64 fds and one per open fd. It runs only for a close
+// that leaves references, and only when the parent does not have the file
+// at the closed fd. A global function (fdt and f are kernel addresses),
+// checked once by the verifier.
+__noinline int fdt_holds(__u64 fdt, __u64 f)
+{
+	struct fdtable *t = (struct fdtable *)fdt;
+	struct holds_ctx c = { .f = (struct file *)f };
+	__u32 max = BPF_CORE_READ(t, max_fds);
+	c.open_fds = BPF_CORE_READ(t, open_fds);
+	c.fds = BPF_CORE_READ(t, fd);
+	__u32 words = (max + 63) / 64;
+	if (words > 1 << 16)
+		words = 1 << 16;
+	bpf_loop(words, holds_word, &c, 0);
+	return c.found;
+}
+
+// The record goes to the closes slot of its kind: a copy whose parent
+// process still has the same file, at the same fd or another (a shell
+// saves an fd above 10 before it closes it), is an inherited copy, whose
+// close must not push the closer out of the own slot. Everything else is
+// the closer's own, a never-exec'd prefork worker's close of the socket it
+// accepted included. The exit of a child whose parent still has the file
+// is no evidence at all (the collector ignores it too), so it is not kept;
+// other exits go to the own slot.
 static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 {
 	struct file *f = fd_file(fdt, fd);
@@ -622,16 +670,11 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
 	e->ppid = BPF_CORE_READ(parent, tgid);
-	// The parent still has this copy at the same fd; or the task is a fork
-	// child that has not exec'd (its exec id is still the one it was
-	// forked with), whose closes drop inherited copies however it
-	// renumbered them (a shell saves an fd above 10 before closing it).
+	// Does the parent still have this file? At the same fd first (the
+	// common case, one read), else anywhere in its table.
 	struct fdtable *pfdt = BPF_CORE_READ(parent, files, fdt);
-	bool parent_has = pfdt && pfdt != fdt && fd_file(pfdt, fd) == f;
-	bool forked_only = BPF_CORE_READ(task, self_exec_id) == BPF_CORE_READ(task, parent_exec_id);
-	__u32 slot = CLOSE_SLOT_OWN;
-	if (parent_has || (forked_only && op != CLOSE_OP_EXIT))
-		slot = CLOSE_SLOT_INHERITED;
+	bool parent_has = pfdt && pfdt != fdt && (fd_file(pfdt, fd) == f || fdt_holds((__u64)pfdt, (__u64)f));
+	__u32 slot = parent_has ? CLOSE_SLOT_INHERITED : CLOSE_SLOT_OWN;
 
 	struct close_rec rec = {
 		.ts_ns = e->ts_ns,

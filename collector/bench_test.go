@@ -2,6 +2,7 @@ package collector
 
 import (
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -145,4 +146,49 @@ func BenchmarkReconcile100k(b *testing.B) {
 		t.Sweep(gen, at, map[uint32]bool{1: true})
 		t.Evaluate(at)
 	}
+}
+
+// BenchmarkTableBytesPerConn reports the live heap the table holds per
+// connection at 100k connections seeded the way a reconcile seeds them (a
+// snapshot record and a holder each), after a GC: the table's share of the
+// agent's RSS per connection.
+func BenchmarkTableBytesPerConn(b *testing.B) {
+	const n = 100_000
+	recs := make([]bpf.GhostconnSockRec, n)
+	holders := make([]bpf.GhostconnHolderRec, n)
+	for i := range recs {
+		r := &recs[i]
+		r.Cookie, r.Ino, r.Netns, r.Family, r.State, r.Full = uint64(i+1), uint64(i+1e6), 1, uint8(FamilyIPv4), uint8(StateEstablished), 1
+		r.Sport, r.Dport = uint16(i), 8080
+		copy(r.Saddr[:], []byte{127, 0, 1, 7})
+		copy(r.Daddr[:], []byte{127, 0, 0, 1})
+		r.NetKaTime, r.NetKaIntvl, r.NetKaProbes, r.NetRetries2 = 250*7200, 250*75, 9, 15
+		holders[i] = bpf.GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(i + 1e6), Pid: uint32(1000 + i/20000), Fd: uint32(i % 20000)}
+		copy(holders[i].Comm[:], []int8{'s', 'e', 'r', 'v', 'e', 'r'})
+	}
+	var perConn float64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		t := NewTable(TableConfig{MaxConns: 1 << 20, Verdicts: DefaultVerdictConfig})
+		t.cgroups = nil
+		d := Decoder{HZ: 250}
+		at := time.Unix(1000, 0)
+		batch := make([]Event, 0, n)
+		for i := range recs {
+			if ev, ok := d.ObservedEvent(&recs[i], at, 1, true); ok {
+				batch = append(batch, ev)
+			}
+		}
+		t.Apply(batch)
+		batch = nil
+		t.SetHolders(holders, at)
+		t.Evaluate(at)
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perConn = float64(after.HeapAlloc-before.HeapAlloc) / n
+		runtime.KeepAlive(t)
+	}
+	b.ReportMetric(perConn, "B/conn")
 }

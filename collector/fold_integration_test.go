@@ -54,14 +54,20 @@ func TestFoldedChurnRecordsPerConnection(t *testing.T) {
 		}
 		cl.Close()
 	}
-	// Every end of every connection reaches CLOSE in the table.
+	// Every end of every connection reaches CLOSE in the table. (A
+	// snapshot may list a client's time-wait socket, which keeps the
+	// cookie, for a minute: that is the kernel's, not an open end.)
 	testutil.Eventually(t, 30*time.Second, "every churned connection closed in the table", func() (bool, string) {
+		byState := map[collector.State]int{}
 		live := c.Table().List(time.Now(), collector.ListOptions{Match: func(v *collector.ConnView) bool {
 			_, lp, _ := net.SplitHostPort(v.Local)
 			_, rp, _ := net.SplitHostPort(v.Remote)
-			return (lp == port || rp == port) && v.State != collector.StateListen
+			return (lp == port || rp == port) && v.State != collector.StateListen && v.State != collector.StateTimeWait
 		}})
-		return len(live) == 0, fmt.Sprintf("%d ends still live", len(live))
+		for _, v := range live {
+			byState[v.State]++
+		}
+		return len(live) == 0, fmt.Sprintf("%d ends still live: %v", len(live), byState)
 	})
 	after := recordsSeen(t, c)
 	records := after.records - before.records
@@ -70,12 +76,13 @@ func TestFoldedChurnRecordsPerConnection(t *testing.T) {
 		conns, records, perConn, perConn/2, after.foldedState-before.foldedState, after.foldedSockopt-before.foldedSockopt, after.ownerCreated-before.ownerCreated)
 	// The counters are the host's: allow 1% for what other processes did
 	// meanwhile.
-	if limit := 2 * recordsPerSocketBound * conns * 101 / 100; records > limit {
+	if limit := uint64(2 * recordsPerSocketBound * conns * 101 / 100); records > limit {
 		t.Errorf("%d records for %d connections (%.2f per connection, both ends), want at most %d per connection", records, conns, perConn, 2*recordsPerSocketBound)
 	}
-	// SYN_SENT, SYN_RECV, FIN_WAIT2 and LAST_ACK of each connection.
-	if got := after.foldedState - before.foldedState; got < 4*conns {
-		t.Errorf("%d state changes folded, want at least %d", got, 4*conns)
+	// SYN_SENT, SYN_RECV, FIN_WAIT2 and LAST_ACK of each connection (a
+	// connection whose teardown raced differently may skip one: allow 1%).
+	if got := after.foldedState - before.foldedState; got < 4*conns*99/100 {
+		t.Errorf("%d state changes folded, want at least %d", got, 4*conns*99/100)
 	}
 	// Go sets SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT on
 	// both ends.
