@@ -38,9 +38,6 @@ volatile const __u64 keepalive_timer_fn = 0;
 // its f_op->release is sock_close. (socket_file_ops itself is data and is
 // absent from kallsyms without CONFIG_KALLSYMS_ALL.)
 volatile const __u64 sock_close_fn = 0;
-// Wake the reader only when at least this many bytes are pending; smaller
-// batches are picked up by the reader's periodic poll.
-volatile const __u64 wakeup_bytes = 256 * 1024;
 
 enum event_type {
 	EVENT_STATE = 1,
@@ -297,19 +294,14 @@ static __always_inline struct event *reserve(__u32 lost_idx)
 	return e;
 }
 
-// submit wakes the reader only when the backlog crosses wakeup_bytes, so
-// a burst costs one wakeup per wakeup_bytes of events rather than one per
-// event (a wakeup is an IPI: costly, more so in a VM). Below the threshold
-// the reader's periodic poll picks events up. The window is a few records
-// wide because other CPUs may reserve between our reserve and this query;
-// should they all miss it, the poll is the backstop.
+// submit never wakes the reader: the reader polls (every 100ms, sooner
+// while records flow). A wakeup is an irq_work self-interrupt, and the
+// softirqs that run when it returns process packets inside this program's
+// frame: the state changes they cause find the program already running on
+// the CPU, and the kernel skips them (a recursion miss, an event lost).
 static __always_inline void submit(struct event *e)
 {
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	if (avail >= wakeup_bytes && avail < wakeup_bytes + 4 * (sizeof(struct event) + 8))
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void set_task(struct event *e)

@@ -247,7 +247,6 @@ const (
 	GhostconnVarUnusedSockoptFold   = "unused_sockopt_fold"
 	GhostconnVarUnusedStatIndex     = "unused_stat_index"
 	GhostconnVarUnusedWatchFlag     = "unused_watch_flag"
-	GhostconnVarWakeupBytes         = "wakeup_bytes"
 )
 
 // LoadGhostconn returns the embedded CollectionSpec for Ghostconn.
@@ -340,7 +339,6 @@ type GhostconnVariableSpecs struct {
 	UnusedSockoptFold *ebpf.VariableSpec `ebpf:"unused_sockopt_fold"`
 	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 	UnusedWatchFlag   *ebpf.VariableSpec `ebpf:"unused_watch_flag"`
-	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // GhostconnObjects contains all objects after they have been loaded into the kernel.
@@ -401,7 +399,6 @@ type GhostconnVariables struct {
 	UnusedSockoptFold *ebpf.Variable `ebpf:"unused_sockopt_fold"`
 	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
 	UnusedWatchFlag   *ebpf.Variable `ebpf:"unused_watch_flag"`
-	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // GhostconnPrograms contains all programs after they have been loaded into the kernel.

@@ -93,9 +93,6 @@ type Options struct {
 	// RingBufferBytes is the size of the event ring buffer, a power of two
 	// and a multiple of the page size.
 	RingBufferBytes int
-	// WakeupBytes is how much pending data wakes the reader early; below
-	// it, the reader picks events up on its poll interval.
-	WakeupBytes int
 	// Skip names programs not to load, for tests of degraded operation.
 	Skip map[string]bool
 	// IteratorsOnly loads just the two iterators, for a one-shot snapshot
@@ -135,6 +132,8 @@ type Probes struct {
 	iterFiles *link.Iter
 	links     []link.Link
 	progs     []*ebpf.Program
+	// byName holds the loaded programs by name, for RecursionMisses.
+	byName map[string]*ebpf.Program
 }
 
 // Load loads the maps, then loads and attaches each program on its own, so
@@ -160,11 +159,6 @@ func Load(opts Options) (*Probes, error) {
 	}
 	if err := spec.Variables["keepalive_timer_fn"].Set(syms["tcp_keepalive_timer"]); err != nil {
 		return nil, fmt.Errorf("set keepalive_timer_fn: %w", err)
-	}
-	if opts.WakeupBytes > 0 {
-		if err := spec.Variables["wakeup_bytes"].Set(uint64(opts.WakeupBytes)); err != nil {
-			return nil, fmt.Errorf("set wakeup_bytes: %w", err)
-		}
 	}
 
 	var maps GhostconnMaps
@@ -196,7 +190,7 @@ func Load(opts Options) (*Probes, error) {
 	}
 	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, connectFds: maps.ConnectFds,
 		watch: maps.Watch, sockopts: maps.Sockopts, PinReset: pinReset,
-		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}}
+		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}, byName: map[string]*ebpf.Program{}}
 	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes,
 		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "sockopts": maps.Sockopts}
 
@@ -250,6 +244,7 @@ func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]
 	prog := coll.DetachProgram(def.name)
 	coll.Close()
 	p.progs = append(p.progs, prog)
+	p.byName[def.name] = prog
 	if info, err := prog.Info(); err == nil {
 		if id, ok := info.ID(); ok {
 			p.ProgramIDs[def.name] = uint32(id)
@@ -313,6 +308,25 @@ func (p *Probes) Close() error {
 	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close(), p.connectFds.Close(),
 		p.watch.Close(), p.sockopts.Close())
 	return errors.Join(errs...)
+}
+
+// RecursionMisses returns, for each loaded tracing program, how often the
+// kernel skipped it because it was already running on that CPU (an
+// interrupt, and the softirqs after it, nested in it): each skip is an
+// event lost. The kernel counts them from 5.12; older kernels report 0.
+func (p *Probes) RecursionMisses() (map[string]uint64, error) {
+	out := make(map[string]uint64, len(p.byName))
+	for name, prog := range p.byName {
+		if strings.HasPrefix(name, "iter_") { // iterators run on request, never nested
+			continue
+		}
+		st, err := prog.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("read the stats of %s: %w", name, err)
+		}
+		out[name] = st.RecursionMisses
+	}
+	return out, nil
 }
 
 // SetWatching tells the state and setsockopt hooks whether a watch client

@@ -22,11 +22,9 @@ type Config struct {
 	// page). Zero means 8 MiB: at 100ms between polls that holds about
 	// 500k events a second.
 	RingBufferBytes int
-	// WakeupBytes is how much pending data wakes the reader before its
-	// poll interval. Zero means an eighth of the ring.
-	WakeupBytes int
-	// PollInterval is how often the reader drains the ring when the
-	// kernel has not woken it. Zero means 100ms.
+	// PollInterval is how often the reader drains the ring while few
+	// records come (the kernel never wakes it); while many do, it drains
+	// ten times as often. Zero means 100ms.
 	PollInterval time.Duration
 	// ReconcileInterval is how often a fresh snapshot corrects the table.
 	// Zero means 30s.
@@ -50,9 +48,6 @@ type Config struct {
 func (c *Config) defaults() {
 	if c.RingBufferBytes == 0 {
 		c.RingBufferBytes = DefaultRingBufferBytes
-	}
-	if c.WakeupBytes == 0 {
-		c.WakeupBytes = c.RingBufferBytes / 8
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = 100 * time.Millisecond
@@ -185,7 +180,6 @@ func New(cfg Config) (*Collector, error) {
 	}
 	probes, err := bpf.Load(bpf.Options{
 		RingBufferBytes: cfg.RingBufferBytes,
-		WakeupBytes:     cfg.WakeupBytes,
 		Skip:            cfg.Skip,
 		PinDir:          cfg.PinDir,
 	})
@@ -288,6 +282,12 @@ func (c *Collector) Run(ctx context.Context) error {
 	recon := time.NewTimer(c.cfg.ReconcileInterval)
 	defer recon.Stop()
 	lost := c.lostTotal()
+	lastRecon, lastTook := time.Now(), time.Duration(0)
+	// A loss (a full ring, a skipped program run) brings the next
+	// reconcile forward, so the table converges in seconds, not at the
+	// next interval.
+	lossCheck := time.NewTicker(time.Second)
+	defer lossCheck.Stop()
 	verdicts := time.NewTicker(verdictTick)
 	defer verdicts.Stop()
 	// due fires when the earliest ghost grace period ends, so the decision
@@ -327,14 +327,26 @@ func (c *Collector) Run(ctx context.Context) error {
 			}
 			c.table.GC(time.Now())
 			now := c.lostTotal()
-			recon.Reset(nextReconcile(c.cfg.ReconcileInterval, time.Since(start), now != lost))
+			lastRecon, lastTook = time.Now(), time.Since(start)
+			recon.Reset(nextReconcile(c.cfg.ReconcileInterval, lastTook, now != lost))
 			lost = now
+		case <-lossCheck.C:
+			if c.lostTotal() != lost && time.Since(lastRecon) >= lossReconcileGap(lastTook) {
+				recon.Reset(0)
+			}
 		case <-verdicts.C:
 			schedule(c.evaluate())
 		case <-due.C:
 			schedule(c.evaluate())
 		}
 	}
+}
+
+// lossReconcileGap is how soon after the last reconcile a loss brings the
+// next one: 5s, or ten times as long as the last took, so that a storm of
+// losses costs at most a tenth of a core in reconciles.
+func lossReconcileGap(took time.Duration) time.Duration {
+	return max(5*time.Second, 10*took)
 }
 
 // reconcileBudget bounds the share of a core reconcile may take: the next
@@ -355,8 +367,8 @@ func nextReconcile(interval, took time.Duration, lostSinceLast bool) time.Durati
 	return min(max(interval, took*reconcileBudget), interval*maxReconcileStretch)
 }
 
-// lostTotal sums the kernel's lost-event counters; 0 if they cannot be
-// read (Status reports that failure).
+// lostTotal sums the kernel's lost-event counters and the programs'
+// recursion misses; 0 if they cannot be read (Status reports that failure).
 func (c *Collector) lostTotal() uint64 {
 	st, err := c.probes.ReadStats()
 	if err != nil {
@@ -365,6 +377,11 @@ func (c *Collector) lostTotal() uint64 {
 	var n uint64
 	for _, idx := range lostIndex {
 		n += st[idx]
+	}
+	if misses, err := c.probes.RecursionMisses(); err == nil {
+		for _, m := range misses {
+			n += m
+		}
 	}
 	return n
 }
@@ -435,9 +452,10 @@ func (c *Collector) snapshotFailed(errs []error) {
 	c.lastSnapshotErr.Store(&TimedError{Time: time.Now(), Error: errs[len(errs)-1].Error()})
 }
 
-// readLoop drains the ring buffer in batches. The kernel wakes it only when
-// WakeupBytes are pending; otherwise the deadline picks events up every
-// PollInterval, so a steady trickle of events costs no wakeup each.
+// readLoop drains the ring buffer in batches. The kernel never wakes it
+// (see submit in the C source): it reads until the ring is empty, then
+// waits PollInterval, or a tenth of it when the last wait ended with
+// busyRecords or more records pending, and drains again.
 //
 // Only a closed reader ends the loop without an error. Any other read
 // error is counted, logged once per run of failures, and retried with a
@@ -462,7 +480,7 @@ func (c *Collector) readLoop(ctx context.Context) error {
 		// records read since: the record that announced the socket was
 		// in the ring before the application's setsockopt.
 		if len(held) > 0 {
-			c.table.Apply(held)
+			c.table.ApplyKnown(held)
 			held = held[:0]
 		}
 		lastDrain = time.Now()
@@ -475,15 +493,22 @@ func (c *Collector) readLoop(ctx context.Context) error {
 	}
 	var failing int // consecutive failed reads
 	var failingSince time.Time
+	wait, read := c.cfg.PollInterval, 0
 	for {
-		c.reader.SetDeadline(time.Now().Add(c.cfg.PollInterval))
+		c.reader.SetDeadline(time.Now().Add(wait))
 		err := c.reader.ReadInto(&rec)
 		switch {
 		case err == nil:
+			read++
 		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
 			// Drained: everything submitted before the deadline (or a
 			// Flush) has been read.
 			flush()
+			wait = c.cfg.PollInterval
+			if read >= busyRecords {
+				wait /= 10
+			}
+			read = 0
 			dec.MonoOffset = monoOffset()
 			if failing > 0 {
 				c.readerRecovered(failing, failingSince)
@@ -519,6 +544,11 @@ func (c *Collector) readLoop(ctx context.Context) error {
 		}
 	}
 }
+
+// busyRecords is how many records one drain must read for the reader to
+// poll ten times as often until a drain reads fewer: 8 MiB of ring holds
+// 50k records, which a churning host fills in a fifth of a second.
+const busyRecords = 1024
 
 // readerRecovered logs the end of a run of failed reads.
 func (c *Collector) readerRecovered(failed int, since time.Time) {
@@ -664,6 +694,9 @@ type Status struct {
 	// LastSockoptDrainError is the latest.
 	SockoptDrainErrors    uint64      `json:"sockopt_drain_errors"`
 	LastSockoptDrainError *TimedError `json:"last_sockopt_drain_error,omitempty"`
+	// ProgramMisses counts, by program, the runs the kernel skipped
+	// because the program was already running on that CPU: events lost.
+	ProgramMisses map[string]uint64 `json:"program_recursion_misses"`
 	// WatchFlagErrors counts failed changes of the kernel's watch flag.
 	WatchFlagErrors uint64 `json:"watch_flag_errors"`
 	// OwnerCreated counts connections that an owner record announced.
@@ -747,6 +780,9 @@ func (c *Collector) Status() (Status, error) {
 		CapsDropped:           c.capsDropped.Load(),
 		KernelHZ:              c.dec.HZ,
 		CloseLastRef:          kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
+	}
+	if s.ProgramMisses, err = c.probes.RecursionMisses(); err != nil {
+		return Status{}, err
 	}
 	s.Ready, s.NotReadyReason = c.Readiness()
 	for k, idx := range lostIndex {

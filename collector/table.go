@@ -198,6 +198,22 @@ func (t *Table) setInode(c *Conn, ino uint64) {
 	t.byInode[ino] = c.Cookie
 }
 
+// ApplyKnown applies the events whose socket the table holds and drops the
+// others uncounted: the socket options the kernel folded, drained a poll
+// after the fact, belong mostly to connections already closed, which is
+// no loss (a live connection the table missed is found, with its options,
+// by the next snapshot).
+func (t *Table) ApplyKnown(evs []Event) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.sync()
+	for i := range evs {
+		if t.conns[evs[i].Cookie] != nil {
+			t.apply(&evs[i])
+		}
+	}
+}
+
 func (t *Table) apply(ev *Event) {
 	t.stats.Applied[ev.Kind]++
 	if ev.Mono != 0 {

@@ -67,11 +67,12 @@ var (
 	tableFullDesc        = desc("table_dropped_total", "New connections not tracked because the table was at --max-connections.")
 	unknownSocketDesc    = desc("unknown_socket_events_total", "Close and setsockopt events for sockets the table did not know.")
 	programAttachedDesc  = desc("program_attached", "Whether an eBPF program is loaded and attached (1) or not (0).", "program")
+	programMissesDesc    = desc("program_recursion_misses_total", "Runs of an eBPF program the kernel skipped because it was already running on that CPU (an interrupt nested in it): events lost, repaired by the next reconcile.", "program")
 	readyDesc            = desc("ready", "Whether the agent is ready (1): the first snapshot has seeded the table and the event reader and servers run; 0 otherwise, with the reason in /readyz and ghostconn status.")
 	buildInfoDesc        = desc("build_info", "Build information; always 1.", "version", "revision", "goversion")
 	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
 	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
-	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
+	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
 	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt", "owner"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
@@ -265,6 +266,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			v = 1
 		}
 		gauge(programAttachedDesc, v, name)
+		if n, ok := st.ProgramMisses[name]; ok {
+			counter(programMissesDesc, n, name)
+		}
 	}
 	count, total, buckets := m.src.ReconcileDurations()
 	ch <- prometheus.MustNewConstHistogram(reconcileDesc, count, total, buckets)
