@@ -418,7 +418,8 @@ static __always_inline bool state_by_syscall(int old, int new)
 // left ESTABLISHED, the peer's close (CLOSE_WAIT, a verdict's start) and the
 // end (CLOSE). The handshake's SYN states and the teardown's FIN_WAIT2,
 // CLOSING, LAST_ACK and TIME_WAIT are folded: the socket itself keeps its
-// state, which a snapshot reads.
+// state, which a snapshot reads. (The hook also folds an ESTABLISHED that
+// completes inside the connecting thread's connect(): see connecting_here.)
 static __always_inline bool state_reported(int old, int new)
 {
 	switch (new) {
@@ -429,34 +430,6 @@ static __always_inline bool state_reported(int old, int new)
 		return true;
 	}
 	return old == TCP_ESTABLISHED;
-}
-
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
-{
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	// Every socket gets its cookie here, folded or not: the owner and
-	// close hooks only read it.
-	__u64 cookie = bpf_get_socket_cookie(sk);
-	if (!state_reported(oldstate, newstate) && !watching()) {
-		count(STAT_FOLDED_STATE);
-		return 0;
-	}
-	struct event *e = reserve(STAT_LOST_STATE);
-	if (!e)
-		return 0;
-	e->type = EVENT_STATE;
-	e->cookie = cookie;
-	e->old_state = oldstate;
-	e->state = newstate;
-	fill_tuple_btf(e, sk);
-	if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT)
-		fill_tcp_btf(e, sk);
-	if (state_by_syscall(oldstate, newstate))
-		set_task(e);
-	submit(e);
-	return 0;
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
@@ -575,6 +548,51 @@ static __always_inline struct sock *tcp_sock_of(struct file *f)
 		return NULL;
 	return sk;
 }
+
+// connecting_here reports whether the current thread is inside connect()
+// on sk. A loopback (or very near) peer completes the handshake within the
+// syscall, so the ESTABLISHED comes before sys_exit_connect, whose owner
+// record (which reads the state) then announces the connection with its
+// holder: one record instead of two. One map lookup for every SYN_SENT to
+// ESTABLISHED, and three reads when the thread is connecting.
+static __always_inline bool connecting_here(struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 *fdp = bpf_map_lookup_elem(&connect_fds, &id);
+	if (!fdp)
+		return false;
+	return (__u64)tcp_sock_of(fd_file(current_fdtable(), *fdp)) == (__u64)sk;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	// Every socket gets its cookie here, folded or not: the owner and
+	// close hooks only read it.
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	if (!watching() && (!state_reported(oldstate, newstate) ||
+			    (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED && connecting_here(sk)))) {
+		count(STAT_FOLDED_STATE);
+		return 0;
+	}
+	struct event *e = reserve(STAT_LOST_STATE);
+	if (!e)
+		return 0;
+	e->type = EVENT_STATE;
+	e->cookie = cookie;
+	e->old_state = oldstate;
+	e->state = newstate;
+	fill_tuple_btf(e, sk);
+	if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT)
+		fill_tcp_btf(e, sk);
+	if (state_by_syscall(oldstate, newstate))
+		set_task(e);
+	submit(e);
+	return 0;
+}
+
 
 // on_fd_close records the close of fd when it is a TCP socket that other
 // references keep open. A close of the last reference is only counted: the

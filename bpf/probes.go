@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -132,8 +133,10 @@ type Probes struct {
 	iterFiles *link.Iter
 	links     []link.Link
 	progs     []*ebpf.Program
-	// byName holds the loaded programs by name, for RecursionMisses.
+	// byName holds the loaded programs by name, for RecursionMisses;
+	// byLink their links.
 	byName map[string]*ebpf.Program
+	byLink map[string]link.Link
 }
 
 // Load loads the maps, then loads and attaches each program on its own, so
@@ -190,7 +193,7 @@ func Load(opts Options) (*Probes, error) {
 	}
 	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, connectFds: maps.ConnectFds,
 		watch: maps.Watch, sockopts: maps.Sockopts, PinReset: pinReset,
-		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}, byName: map[string]*ebpf.Program{}}
+		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}, byName: map[string]*ebpf.Program{}, byLink: map[string]link.Link{}}
 	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes,
 		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "sockopts": maps.Sockopts}
 
@@ -215,6 +218,18 @@ func Load(opts Options) (*Probes, error) {
 			p.Close()
 			return nil, fmt.Errorf("attach required program %s: %w", def.name, err)
 		}
+	}
+	// sys_enter_connect without sys_exit_connect would have the state hook
+	// fold the ESTABLISHED of a connect that no owner record announces.
+	if p.Attached[ProgConnect] == nil && p.Attached[ProgConnectExit] != nil && !opts.IteratorsOnly {
+		l := p.byLink[ProgConnect]
+		p.links = slices.DeleteFunc(p.links, func(x link.Link) bool { return x == l })
+		delete(p.byLink, ProgConnect)
+		if err := l.Close(); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("detach %s: %w", ProgConnect, err)
+		}
+		p.Attached[ProgConnect] = fmt.Errorf("detached because %s is not attached: %w", ProgConnectExit, p.Attached[ProgConnectExit])
 	}
 	return p, nil
 }
@@ -258,12 +273,14 @@ func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]
 			return fmt.Errorf("attach tp_btf/%s: %w", def.name, err)
 		}
 		p.links = append(p.links, l)
+		p.byLink[def.name] = l
 	case "tracepoint":
 		l, err := link.Tracepoint(def.group, def.name, prog, nil)
 		if err != nil {
 			return fmt.Errorf("attach tracepoint/%s/%s: %w", def.group, def.name, err)
 		}
 		p.links = append(p.links, l)
+		p.byLink[def.name] = l
 	case "iter":
 		it, err := link.AttachIter(link.IterOptions{Program: prog})
 		if err != nil {

@@ -284,9 +284,12 @@ func (c *Collector) Run(ctx context.Context) error {
 	lost := c.lostTotal()
 	lastRecon, lastTook := time.Now(), time.Duration(0)
 	// A loss (a full ring, a skipped program run) brings the next
-	// reconcile forward, so the table converges in seconds, not at the
-	// next interval.
+	// reconcile forward once it has stopped (a second without more), so
+	// the table converges in seconds, not at the next interval. While
+	// losses go on, the interval stands: a reconcile in the middle of a
+	// storm is stale at once, and its walk competes with the storm.
 	lossCheck := time.NewTicker(time.Second)
+	lastCheck := lost
 	defer lossCheck.Stop()
 	verdicts := time.NewTicker(verdictTick)
 	defer verdicts.Stop()
@@ -331,9 +334,11 @@ func (c *Collector) Run(ctx context.Context) error {
 			recon.Reset(nextReconcile(c.cfg.ReconcileInterval, lastTook, now != lost))
 			lost = now
 		case <-lossCheck.C:
-			if c.lostTotal() != lost && time.Since(lastRecon) >= lossReconcileGap(lastTook) {
+			now := c.lostTotal()
+			if now != lost && now == lastCheck && time.Since(lastRecon) >= lossReconcileGap(lastTook) {
 				recon.Reset(0)
 			}
+			lastCheck = now
 		case <-verdicts.C:
 			schedule(c.evaluate())
 		case <-due.C:

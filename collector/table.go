@@ -312,6 +312,16 @@ func (t *Table) applyOwner(ev *Event, c *Conn) {
 		}
 		c.LastUpdate = ev.Time
 		t.stats.OwnerCreated++
+		if ev.State != StateSynSent {
+			// The kernel folded the ESTABLISHED that came within the
+			// syscall: the owner record is the news of it.
+			from := StateSynSent
+			if ev.Owner.Op == "accept" {
+				from = StateSynRecv
+			}
+			t.stats.Transitions[ev.State]++
+			c.addTransition(Transition{At: ev.Time, From: from, To: ev.State, Task: ev.Task, Source: "kernel"})
+		}
 	}
 	if c.Opener == nil && ev.Owner.Op == "connect" {
 		c.Opener = ev.Task

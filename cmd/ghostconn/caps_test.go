@@ -111,9 +111,11 @@ func TestAgentRunsWithMinimalCapsAndDropsAfterAttach(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	// Two reconciles (one a second) after the connection was made.
+	// Two reconciles after the connection was made: one a second, or up
+	// to ten seconds apart when reconciles are slow (many sockets on the
+	// host stretch the interval to keep their cost at 1% of a core).
 	since := status(t, sock).Reconciles
-	testutil.Eventually(t, 10*time.Second, "two reconciles after the connection", func() (bool, string) {
+	testutil.Eventually(t, 25*time.Second, "two reconciles after the connection", func() (bool, string) {
 		n := status(t, sock).Reconciles
 		return n >= since+2, fmt.Sprintf("%d reconciles, %d before the connection", n, since)
 	})
