@@ -322,6 +322,9 @@ func holdersUnknownReason(firstSeen, lastWalk time.Time) string {
 // setTuple sets the addresses and caches their printed form, which views
 // read under the table's read lock.
 func (c *Conn) setTuple(local, remote netip.AddrPort) {
+	if c.localStr != "" && c.Local == local && c.Remote == remote {
+		return // printed already: most events repeat the tuple
+	}
 	c.Local, c.Remote = local, remote
 	c.localStr, c.remoteStr = local.String(), remote.String()
 }

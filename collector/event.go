@@ -152,6 +152,9 @@ type Decoder struct {
 	// for its name each time.
 	lastComm    [16]int8
 	lastCommStr string
+	// lastTask is the last task decoded: a process that opens connection
+	// after connection shares one Task (the table never changes a Task).
+	lastTask *Task
 }
 
 // ErrDecode marks a record that could not be decoded.
@@ -222,7 +225,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		State:    State(k.State),
 	}
 	if k.Flags&2 != 0 { // EVENT_FLAG_TASK
-		ev.Task = &Task{PID: k.Pid, PPID: k.Ppid, Comm: d.comm(&k.Comm)}
+		ev.Task = d.task(k.Pid, k.Ppid, &k.Comm)
 	}
 	switch kind {
 	case KindState, KindRetransmit, KindKeepalive:
@@ -308,6 +311,17 @@ func foldedSockopts(evs []Event, cookie uint64, f *bpf.GhostconnSockoptFold) []E
 		})
 	}
 	return evs
+}
+
+// task returns the Task of (pid, ppid, comm), the same one as last time
+// when it is the same task.
+func (d *Decoder) task(pid, ppid uint32, comm *[16]int8) *Task {
+	name := d.comm(comm)
+	if t := d.lastTask; t != nil && t.PID == pid && t.PPID == ppid && t.Comm == name {
+		return t
+	}
+	d.lastTask = &Task{PID: pid, PPID: ppid, Comm: name}
+	return d.lastTask
 }
 
 // comm returns the task name b as a string, the same string as last time

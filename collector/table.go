@@ -168,7 +168,7 @@ func (t *Table) create(ev *Event) *Conn {
 	}
 	// Room for a short connection's whole life without regrowth; a
 	// connection found by a snapshot has lived most of its life already.
-	hist := 6
+	hist := 3
 	if ev.Kind == KindObserved {
 		hist = 2
 	}
