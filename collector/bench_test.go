@@ -114,17 +114,7 @@ func BenchmarkEvaluate100k(b *testing.B) {
 // sweep. The agent runs one every --reconcile-interval.
 func BenchmarkReconcile100k(b *testing.B) {
 	const n = 100_000
-	recs := make([]bpf.GhostconnSockRec, n)
-	holders := make([]bpf.GhostconnHolderRec, n)
-	for i := range recs {
-		r := &recs[i]
-		r.Cookie, r.Ino, r.Netns, r.Family, r.State, r.Full = uint64(i+1), uint64(i+1e6), 1, uint8(FamilyIPv4), uint8(StateEstablished), 1
-		r.Sport, r.Dport = uint16(i), 8080
-		copy(r.Saddr[:], []byte{127, 0, 1, 7})
-		copy(r.Daddr[:], []byte{127, 0, 0, 1})
-		r.NetKaTime, r.NetKaIntvl, r.NetKaProbes, r.NetRetries2 = 250*7200, 250*75, 9, 15
-		holders[i] = bpf.GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(i + 1e6), Pid: uint32(1000 + i/20000), Fd: uint32(i % 20000)}
-	}
+	recs, holders := snapshotInput(n)
 	t := NewTable(TableConfig{MaxConns: 1 << 20, Verdicts: DefaultVerdictConfig})
 	t.cgroups = nil
 	d := Decoder{HZ: 250}
@@ -154,18 +144,7 @@ func BenchmarkReconcile100k(b *testing.B) {
 // agent's RSS per connection.
 func BenchmarkTableBytesPerConn(b *testing.B) {
 	const n = 100_000
-	recs := make([]bpf.GhostconnSockRec, n)
-	holders := make([]bpf.GhostconnHolderRec, n)
-	for i := range recs {
-		r := &recs[i]
-		r.Cookie, r.Ino, r.Netns, r.Family, r.State, r.Full = uint64(i+1), uint64(i+1e6), 1, uint8(FamilyIPv4), uint8(StateEstablished), 1
-		r.Sport, r.Dport = uint16(i), 8080
-		copy(r.Saddr[:], []byte{127, 0, 1, 7})
-		copy(r.Daddr[:], []byte{127, 0, 0, 1})
-		r.NetKaTime, r.NetKaIntvl, r.NetKaProbes, r.NetRetries2 = 250*7200, 250*75, 9, 15
-		holders[i] = bpf.GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(i + 1e6), Pid: uint32(1000 + i/20000), Fd: uint32(i % 20000)}
-		copy(holders[i].Comm[:], []int8{'s', 'e', 'r', 'v', 'e', 'r'})
-	}
+	recs, holders := snapshotInput(n)
 	var perConn float64
 	for b.Loop() {
 		var before, after runtime.MemStats
@@ -191,4 +170,22 @@ func BenchmarkTableBytesPerConn(b *testing.B) {
 		runtime.KeepAlive(t)
 	}
 	b.ReportMetric(perConn, "B/conn")
+}
+
+// snapshotInput is what a reconcile reads at n sockets: n ESTABLISHED
+// snapshot records and a holder record for each, 20000 per process.
+func snapshotInput(n int) ([]bpf.GhostconnSockRec, []bpf.GhostconnHolderRec) {
+	recs := make([]bpf.GhostconnSockRec, n)
+	holders := make([]bpf.GhostconnHolderRec, n)
+	for i := range recs {
+		r := &recs[i]
+		r.Cookie, r.Ino, r.Netns, r.Family, r.State, r.Full = uint64(i+1), uint64(i+1e6), 1, uint8(FamilyIPv4), uint8(StateEstablished), 1
+		r.Sport, r.Dport = uint16(i), 8080
+		copy(r.Saddr[:], []byte{127, 0, 1, 7})
+		copy(r.Daddr[:], []byte{127, 0, 0, 1})
+		r.NetKaTime, r.NetKaIntvl, r.NetKaProbes, r.NetRetries2 = 250*7200, 250*75, 9, 15
+		holders[i] = bpf.GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(i + 1e6), Pid: uint32(1000 + i/20000), Fd: uint32(i % 20000)}
+		copy(holders[i].Comm[:], []int8{'s', 'e', 'r', 'v', 'e', 'r'})
+	}
+	return recs, holders
 }
