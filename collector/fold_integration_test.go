@@ -10,6 +10,7 @@ import (
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/internal/testnet"
 	"github.com/ghostconn/ghostconn/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // recordsPerConnBound is the most ring records a short loopback
@@ -143,4 +144,49 @@ func recordsSeen(t *testing.T, c *collector.Collector) seen {
 		s.lost += n
 	}
 	return s
+}
+
+// TestFoldedSockoptsReachTable: options an application sets while nobody
+// watches travel through the kernel's sockopts map, not the ring, and
+// reach the table within a poll or two: the connection lists the values,
+// long before any keepalive timer fires or a snapshot reads them.
+func TestFoldedSockoptsReachTable(t *testing.T) {
+	c := startCollector(t, collector.Config{ReconcileInterval: time.Hour})
+	client, _ := pair(t, "tcp4", "127.0.0.1:0")
+	defer client.Close()
+	local := client.LocalAddr().String()
+	waitFor(t, c, "the client ESTABLISHED", tuple(local, client.RemoteAddr().String(), collector.StateEstablished))
+	before := recordsSeen(t, c)
+	raw, err := client.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var setErr error
+	raw.Control(func(fd uintptr) {
+		for _, o := range []struct{ level, name, value int }{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 3700},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 11},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 4},
+			{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 5000},
+		} {
+			if err := unix.SetsockoptInt(int(fd), o.level, o.name, o.value); err != nil {
+				setErr = err
+			}
+		}
+	})
+	if setErr != nil {
+		t.Fatal(setErr)
+	}
+	want := collector.Keepalive{Enabled: true, IdleSeconds: 3700, IntervalSeconds: 11, Count: 4, Source: "socket"}
+	v := waitFor(t, c, "the options in the table", func(v *collector.ConnView) bool {
+		return v.Local == local && v.Keepalive == want
+	})
+	if v.UserTimeoutSeconds != 5 {
+		t.Errorf("user timeout %vs, want 5s", v.UserTimeoutSeconds)
+	}
+	after := recordsSeen(t, c)
+	if got := after.foldedSockopt - before.foldedSockopt; got < 5 {
+		t.Errorf("%d options folded in the kernel, want the 5 set", got)
+	}
 }
