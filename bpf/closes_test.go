@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -241,30 +242,29 @@ func TestCloseSlots(t *testing.T) {
 	}
 }
 
-// preforkWorker is a prefork server in miniature: the master forks a
-// worker without exec and keeps no copy of what the worker accepts; the
-// worker accepts a connection, keeps a second reference (a dup), and closes
-// its own fd when told.
-const preforkWorker = `
-import os, socket, struct, sys, time
-ln = socket.socket()
-ln.bind(("127.0.0.1", 0))
-ln.listen()
-sys.stdout.write("%d\n" % ln.getsockname()[1]); sys.stdout.flush()
-pid = os.fork()
-if pid == 0:
-    c, _ = ln.accept()
-    keep = os.dup(c.fileno())
-    cookie = struct.unpack("Q", c.getsockopt(socket.SOL_SOCKET, 57, 8))[0]  # SO_COOKIE
-    sys.stdout.write("%d %d %d\n" % (os.getpid(), c.fileno(), cookie)); sys.stdout.flush()
-    sys.stdin.readline()
-    c.close()
-    sys.stdout.write("closed\n"); sys.stdout.flush()
-    time.sleep(60)
-    os._exit(0)
-ln.close()
-os.waitpid(pid, 0)
-`
+// forkWorker is a prefork worker in miniature: it forks this process
+// without exec; the child accepts a connection on lfd itself (the parent
+// never has that socket), keeps a second reference with dup, closes its
+// own fd, and blocks until killed. Between fork and the child's end only
+// raw system calls run, as in syscall's forkAndExecInChild.
+//
+//go:norace
+//go:nocheckptr
+//go:nosplit
+func forkWorker(lfd uintptr) (pid uintptr, errno syscall.Errno) {
+	r, _, e := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if e != 0 || r != 0 {
+		return r, e
+	}
+	fd, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, lfd, 0, 0, 0, 0, 0)
+	if e == 0 {
+		syscall.RawSyscall(syscall.SYS_DUP, fd, 0, 0)
+		syscall.RawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+	}
+	for {
+		syscall.RawSyscall6(syscall.SYS_PPOLL, 0, 0, 0, 0, 0, 0) // until killed
+	}
+}
 
 // TestPreforkWorkerCloseIsOwn: a worker forked without exec that closes a
 // socket it accepted itself (its parent never had it) makes the own slot,
@@ -278,51 +278,52 @@ func TestPreforkWorkerCloseIsOwn(t *testing.T) {
 		t.Fatalf("load: %v", err)
 	}
 	defer p.Close()
-	master := exec.Command("python3", "-c", preforkWorker)
-	stdin, err := master.StdinPipe()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	stdout, err := master.StdoutPipe()
+	defer ln.Close()
+	lf, err := ln.(*net.TCPListener).File() // blocking, for the child's accept
 	if err != nil {
 		t.Fatal(err)
 	}
-	master.Stderr = os.Stderr
-	if err := master.Start(); err != nil {
-		t.Fatalf("start python3: %v", err)
+	defer lf.Close()
+	syscall.ForkLock.Lock()
+	pid, errno := forkWorker(lf.Fd())
+	syscall.ForkLock.Unlock()
+	if errno != 0 {
+		t.Fatalf("fork: %v", errno)
 	}
-	var worker int
 	defer func() {
-		if worker > 0 {
-			unix.Kill(worker, unix.SIGKILL)
-		}
-		master.Process.Kill()
-		master.Wait()
+		syscall.Kill(int(pid), syscall.SIGKILL)
+		var ws syscall.WaitStatus
+		syscall.Wait4(int(pid), &ws, 0, nil)
 	}()
-	var port int
-	if _, err := fmt.Fscan(stdout, &port); err != nil {
-		t.Fatalf("read the listener's port: %v", err)
-	}
-	conn, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+	conn, err := net.Dial("tcp4", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	var fd int32
+	var own GhostconnCloseRec
 	var cookie uint64
-	if _, err := fmt.Fscan(stdout, &worker, &fd, &cookie); err != nil {
-		t.Fatalf("read the worker's pid, fd and cookie: %v", err)
-	}
-	fmt.Fprintln(stdin)
-	var word string
-	if _, err := fmt.Fscan(stdout, &word); err != nil || word != "closed" {
-		t.Fatalf("worker did not close: %q, %v", word, err)
-	}
+	testutil.Eventually(t, 10*time.Second, "the worker's close in the closes map", func() (bool, string) {
+		recs, err := p.CloseRecords()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, r := range recs {
+			if r.Pid == uint32(pid) {
+				cookie, own = k.Cookie, r
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d records, none by pid %d", len(recs), pid)
+	})
 	r, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_OWN)
-	if !ok || r.Pid != uint32(worker) || r.Ppid != uint32(master.Process.Pid) || r.Fd != fd || r.Op != uint8(GhostconnCloseOpCLOSE_OP_CLOSE) || r.Refs != 2 {
-		t.Errorf("own slot: %v (%s), want the worker's close (pid %d, child of %d) of fd %d with 2 references", ok, recText(r), worker, master.Process.Pid, fd)
+	if !ok || r.Pid != uint32(pid) || r.Ppid != uint32(os.Getpid()) || r.Op != uint8(GhostconnCloseOpCLOSE_OP_CLOSE) || r.Refs != 2 {
+		t.Errorf("own slot: %v (%s), want the worker's close (pid %d, child of %d) with 2 references", ok, recText(r), pid, os.Getpid())
 	}
 	if r, ok := slotRec(t, p, cookie, GhostconnCloseSlotCLOSE_SLOT_INHERITED); ok {
-		t.Errorf("inherited slot: %s, want none (the master never had the socket)", recText(r))
+		t.Errorf("inherited slot: %s (first seen: %s), want none (the parent never had the socket)", recText(r), recText(own))
 	}
 }

@@ -188,6 +188,11 @@ func loopbackLifecycle(t *testing.T, c *collector.Collector, network, addr, fami
 	if got := kernelStates(closed); got != fmt.Sprint(wantClient) {
 		t.Errorf("client transitions %v, want %v", got, wantClient)
 	}
+	if watched && len(serverClosed.History) > 0 && serverClosed.History[0].To == collector.StateEstablished {
+		// Some kernels (Debian's 6.1 among them) create the child socket
+		// in SYN_RECV without a traced transition.
+		wantServer = wantServer[1:]
+	}
 	if got := kernelStates(serverClosed); got != fmt.Sprint(wantServer) {
 		t.Errorf("server transitions %v, want %v", got, wantServer)
 	}
