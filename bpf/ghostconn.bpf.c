@@ -1144,6 +1144,12 @@ int iter_task_file(struct bpf_iter__task_file *ctx)
 	struct task_struct *task = ctx->task;
 	if (!f || !task)
 		return 0;
+	// A vfork child between clone and exec (Go's os/exec, posix_spawn)
+	// has its parent's fds only until its exec closes the close-on-exec
+	// ones: it is not a holder. What it keeps past exec, the next walk
+	// finds.
+	if (BPF_CORE_READ(task, vfork_done))
+		return 0;
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
 		return 0;
