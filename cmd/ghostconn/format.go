@@ -166,9 +166,13 @@ func proc(comm string, pid uint32) string { return fmt.Sprintf("%s/%d", comm, pi
 func shared(hs []collector.Holder) bool { return len(hs) > 1 }
 
 // processText is the PROCESS column: the first holder, "+N" for the other
-// holders and "*" when the socket is shared.
+// holders and "*" when the socket is shared; "-" when no process has an fd
+// of the socket, "?" when that is not known yet.
 func processText(v *collector.ConnView) string {
 	if len(v.Holders) == 0 {
+		if !v.HoldersKnown {
+			return "?"
+		}
 		return "-"
 	}
 	return holdersShort(v.Holders)

@@ -79,8 +79,11 @@ func TestColumns(t *testing.T) {
 	if got := sharedSummary(hs); got != "3 fds in 2 processes" {
 		t.Errorf("sharedSummary = %q", got)
 	}
-	if got := processText(&collector.ConnView{}); got != "-" {
+	if got := processText(&collector.ConnView{HoldersKnown: true}); got != "-" {
 		t.Errorf("processText without holders = %q", got)
+	}
+	if got := processText(&collector.ConnView{}); got != "?" {
+		t.Errorf("processText with holders not yet known = %q, want ?", got)
 	}
 	if got := keepaliveText(collector.Keepalive{Enabled: true, IdleSeconds: 1, IntervalSeconds: 1, Count: 4, Source: "socket"}); got != "on 1s/1s/4 socket" {
 		t.Errorf("keepaliveText = %q", got)
