@@ -45,10 +45,10 @@ enum event_type {
 	EVENT_KEEPALIVE = 3,
 	EVENT_CLOSE = 4,
 	EVENT_SOCKOPT = 5,
-	EVENT_OWNER = 6, // a process has a new fd of a socket: its connect or accept returned
+	EVENT_END = 7, // struct end_event: the socket reached CLOSE
 };
 
-// owner_op says which syscall an EVENT_OWNER record reports.
+// owner_op says which syscall gave a process the fd a delta's owner names.
 enum owner_op {
 	OWNER_OP_CONNECT = 1,
 	OWNER_OP_ACCEPT = 2, // accept or accept4
@@ -79,47 +79,63 @@ enum stat_index {
 	STAT_LOST_KEEPALIVE,
 	STAT_LOST_CLOSE,
 	STAT_LOST_SOCKOPT,
-	STAT_LOST_OWNER,
+	STAT_LOST_DELTA, // a delta the deltas map refused (full, or busy in a nested program)
 	STAT_CLOSE_LAST_REF, // TCP socket fds closed with no other reference left
 	STAT_FOLDED_STATE,   // state changes kept out of the ring (nobody watches them)
-	STAT_FOLDED_SOCKOPT, // socket options folded into sockopts instead of a record
+	STAT_FOLDED_SOCKOPT, // socket options folded into deltas instead of a record
+	STAT_FOLDED_OWNER,   // connect and accept returns folded into deltas
 	STAT_MAX,
 };
 
-#define EVENT_FLAG_KEEPALIVE 1 // SO_KEEPALIVE is set on the socket
-#define EVENT_FLAG_TASK 2      // pid/comm name the task that caused the event
+#define EVENT_FLAG_TASK 2 // pid/comm name the task that caused the event
 
-// One ring-buffer record. Which fields are meaningful depends on type; the
-// Go side decodes this layout through the type bpf2go generates from it.
-struct event {
-	__u64 ts_ns;  // bpf_ktime_get_ns(), CLOCK_MONOTONIC
-	__u64 cookie; // socket cookie; 0 when the socket never had one
-	__u64 ino;    // socket inode (close, sockopt and owner events)
-	__u32 pid;    // tgid of the task, when EVENT_FLAG_TASK is set
-	__u32 ppid;   // parent tgid of the task (close events)
-	__u32 netns;  // inode number of the socket's network namespace
-	__s32 fd;     // close, sockopt and owner events
-	__u8 type;    // enum event_type
+// tuple is where a socket is: its namespace, family, ports and addresses.
+struct tuple {
+	__u32 netns; // inode number of the socket's network namespace
 	__u8 family;
-	__u8 old_state;
-	__u8 state; // new state for state events, current state otherwise
+	__u8 pad;
 	__u16 sport;
 	__u16 dport;
+	__u16 pad2;
 	__u8 saddr[16];
 	__u8 daddr[16];
-	char comm[16];
-	__u8 flags; // EVENT_FLAG_*
-	__u8 op;    // enum close_op for close events, enum owner_op for owner events
-	__u8 backoff;
-	__u8 probes_out;    // keepalive/zero-window probes outstanding
-	__u32 refs;         // close: references to the file before this close
-	__u32 retransmits;  // consecutive RTO retransmissions (icsk_retransmits)
+};
+
+// tcp_part is what a TCP socket says of its keepalive and give-up settings
+// and its retransmissions, read at the moment of the record.
+struct tcp_part {
+	__u32 retransmits; // consecutive RTO retransmissions (icsk_retransmits)
 	__u32 total_retrans;
 	__u32 rto_jiffies;
 	__u32 ka_time;   // socket keepalive idle in jiffies, 0 = netns default
 	__u32 ka_intvl;  // jiffies, 0 = netns default
 	__u32 ka_probes; // 0 = netns default
 	__u32 user_timeout_ms;
+	__u8 keepalive; // SO_KEEPALIVE is set
+	__u8 backoff;
+	__u8 probes_out; // keepalive/zero-window probes outstanding
+	__u8 pad;
+};
+
+// One ring-buffer record. Which fields are meaningful depends on type; the
+// Go side decodes this layout through the type bpf2go generates from it.
+struct event {
+	__u64 ts_ns;  // bpf_ktime_get_ns(), CLOCK_MONOTONIC
+	__u64 cookie; // socket cookie; 0 when the socket never had one
+	__u64 ino;    // socket inode (close and sockopt events)
+	__u32 pid;    // tgid of the task, when EVENT_FLAG_TASK is set
+	__u32 ppid;   // parent tgid of the task (close events)
+	__s32 fd;     // close and sockopt events
+	__u8 type;    // enum event_type
+	__u8 old_state;
+	__u8 state; // new state for state and end events, current state otherwise
+	__u8 flags; // EVENT_FLAG_*
+	__u8 op;    // enum close_op for close events
+	__u8 pad[3];
+	struct tuple tuple;
+	char comm[16];
+	struct tcp_part tcp;
+	__u32 refs;         // close: references to the file before this close
 	__u32 idle_jiffies; // keepalive: jiffies since the last data received
 	__s32 level;        // sockopt
 	__s32 optname;
@@ -129,6 +145,53 @@ struct event {
 	// not a ghost).
 	__u32 write_seq;
 	__u32 copied_seq;
+	__u32 pad2;
+};
+
+// delta_part says which parts of a sock_delta hold news.
+enum delta_part {
+	DELTA_STATE = 1,   // state was entered at state_ns (est_ns: ESTABLISHED)
+	DELTA_OWNER = 2,   // owner_*: a connect or accept returned an fd of it
+	DELTA_SOCKOPT = 4, // opt_*: the application set keepalive or give-up options
+	DELTA_TCP = 8,     // tcp was read at the state change
+};
+
+// sock_delta is what the kernel learnt of one socket since the agent last
+// drained the deltas map: its state changes, the process whose connect or
+// accept returned it, and the options it set, each the latest of its kind.
+struct sock_delta {
+	__u64 first_ns; // the first change kept in this entry
+	__u64 state_ns; // when the socket entered state (DELTA_STATE)
+	__u64 est_ns;   // when it became ESTABLISHED, if within this entry
+	__u64 owner_ns;
+	__u64 opt_ns; // the latest setsockopt
+	__u64 ino;    // socket inode, from the owner's fd
+	struct tuple tuple;
+	struct tcp_part tcp;
+	__u32 parts;   // enum delta_part
+	__u8 state;    // the socket's state when the entry was last written
+	__u8 est_from; // SYN_SENT or SYN_RECV, with est_ns
+	__u8 owner_op; // enum owner_op
+	__u8 pad;
+	__u32 owner_pid; // tgid
+	__u32 owner_ppid;
+	__s32 owner_fd;
+	__u32 opt_pid; // tgid of the latest setsockopt
+	__u32 opt_mask; // enum sockopt_bit: which opt_ values were set
+	__s32 opt_keepalive;
+	__s32 opt_keep_idle;  // seconds
+	__s32 opt_keep_intvl; // seconds
+	__s32 opt_keep_cnt;
+	__s32 opt_user_timeout_ms;
+	char owner_comm[16]; // the owner's thread group leader
+};
+
+// end_event is the record of a socket's CLOSE: its final state change and,
+// when the agent had not drained it yet, the socket's delta, so that a
+// short-lived connection costs this one record.
+struct end_event {
+	struct event e;
+	struct sock_delta d; // all zero (parts 0) when no delta was pending
 };
 
 // events carries struct event records to user space.
@@ -217,7 +280,7 @@ struct {
 	__type(value, __u32);
 } watch SEC(".maps");
 
-// sockopt_bit names the options a sockopt_fold holds.
+// sockopt_bit names the options a sock_delta holds.
 enum sockopt_bit {
 	SOCKOPT_KEEPALIVE = 1,
 	SOCKOPT_KEEPIDLE = 2,
@@ -226,32 +289,23 @@ enum sockopt_bit {
 	SOCKOPT_USER_TIMEOUT = 16,
 };
 
-// sockopt_fold is the keepalive and give-up options an application set on
-// one socket since the agent last looked, the latest value of each.
-struct sockopt_fold {
-	__u64 ts_ns; // the latest setsockopt, CLOCK_MONOTONIC
-	__u32 pid;   // its tgid
-	__u32 mask;  // enum sockopt_bit: which values below were set
-	__s32 keepalive;
-	__s32 keep_idle;  // seconds
-	__s32 keep_intvl; // seconds
-	__s32 keep_cnt;
-	__s32 user_timeout_ms;
-	__u32 pad;
-};
-
-// sockopts folds socket options by socket cookie while nobody watches, so a
-// connection's four keepalive calls cost one entry and no ring record.
-// Writer: sys_enter_setsockopt (it creates the entry, then updates it in
-// place). Reader and deleter: the agent, which drains the map on every poll
-// of the ring. A full map refuses new sockets; the refusal is counted as a
-// lost sockopt.
+// deltas holds, by socket cookie, what changed on a socket since the agent
+// last looked, so that a connection costs a map entry instead of a record
+// per change while nobody watches. Writers: the state hook (ESTABLISHED,
+// CLOSE_WAIT, leaving ESTABLISHED), connect and accept returns, and
+// setsockopt of keepalive and give-up options; each copies the entry, changes
+// the copy and writes it back whole, so a change that races with the
+// agent's drain lands in a new entry instead of a freed one. Readers and
+// deleters: the state hook at CLOSE, which moves the entry into the socket's
+// end record, and the agent, which drains the map on every poll. A full map
+// refuses the change; the refusal is counted (STAT_LOST_DELTA) and the next
+// snapshot repairs the table.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 32768);
 	__type(key, __u64); // socket cookie
-	__type(value, struct sockopt_fold);
-} sockopts SEC(".maps");
+	__type(value, struct sock_delta);
+} deltas SEC(".maps");
 
 // Force the generated Go types.
 const struct event *unused_event __attribute__((unused));
@@ -264,7 +318,9 @@ const enum close_op *unused_close_op __attribute__((unused));
 const enum owner_op *unused_owner_op __attribute__((unused));
 const enum sockopt_bit *unused_sockopt_bit __attribute__((unused));
 const enum watch_flag *unused_watch_flag __attribute__((unused));
-const struct sockopt_fold *unused_sockopt_fold __attribute__((unused));
+const struct sock_delta *unused_sock_delta __attribute__((unused));
+const struct end_event *unused_end_event __attribute__((unused));
+const enum delta_part *unused_delta_part __attribute__((unused));
 
 static __always_inline void count(__u32 idx)
 {
@@ -326,73 +382,67 @@ static __always_inline void read_addrs(__u8 family, __u8 *saddr, __u8 *daddr, st
 
 // fill_tuple copies family, ports, addresses and netns from a socket whose
 // pointer may be untrusted, so every read goes through CO-RE probe reads.
-static __always_inline void fill_tuple(struct event *e, struct sock *sk)
+static __always_inline void fill_tuple(struct tuple *t, struct sock *sk)
 {
-	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	read_addrs(e->family, e->saddr, e->daddr, &sk->__sk_common);
+	t->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	read_addrs(t->family, t->saddr, t->daddr, &sk->__sk_common);
 }
 
 // fill_tuple_btf is fill_tuple for a trusted socket pointer (a tp_btf
 // argument): plain CO-RE-relocated loads instead of probe-read calls.
-static __always_inline void fill_tuple_btf(struct event *e, struct sock *sk)
+static __always_inline void fill_tuple_btf(struct tuple *t, struct sock *sk)
 {
 	struct sock_common *skc = &sk->__sk_common;
-	e->family = skc->skc_family;
-	e->sport = skc->skc_num;
-	e->dport = __builtin_bswap16(skc->skc_dport);
-	e->netns = skc->skc_net.net->ns.inum;
-	if (e->family == AF_INET) {
-		__builtin_memcpy(e->saddr, &skc->skc_rcv_saddr, 4);
-		__builtin_memcpy(e->daddr, &skc->skc_daddr, 4);
+	t->family = skc->skc_family;
+	t->sport = skc->skc_num;
+	t->dport = __builtin_bswap16(skc->skc_dport);
+	t->netns = skc->skc_net.net->ns.inum;
+	if (t->family == AF_INET) {
+		__builtin_memcpy(t->saddr, &skc->skc_rcv_saddr, 4);
+		__builtin_memcpy(t->daddr, &skc->skc_daddr, 4);
 	} else {
-		__builtin_memcpy(e->saddr, &skc->skc_v6_rcv_saddr, 16);
-		__builtin_memcpy(e->daddr, &skc->skc_v6_daddr, 16);
+		__builtin_memcpy(t->saddr, &skc->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(t->daddr, &skc->skc_v6_daddr, 16);
 	}
 }
 
 // fill_tcp_btf reads keepalive settings and retransmission counters of a
 // trusted socket with plain loads.
-static __always_inline void fill_tcp_btf(struct event *e, struct sock *sk)
+static __always_inline void fill_tcp_btf(struct tcp_part *p, struct sock *sk)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return;
-	if (sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)))
-		e->flags |= EVENT_FLAG_KEEPALIVE;
-	e->ka_time = tp->keepalive_time;
-	e->ka_intvl = tp->keepalive_intvl;
-	e->ka_probes = BPF_CORE_READ_BITFIELD_PROBED(tp, keepalive_probes);
-	e->user_timeout_ms = tp->inet_conn.icsk_user_timeout;
-	e->retransmits = tp->inet_conn.icsk_retransmits;
-	e->backoff = tp->inet_conn.icsk_backoff;
-	e->probes_out = tp->inet_conn.icsk_probes_out;
-	e->rto_jiffies = tp->inet_conn.icsk_rto;
-	e->total_retrans = tp->total_retrans;
+	p->keepalive = !!(sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)));
+	p->ka_time = tp->keepalive_time;
+	p->ka_intvl = tp->keepalive_intvl;
+	p->ka_probes = BPF_CORE_READ_BITFIELD_PROBED(tp, keepalive_probes);
+	p->user_timeout_ms = tp->inet_conn.icsk_user_timeout;
+	p->retransmits = tp->inet_conn.icsk_retransmits;
+	p->backoff = tp->inet_conn.icsk_backoff;
+	p->probes_out = tp->inet_conn.icsk_probes_out;
+	p->rto_jiffies = tp->inet_conn.icsk_rto;
+	p->total_retrans = tp->total_retrans;
 }
 
-static __always_inline void fill_keepalive(struct event *e, struct sock *sk)
+// fill_tcp is fill_tcp_btf for an untrusted socket pointer.
+static __always_inline void fill_tcp(struct tcp_part *p, struct sock *sk)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
-	if (flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)))
-		e->flags |= EVENT_FLAG_KEEPALIVE;
-	e->ka_time = BPF_CORE_READ(tp, keepalive_time);
-	e->ka_intvl = BPF_CORE_READ(tp, keepalive_intvl);
-	e->ka_probes = BPF_CORE_READ_BITFIELD_PROBED(tp, keepalive_probes);
-	e->user_timeout_ms = BPF_CORE_READ(tp, inet_conn.icsk_user_timeout);
-}
-
-static __always_inline void fill_retrans(struct event *e, struct sock *sk)
-{
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	e->retransmits = BPF_CORE_READ(tp, inet_conn.icsk_retransmits);
-	e->backoff = BPF_CORE_READ(tp, inet_conn.icsk_backoff);
-	e->probes_out = BPF_CORE_READ(tp, inet_conn.icsk_probes_out);
-	e->rto_jiffies = BPF_CORE_READ(tp, inet_conn.icsk_rto);
-	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	p->keepalive = !!(flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)));
+	p->ka_time = BPF_CORE_READ(tp, keepalive_time);
+	p->ka_intvl = BPF_CORE_READ(tp, keepalive_intvl);
+	p->ka_probes = BPF_CORE_READ_BITFIELD_PROBED(tp, keepalive_probes);
+	p->user_timeout_ms = BPF_CORE_READ(tp, inet_conn.icsk_user_timeout);
+	p->retransmits = BPF_CORE_READ(tp, inet_conn.icsk_retransmits);
+	p->backoff = BPF_CORE_READ(tp, inet_conn.icsk_backoff);
+	p->probes_out = BPF_CORE_READ(tp, inet_conn.icsk_probes_out);
+	p->rto_jiffies = BPF_CORE_READ(tp, inet_conn.icsk_rto);
+	p->total_retrans = BPF_CORE_READ(tp, total_retrans);
 }
 
 // state_by_syscall reports transitions that only a syscall on the socket
@@ -413,23 +463,35 @@ static __always_inline bool state_by_syscall(int old, int new)
 	return false;
 }
 
-// state_reported says which transitions reach user space while nobody
-// watches: a connection that became ESTABLISHED (or a listener), one that
-// left ESTABLISHED, the peer's close (CLOSE_WAIT, a verdict's start) and the
-// end (CLOSE). The handshake's SYN states and the teardown's FIN_WAIT2,
-// CLOSING, LAST_ACK and TIME_WAIT are folded: the socket itself keeps its
-// state, which a snapshot reads. (The hook also folds an ESTABLISHED that
-// completes inside the connecting thread's connect(): see connecting_here.)
-static __always_inline bool state_reported(int old, int new)
+// state_folded says which transitions change a socket's delta while nobody
+// watches: a connection that became ESTABLISHED, the peer's close
+// (CLOSE_WAIT, a verdict's start) and the local one (leaving ESTABLISHED).
+// The handshake's SYN states and the teardown's FIN_WAIT2, CLOSING,
+// LAST_ACK and TIME_WAIT are only counted: the socket itself keeps its
+// state, which a snapshot reads, and its CLOSE ends it.
+static __always_inline bool state_folded(int old, int new)
 {
-	switch (new) {
-	case TCP_ESTABLISHED:
-	case TCP_LISTEN:
-	case TCP_CLOSE_WAIT:
-	case TCP_CLOSE:
-		return true;
+	return new == TCP_ESTABLISHED || new == TCP_CLOSE_WAIT || old == TCP_ESTABLISHED;
+}
+
+// delta_load copies the socket's pending delta into d, or starts an empty
+// one; the caller changes it and stores it with delta_store.
+static __always_inline void delta_load(__u64 cookie, struct sock_delta *d, __u64 now)
+{
+	struct sock_delta *old = bpf_map_lookup_elem(&deltas, &cookie);
+	if (old) {
+		__builtin_memcpy(d, old, sizeof(*d));
+		return;
 	}
-	return old == TCP_ESTABLISHED;
+	__builtin_memset(d, 0, sizeof(*d));
+	d->first_ns = now;
+}
+
+// delta_store writes d back whole (see the deltas map).
+static __always_inline void delta_store(__u64 cookie, struct sock_delta *d)
+{
+	if (bpf_map_update_elem(&deltas, &cookie, d, BPF_ANY))
+		count(STAT_LOST_DELTA);
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
@@ -441,8 +503,8 @@ int BPF_PROG(tcp_retransmit_skb, struct sock *sk, struct sk_buff *skb)
 	e->type = EVENT_RETRANSMIT;
 	e->cookie = bpf_get_socket_cookie(sk);
 	e->state = sk->__sk_common.skc_state;
-	fill_tuple_btf(e, sk);
-	fill_tcp_btf(e, sk);
+	fill_tuple_btf(&e->tuple, sk);
+	fill_tcp_btf(&e->tcp, sk);
 	submit(e);
 	return 0;
 }
@@ -477,9 +539,8 @@ int BPF_PROG(timer_expire_entry, struct timer_list *timer, unsigned long baseclk
 	e->type = EVENT_KEEPALIVE;
 	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	fill_tuple(e, sk);
-	fill_keepalive(e, sk);
-	fill_retrans(e, sk);
+	fill_tuple(&e->tuple, sk);
+	fill_tcp(&e->tcp, sk);
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	__u32 now = (__u32)bpf_jiffies64();
 	__u32 lrcv = BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime);
@@ -549,19 +610,76 @@ static __always_inline struct sock *tcp_sock_of(struct file *f)
 	return sk;
 }
 
-// connecting_here reports whether the current thread is inside connect()
-// on sk. A loopback (or very near) peer completes the handshake within the
-// syscall, so the ESTABLISHED comes before sys_exit_connect, whose owner
-// record (which reads the state) then announces the connection with its
-// holder: one record instead of two. One map lookup for every SYN_SENT to
-// ESTABLISHED, and three reads when the thread is connecting.
-static __always_inline bool connecting_here(struct sock *sk)
+// emit_end sends the record of a socket's CLOSE, with its pending delta
+// (which it deletes) when the agent has not drained it yet.
+static __always_inline void emit_end(struct sock *sk, __u64 cookie, int oldstate)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 *fdp = bpf_map_lookup_elem(&connect_fds, &id);
-	if (!fdp)
-		return false;
-	return (__u64)tcp_sock_of(fd_file(current_fdtable(), *fdp)) == (__u64)sk;
+	struct end_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(STAT_LOST_STATE);
+		// A delta left behind would bring the socket back to life.
+		bpf_map_delete_elem(&deltas, &cookie);
+		return;
+	}
+	__builtin_memset(r, 0, sizeof(*r));
+	r->e.ts_ns = bpf_ktime_get_ns();
+	r->e.type = EVENT_END;
+	r->e.cookie = cookie;
+	r->e.old_state = oldstate;
+	r->e.state = TCP_CLOSE;
+	fill_tuple_btf(&r->e.tuple, sk);
+	if (state_by_syscall(oldstate, TCP_CLOSE))
+		set_task(&r->e);
+	struct sock_delta *d = bpf_map_lookup_elem(&deltas, &cookie);
+	if (d) {
+		__builtin_memcpy(&r->d, d, sizeof(r->d));
+		bpf_map_delete_elem(&deltas, &cookie);
+	}
+	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+}
+
+// stream_state sends one state change as its own record (LISTEN, and every
+// change while a watch client asks for them).
+static __always_inline void stream_state(struct sock *sk, __u64 cookie, int oldstate, int newstate)
+{
+	struct event *e = reserve(STAT_LOST_STATE);
+	if (!e)
+		return;
+	e->type = EVENT_STATE;
+	e->cookie = cookie;
+	e->old_state = oldstate;
+	e->state = newstate;
+	fill_tuple_btf(&e->tuple, sk);
+	if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT)
+		fill_tcp_btf(&e->tcp, sk);
+	if (state_by_syscall(oldstate, newstate))
+		set_task(e);
+	submit(e);
+}
+
+// fold_state writes a state change into the socket's delta.
+static __always_inline void fold_state(struct sock *sk, __u64 cookie, int oldstate, int newstate)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct sock_delta d;
+	delta_load(cookie, &d, now);
+	d.parts |= DELTA_STATE;
+	d.state = newstate;
+	d.state_ns = now;
+	if (newstate == TCP_ESTABLISHED) {
+		d.est_ns = now;
+		d.est_from = oldstate;
+	}
+	// A socket on its way to CLOSE may be unhashed already, its local port
+	// 0: keep the tuple it had.
+	if (!d.tuple.family || sk->__sk_common.skc_num)
+		fill_tuple_btf(&d.tuple, sk);
+	if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT) {
+		fill_tcp_btf(&d.tcp, sk);
+		d.parts |= DELTA_TCP;
+	}
+	delta_store(cookie, &d);
+	count(STAT_FOLDED_STATE);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -569,30 +687,23 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 {
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	// Every socket gets its cookie here, folded or not: the owner and
-	// close hooks only read it.
+	// Every socket gets its cookie here: the owner, setsockopt and close
+	// hooks only read it.
 	__u64 cookie = bpf_get_socket_cookie(sk);
-	if (!watching() && (!state_reported(oldstate, newstate) ||
-			    (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED && connecting_here(sk)))) {
-		count(STAT_FOLDED_STATE);
+	if (newstate == TCP_CLOSE) {
+		emit_end(sk, cookie, oldstate);
 		return 0;
 	}
-	struct event *e = reserve(STAT_LOST_STATE);
-	if (!e)
+	if (newstate == TCP_LISTEN || watching()) {
+		stream_state(sk, cookie, oldstate, newstate);
 		return 0;
-	e->type = EVENT_STATE;
-	e->cookie = cookie;
-	e->old_state = oldstate;
-	e->state = newstate;
-	fill_tuple_btf(e, sk);
-	if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT)
-		fill_tcp_btf(e, sk);
-	if (state_by_syscall(oldstate, newstate))
-		set_task(e);
-	submit(e);
+	}
+	if (state_folded(oldstate, newstate))
+		fold_state(sk, cookie, oldstate, newstate);
+	else
+		count(STAT_FOLDED_STATE);
 	return 0;
 }
-
 
 // on_fd_close records the close of fd when it is a TCP socket that other
 // references keep open. A close of the last reference is only counted: the
@@ -675,7 +786,7 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e->write_seq = BPF_CORE_READ((struct tcp_sock *)sk, write_seq);
 	e->copied_seq = BPF_CORE_READ((struct tcp_sock *)sk, copied_seq);
-	fill_tuple(e, sk);
+	fill_tuple(&e->tuple, sk);
 	set_task(e);
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
@@ -829,9 +940,9 @@ int BPF_PROG(sched_process_exit, struct task_struct *p)
 	return 0;
 }
 
-// fold_sockopt keeps the option in the socket's sockopts entry. A socket
-// with no cookie yet (set before connect or listen) is skipped: the state
-// record at ESTABLISHED reads the settings from the socket.
+// fold_sockopt keeps the option in the socket's delta. A socket with no
+// cookie yet (set before connect or listen) is skipped: its delta at
+// ESTABLISHED reads the settings from the socket.
 static __always_inline void fold_sockopt(struct sock *sk, int level, int optname, void *uval)
 {
 	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
@@ -839,34 +950,32 @@ static __always_inline void fold_sockopt(struct sock *sk, int level, int optname
 		return;
 	__s32 val = 0;
 	bpf_probe_read_user(&val, sizeof(val), uval);
-	struct sockopt_fold *f = bpf_map_lookup_elem(&sockopts, &cookie);
-	if (!f) {
-		struct sockopt_fold zero = {};
-		bpf_map_update_elem(&sockopts, &cookie, &zero, BPF_NOEXIST);
-		f = bpf_map_lookup_elem(&sockopts, &cookie);
-		if (!f) {
-			count(STAT_LOST_SOCKOPT);
-			return;
-		}
-	}
+	__u64 now = bpf_ktime_get_ns();
+	struct sock_delta d;
+	delta_load(cookie, &d, now);
 	if (level == SOL_SOCKET) {
-		f->keepalive = val;
-		f->mask |= SOCKOPT_KEEPALIVE;
+		d.opt_keepalive = val;
+		d.opt_mask |= SOCKOPT_KEEPALIVE;
 	} else if (optname == TCP_KEEPIDLE) {
-		f->keep_idle = val;
-		f->mask |= SOCKOPT_KEEPIDLE;
+		d.opt_keep_idle = val;
+		d.opt_mask |= SOCKOPT_KEEPIDLE;
 	} else if (optname == TCP_KEEPINTVL) {
-		f->keep_intvl = val;
-		f->mask |= SOCKOPT_KEEPINTVL;
+		d.opt_keep_intvl = val;
+		d.opt_mask |= SOCKOPT_KEEPINTVL;
 	} else if (optname == TCP_KEEPCNT) {
-		f->keep_cnt = val;
-		f->mask |= SOCKOPT_KEEPCNT;
+		d.opt_keep_cnt = val;
+		d.opt_mask |= SOCKOPT_KEEPCNT;
 	} else {
-		f->user_timeout_ms = val;
-		f->mask |= SOCKOPT_USER_TIMEOUT;
+		d.opt_user_timeout_ms = val;
+		d.opt_mask |= SOCKOPT_USER_TIMEOUT;
 	}
-	f->pid = bpf_get_current_pid_tgid() >> 32;
-	f->ts_ns = bpf_ktime_get_ns();
+	d.parts |= DELTA_SOCKOPT;
+	d.opt_pid = bpf_get_current_pid_tgid() >> 32;
+	d.opt_ns = now;
+	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (!d.tuple.family)
+		fill_tuple(&d.tuple, sk);
+	delta_store(cookie, &d);
 	count(STAT_FOLDED_SOCKOPT);
 }
 
@@ -906,17 +1015,19 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	fill_tuple(e, sk);
+	fill_tuple(&e->tuple, sk);
 	set_task(e);
 	submit(e);
 	return 0;
 }
 
-// on_owner reports that the current process has fd, when it is a TCP
-// socket that already has a cookie (the state hook gives every socket one at
-// SYN_SENT or SYN_RECV; a socket without one is left to the next holder
-// walk). The record names the process as the holder walk does: its tgid,
-// its parent's and its thread group leader's comm.
+// on_owner writes into the socket's delta that the current process has fd,
+// when it is a TCP socket that already has a cookie (the state hook gives
+// every socket one at SYN_SENT or SYN_RECV; a socket without one is left to
+// the next holder walk). The delta names the process as the holder walk
+// does: its tgid, its parent's and its thread group leader's comm. It also
+// carries the tuple and state, so that it announces a connection whose
+// handshake the kernel folded (a non-blocking connect returns in SYN_SENT).
 static __always_inline void on_owner(__u32 fd, __u8 op)
 {
 	struct file *f = fd_file(current_fdtable(), fd);
@@ -926,25 +1037,22 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	if (!cookie)
 		return;
-	struct event *e = reserve(STAT_LOST_OWNER);
-	if (!e)
-		return;
-	e->type = EVENT_OWNER;
-	e->op = op;
-	e->fd = fd;
-	e->cookie = cookie;
-	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
-	// The tuple and state, so that the record announces a connection whose
-	// handshake states were folded (a non-blocking connect returns in
-	// SYN_SENT).
-	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	fill_tuple(e, sk);
-	e->pid = bpf_get_current_pid_tgid() >> 32;
+	__u64 now = bpf_ktime_get_ns();
+	struct sock_delta d;
+	delta_load(cookie, &d, now);
+	d.parts |= DELTA_OWNER;
+	d.owner_ns = now;
+	d.owner_op = op;
+	d.owner_fd = fd;
+	d.ino = BPF_CORE_READ(f, f_inode, i_ino);
+	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	fill_tuple(&d.tuple, sk);
+	d.owner_pid = bpf_get_current_pid_tgid() >> 32;
 	struct task_struct *task = bpf_get_current_task_btf();
-	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
-	e->flags = EVENT_FLAG_TASK;
-	submit(e);
+	d.owner_ppid = BPF_CORE_READ(task, real_parent, tgid);
+	BPF_CORE_READ_STR_INTO(&d.owner_comm, task, group_leader, comm);
+	delta_store(cookie, &d);
+	count(STAT_FOLDED_OWNER);
 }
 
 // sys_enter_connect remembers the fd of a connect to an IPv4 or IPv6

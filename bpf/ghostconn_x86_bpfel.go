@@ -51,43 +51,46 @@ const (
 	GhostconnCloseSlotCLOSE_SLOT_INHERITED GhostconnCloseSlot = 1
 )
 
+type GhostconnDeltaPart uint32
+
+const (
+	GhostconnDeltaPartDELTA_STATE   GhostconnDeltaPart = 1
+	GhostconnDeltaPartDELTA_OWNER   GhostconnDeltaPart = 2
+	GhostconnDeltaPartDELTA_SOCKOPT GhostconnDeltaPart = 4
+	GhostconnDeltaPartDELTA_TCP     GhostconnDeltaPart = 8
+)
+
+type GhostconnEndEvent struct {
+	_ structs.HostLayout
+	E GhostconnEvent
+	D GhostconnSockDelta
+}
+
 type GhostconnEvent struct {
-	_             structs.HostLayout
-	TsNs          uint64
-	Cookie        uint64
-	Ino           uint64
-	Pid           uint32
-	Ppid          uint32
-	Netns         uint32
-	Fd            int32
-	Type          uint8
-	Family        uint8
-	OldState      uint8
-	State         uint8
-	Sport         uint16
-	Dport         uint16
-	Saddr         [16]uint8
-	Daddr         [16]uint8
-	Comm          [16]int8
-	Flags         uint8
-	Op            uint8
-	Backoff       uint8
-	ProbesOut     uint8
-	Refs          uint32
-	Retransmits   uint32
-	TotalRetrans  uint32
-	RtoJiffies    uint32
-	KaTime        uint32
-	KaIntvl       uint32
-	KaProbes      uint32
-	UserTimeoutMs uint32
-	IdleJiffies   uint32
-	Level         int32
-	Optname       int32
-	Optval        int32
-	WriteSeq      uint32
-	CopiedSeq     uint32
-	_             [4]byte
+	_           structs.HostLayout
+	TsNs        uint64
+	Cookie      uint64
+	Ino         uint64
+	Pid         uint32
+	Ppid        uint32
+	Fd          int32
+	Type        uint8
+	OldState    uint8
+	State       uint8
+	Flags       uint8
+	Op          uint8
+	Pad         [3]uint8
+	Tuple       GhostconnTuple
+	Comm        [16]int8
+	Tcp         GhostconnTcpPart
+	Refs        uint32
+	IdleJiffies uint32
+	Level       int32
+	Optname     int32
+	Optval      int32
+	WriteSeq    uint32
+	CopiedSeq   uint32
+	Pad2        uint32
 }
 
 type GhostconnEventType uint32
@@ -98,7 +101,7 @@ const (
 	GhostconnEventTypeEVENT_KEEPALIVE  GhostconnEventType = 3
 	GhostconnEventTypeEVENT_CLOSE      GhostconnEventType = 4
 	GhostconnEventTypeEVENT_SOCKOPT    GhostconnEventType = 5
-	GhostconnEventTypeEVENT_OWNER      GhostconnEventType = 6
+	GhostconnEventTypeEVENT_END        GhostconnEventType = 7
 )
 
 type GhostconnHolderRec struct {
@@ -121,6 +124,35 @@ const (
 	GhostconnOwnerOpOWNER_OP_CONNECT GhostconnOwnerOp = 1
 	GhostconnOwnerOpOWNER_OP_ACCEPT  GhostconnOwnerOp = 2
 )
+
+type GhostconnSockDelta struct {
+	_                structs.HostLayout
+	FirstNs          uint64
+	StateNs          uint64
+	EstNs            uint64
+	OwnerNs          uint64
+	OptNs            uint64
+	Ino              uint64
+	Tuple            GhostconnTuple
+	Tcp              GhostconnTcpPart
+	Parts            uint32
+	State            uint8
+	EstFrom          uint8
+	OwnerOp          uint8
+	Pad              uint8
+	OwnerPid         uint32
+	OwnerPpid        uint32
+	OwnerFd          int32
+	OptPid           uint32
+	OptMask          uint32
+	OptKeepalive     int32
+	OptKeepIdle      int32
+	OptKeepIntvl     int32
+	OptKeepCnt       int32
+	OptUserTimeoutMs int32
+	OwnerComm        [16]int8
+	_                [4]byte
+}
 
 type GhostconnSockRec struct {
 	_              structs.HostLayout
@@ -172,19 +204,6 @@ const (
 	GhostconnSockoptBitSOCKOPT_USER_TIMEOUT GhostconnSockoptBit = 16
 )
 
-type GhostconnSockoptFold struct {
-	_             structs.HostLayout
-	TsNs          uint64
-	Pid           uint32
-	Mask          uint32
-	Keepalive     int32
-	KeepIdle      int32
-	KeepIntvl     int32
-	KeepCnt       int32
-	UserTimeoutMs int32
-	Pad           uint32
-}
-
 type GhostconnStatIndex uint32
 
 const (
@@ -193,12 +212,40 @@ const (
 	GhostconnStatIndexSTAT_LOST_KEEPALIVE  GhostconnStatIndex = 2
 	GhostconnStatIndexSTAT_LOST_CLOSE      GhostconnStatIndex = 3
 	GhostconnStatIndexSTAT_LOST_SOCKOPT    GhostconnStatIndex = 4
-	GhostconnStatIndexSTAT_LOST_OWNER      GhostconnStatIndex = 5
+	GhostconnStatIndexSTAT_LOST_DELTA      GhostconnStatIndex = 5
 	GhostconnStatIndexSTAT_CLOSE_LAST_REF  GhostconnStatIndex = 6
 	GhostconnStatIndexSTAT_FOLDED_STATE    GhostconnStatIndex = 7
 	GhostconnStatIndexSTAT_FOLDED_SOCKOPT  GhostconnStatIndex = 8
-	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 9
+	GhostconnStatIndexSTAT_FOLDED_OWNER    GhostconnStatIndex = 9
+	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 10
 )
+
+type GhostconnTcpPart struct {
+	_             structs.HostLayout
+	Retransmits   uint32
+	TotalRetrans  uint32
+	RtoJiffies    uint32
+	KaTime        uint32
+	KaIntvl       uint32
+	KaProbes      uint32
+	UserTimeoutMs uint32
+	Keepalive     uint8
+	Backoff       uint8
+	ProbesOut     uint8
+	Pad           uint8
+}
+
+type GhostconnTuple struct {
+	_      structs.HostLayout
+	Netns  uint32
+	Family uint8
+	Pad    uint8
+	Sport  uint16
+	Dport  uint16
+	Pad2   uint16
+	Saddr  [16]uint8
+	Daddr  [16]uint8
+}
 
 type GhostconnWatchFlag uint32
 
@@ -213,8 +260,8 @@ const (
 const (
 	GhostconnMapCloses              = "closes"
 	GhostconnMapConnectFds          = "connect_fds"
+	GhostconnMapDeltas              = "deltas"
 	GhostconnMapEvents              = "events"
-	GhostconnMapSockopts            = "sockopts"
 	GhostconnMapStats               = "stats"
 	GhostconnMapWatch               = "watch"
 	GhostconnProgInetSockSetState   = "inet_sock_set_state"
@@ -238,13 +285,15 @@ const (
 	GhostconnVarUnusedCloseOp       = "unused_close_op"
 	GhostconnVarUnusedCloseRec      = "unused_close_rec"
 	GhostconnVarUnusedCloseSlot     = "unused_close_slot"
+	GhostconnVarUnusedDeltaPart     = "unused_delta_part"
+	GhostconnVarUnusedEndEvent      = "unused_end_event"
 	GhostconnVarUnusedEvent         = "unused_event"
 	GhostconnVarUnusedEventType     = "unused_event_type"
 	GhostconnVarUnusedHolderRec     = "unused_holder_rec"
 	GhostconnVarUnusedOwnerOp       = "unused_owner_op"
+	GhostconnVarUnusedSockDelta     = "unused_sock_delta"
 	GhostconnVarUnusedSockRec       = "unused_sock_rec"
 	GhostconnVarUnusedSockoptBit    = "unused_sockopt_bit"
-	GhostconnVarUnusedSockoptFold   = "unused_sockopt_fold"
 	GhostconnVarUnusedStatIndex     = "unused_stat_index"
 	GhostconnVarUnusedWatchFlag     = "unused_watch_flag"
 )
@@ -314,8 +363,8 @@ type GhostconnProgramSpecs struct {
 type GhostconnMapSpecs struct {
 	Closes     *ebpf.MapSpec `ebpf:"closes"`
 	ConnectFds *ebpf.MapSpec `ebpf:"connect_fds"`
+	Deltas     *ebpf.MapSpec `ebpf:"deltas"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
-	Sockopts   *ebpf.MapSpec `ebpf:"sockopts"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
 	Watch      *ebpf.MapSpec `ebpf:"watch"`
 }
@@ -324,21 +373,23 @@ type GhostconnMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnVariableSpecs struct {
-	KeepaliveTimerFn  *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
-	SockCloseFn       *ebpf.VariableSpec `ebpf:"sock_close_fn"`
-	UnusedCloseKey    *ebpf.VariableSpec `ebpf:"unused_close_key"`
-	UnusedCloseOp     *ebpf.VariableSpec `ebpf:"unused_close_op"`
-	UnusedCloseRec    *ebpf.VariableSpec `ebpf:"unused_close_rec"`
-	UnusedCloseSlot   *ebpf.VariableSpec `ebpf:"unused_close_slot"`
-	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventType   *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	UnusedHolderRec   *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
-	UnusedOwnerOp     *ebpf.VariableSpec `ebpf:"unused_owner_op"`
-	UnusedSockRec     *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
-	UnusedSockoptBit  *ebpf.VariableSpec `ebpf:"unused_sockopt_bit"`
-	UnusedSockoptFold *ebpf.VariableSpec `ebpf:"unused_sockopt_fold"`
-	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
-	UnusedWatchFlag   *ebpf.VariableSpec `ebpf:"unused_watch_flag"`
+	KeepaliveTimerFn *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
+	SockCloseFn      *ebpf.VariableSpec `ebpf:"sock_close_fn"`
+	UnusedCloseKey   *ebpf.VariableSpec `ebpf:"unused_close_key"`
+	UnusedCloseOp    *ebpf.VariableSpec `ebpf:"unused_close_op"`
+	UnusedCloseRec   *ebpf.VariableSpec `ebpf:"unused_close_rec"`
+	UnusedCloseSlot  *ebpf.VariableSpec `ebpf:"unused_close_slot"`
+	UnusedDeltaPart  *ebpf.VariableSpec `ebpf:"unused_delta_part"`
+	UnusedEndEvent   *ebpf.VariableSpec `ebpf:"unused_end_event"`
+	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedHolderRec  *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
+	UnusedOwnerOp    *ebpf.VariableSpec `ebpf:"unused_owner_op"`
+	UnusedSockDelta  *ebpf.VariableSpec `ebpf:"unused_sock_delta"`
+	UnusedSockRec    *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
+	UnusedSockoptBit *ebpf.VariableSpec `ebpf:"unused_sockopt_bit"`
+	UnusedStatIndex  *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	UnusedWatchFlag  *ebpf.VariableSpec `ebpf:"unused_watch_flag"`
 }
 
 // GhostconnObjects contains all objects after they have been loaded into the kernel.
@@ -363,8 +414,8 @@ func (o *GhostconnObjects) Close() error {
 type GhostconnMaps struct {
 	Closes     *ebpf.Map `ebpf:"closes"`
 	ConnectFds *ebpf.Map `ebpf:"connect_fds"`
+	Deltas     *ebpf.Map `ebpf:"deltas"`
 	Events     *ebpf.Map `ebpf:"events"`
-	Sockopts   *ebpf.Map `ebpf:"sockopts"`
 	Stats      *ebpf.Map `ebpf:"stats"`
 	Watch      *ebpf.Map `ebpf:"watch"`
 }
@@ -373,8 +424,8 @@ func (m *GhostconnMaps) Close() error {
 	return _GhostconnClose(
 		m.Closes,
 		m.ConnectFds,
+		m.Deltas,
 		m.Events,
-		m.Sockopts,
 		m.Stats,
 		m.Watch,
 	)
@@ -384,21 +435,23 @@ func (m *GhostconnMaps) Close() error {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnVariables struct {
-	KeepaliveTimerFn  *ebpf.Variable `ebpf:"keepalive_timer_fn"`
-	SockCloseFn       *ebpf.Variable `ebpf:"sock_close_fn"`
-	UnusedCloseKey    *ebpf.Variable `ebpf:"unused_close_key"`
-	UnusedCloseOp     *ebpf.Variable `ebpf:"unused_close_op"`
-	UnusedCloseRec    *ebpf.Variable `ebpf:"unused_close_rec"`
-	UnusedCloseSlot   *ebpf.Variable `ebpf:"unused_close_slot"`
-	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventType   *ebpf.Variable `ebpf:"unused_event_type"`
-	UnusedHolderRec   *ebpf.Variable `ebpf:"unused_holder_rec"`
-	UnusedOwnerOp     *ebpf.Variable `ebpf:"unused_owner_op"`
-	UnusedSockRec     *ebpf.Variable `ebpf:"unused_sock_rec"`
-	UnusedSockoptBit  *ebpf.Variable `ebpf:"unused_sockopt_bit"`
-	UnusedSockoptFold *ebpf.Variable `ebpf:"unused_sockopt_fold"`
-	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
-	UnusedWatchFlag   *ebpf.Variable `ebpf:"unused_watch_flag"`
+	KeepaliveTimerFn *ebpf.Variable `ebpf:"keepalive_timer_fn"`
+	SockCloseFn      *ebpf.Variable `ebpf:"sock_close_fn"`
+	UnusedCloseKey   *ebpf.Variable `ebpf:"unused_close_key"`
+	UnusedCloseOp    *ebpf.Variable `ebpf:"unused_close_op"`
+	UnusedCloseRec   *ebpf.Variable `ebpf:"unused_close_rec"`
+	UnusedCloseSlot  *ebpf.Variable `ebpf:"unused_close_slot"`
+	UnusedDeltaPart  *ebpf.Variable `ebpf:"unused_delta_part"`
+	UnusedEndEvent   *ebpf.Variable `ebpf:"unused_end_event"`
+	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedHolderRec  *ebpf.Variable `ebpf:"unused_holder_rec"`
+	UnusedOwnerOp    *ebpf.Variable `ebpf:"unused_owner_op"`
+	UnusedSockDelta  *ebpf.Variable `ebpf:"unused_sock_delta"`
+	UnusedSockRec    *ebpf.Variable `ebpf:"unused_sock_rec"`
+	UnusedSockoptBit *ebpf.Variable `ebpf:"unused_sockopt_bit"`
+	UnusedStatIndex  *ebpf.Variable `ebpf:"unused_stat_index"`
+	UnusedWatchFlag  *ebpf.Variable `ebpf:"unused_watch_flag"`
 }
 
 // GhostconnPrograms contains all programs after they have been loaded into the kernel.

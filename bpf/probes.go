@@ -122,12 +122,12 @@ type Probes struct {
 
 	// connectFds is the kernel's own scratch map of the connect hooks.
 	connectFds *ebpf.Map
-	// watch and sockopts: see SetWatching and DrainSockopts.
-	watch    *ebpf.Map
-	sockopts *ebpf.Map
-	// drainKeys and drainVals are DrainSockopts' batch buffers.
+	// watch and deltas: see SetWatching and DrainDeltas.
+	watch  *ebpf.Map
+	deltas *ebpf.Map
+	// drainKeys and drainVals are DrainDeltas' batch buffers.
 	drainKeys []uint64
-	drainVals []GhostconnSockoptFold
+	drainVals []GhostconnSockDelta
 
 	iterTCP   *link.Iter
 	iterFiles *link.Iter
@@ -192,10 +192,10 @@ func Load(opts Options) (*Probes, error) {
 		return nil, fmt.Errorf("create bpf maps: %w", err)
 	}
 	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, connectFds: maps.ConnectFds,
-		watch: maps.Watch, sockopts: maps.Sockopts, PinReset: pinReset,
+		watch: maps.Watch, deltas: maps.Deltas, PinReset: pinReset,
 		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}, byName: map[string]*ebpf.Program{}, byLink: map[string]link.Link{}}
 	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes,
-		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "sockopts": maps.Sockopts}
+		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "deltas": maps.Deltas}
 
 	// Only the syscall hooks need tracefs, and they are optional: without
 	// it they stay detached, with the reason.
@@ -219,8 +219,8 @@ func Load(opts Options) (*Probes, error) {
 			return nil, fmt.Errorf("attach required program %s: %w", def.name, err)
 		}
 	}
-	// sys_enter_connect without sys_exit_connect would have the state hook
-	// fold the ESTABLISHED of a connect that no owner record announces.
+	// sys_enter_connect without sys_exit_connect would only fill
+	// connect_fds with entries nothing reads.
 	if p.Attached[ProgConnect] == nil && p.Attached[ProgConnectExit] != nil && !opts.IteratorsOnly {
 		l := p.byLink[ProgConnect]
 		p.links = slices.DeleteFunc(p.links, func(x link.Link) bool { return x == l })
@@ -323,7 +323,7 @@ func (p *Probes) Close() error {
 		errs = append(errs, prog.Close())
 	}
 	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close(), p.connectFds.Close(),
-		p.watch.Close(), p.sockopts.Close())
+		p.watch.Close(), p.deltas.Close())
 	return errors.Join(errs...)
 }
 
@@ -348,8 +348,7 @@ func (p *Probes) RecursionMisses() (map[string]uint64, error) {
 
 // SetWatching tells the state and setsockopt hooks whether a watch client
 // wants every state change and socket option as its own record (on), or
-// only the transitions the table acts on, with options folded into the
-// sockopts map (off).
+// only the socket's CLOSE, with the rest folded into the deltas map (off).
 func (p *Probes) SetWatching(on bool) error {
 	var v uint32
 	if on {
@@ -361,21 +360,21 @@ func (p *Probes) SetWatching(on bool) error {
 	return nil
 }
 
-// drainBatch is how many folded sockets DrainSockopts takes per syscall.
+// drainBatch is how many deltas DrainDeltas takes per syscall.
 const drainBatch = 256
 
-// DrainSockopts takes the socket options folded in the kernel since the
-// last drain, deleting them from the map, and calls fn for each socket. fn
-// must not keep the record past its call.
-func (p *Probes) DrainSockopts(fn func(cookie uint64, f *GhostconnSockoptFold)) (int, error) {
+// DrainDeltas takes what the kernel folded into the deltas map since the
+// last drain, deleting it from the map, and calls fn for each socket. fn
+// must not keep the delta past its call.
+func (p *Probes) DrainDeltas(fn func(cookie uint64, d *GhostconnSockDelta)) (int, error) {
 	if p.drainKeys == nil {
 		p.drainKeys = make([]uint64, drainBatch)
-		p.drainVals = make([]GhostconnSockoptFold, drainBatch)
+		p.drainVals = make([]GhostconnSockDelta, drainBatch)
 	}
 	var cursor ebpf.MapBatchCursor
 	total := 0
 	for {
-		n, err := p.sockopts.BatchLookupAndDelete(&cursor, p.drainKeys, p.drainVals, nil)
+		n, err := p.deltas.BatchLookupAndDelete(&cursor, p.drainKeys, p.drainVals, nil)
 		for i := 0; i < n; i++ {
 			fn(p.drainKeys[i], &p.drainVals[i])
 		}
@@ -384,7 +383,7 @@ func (p *Probes) DrainSockopts(fn func(cookie uint64, f *GhostconnSockoptFold)) 
 			return total, nil
 		}
 		if err != nil {
-			return total, fmt.Errorf("drain the sockopts map: %w", err)
+			return total, fmt.Errorf("drain the deltas map: %w", err)
 		}
 	}
 }

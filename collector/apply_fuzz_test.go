@@ -16,7 +16,7 @@ func FuzzTableApply(f *testing.F) {
 		base := time.Unix(1000, 0)
 		var evs []Event
 		for i := 0; i+4 < len(data); i += 5 {
-			kind := []Kind{KindState, KindRetransmit, KindKeepalive, KindClose, KindSockopt, KindObserved, KindOwner}[int(data[i])%7]
+			kind := []Kind{KindState, KindRetransmit, KindKeepalive, KindClose, KindSockopt, KindObserved, KindDelta, KindEnd}[int(data[i])%8]
 			ev := Event{
 				Kind:     kind,
 				Time:     base.Add(time.Duration(data[i+1]) * time.Second),
@@ -31,7 +31,16 @@ func FuzzTableApply(f *testing.F) {
 				Task:     &Task{PID: uint32(data[i+1]), Comm: "x"},
 				Close:    Close{FD: int32(data[i+2]), Refs: uint32(data[i+3]%4 + 2), Op: "close"},
 				Sockopt:  Sockopt{Level: 6, Name: int32(data[i+3] % 20), Value: int32(data[i+4])},
-				Owner:    Owner{FD: int32(data[i+2] % 8), Op: "accept"},
+			}
+			if kind == KindDelta || (kind == KindEnd && data[i+1]%2 == 0) {
+				ev.Delta = Delta{Parts: DeltaParts(data[i+2]%15 + 1), State: State(data[i+3] % 13), EstFrom: StateSynRecv,
+					StateMono: int64(data[i+1]) * 1e9, EstMono: int64(data[i+4]%2) * 1e9,
+					Owner: Owner{Task: ev.Task, FD: int32(data[i+2] % 8), Op: "accept"}}
+				ev.Delta.Sockopts[0] = ev.Sockopt
+				ev.Delta.NSockopts = 1
+			}
+			if kind == KindEnd {
+				ev.State = StateClose
 			}
 			ev.Counters = TCPCounters{Retransmits: uint32(data[i+3] % 4), ProbesOut: data[i+4] % 3, HaveCounters: true}
 			if kind == KindObserved {

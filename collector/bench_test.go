@@ -11,10 +11,11 @@ import (
 )
 
 func benchRecord() []byte {
-	k := bpf.GhostconnEvent{TsNs: 1e9, Cookie: 42, Type: uint8(KindState), Family: uint8(FamilyIPv4),
-		OldState: uint8(StateSynSent), State: uint8(StateEstablished), Sport: 5000, Dport: 80}
-	copy(k.Saddr[:], []byte{127, 0, 0, 1})
-	copy(k.Daddr[:], []byte{127, 0, 0, 1})
+	k := bpf.GhostconnEvent{TsNs: 1e9, Cookie: 42, Type: uint8(KindState),
+		OldState: uint8(StateSynSent), State: uint8(StateEstablished),
+		Tuple: bpf.GhostconnTuple{Family: uint8(FamilyIPv4), Sport: 5000, Dport: 80}}
+	copy(k.Tuple.Saddr[:], []byte{127, 0, 0, 1})
+	copy(k.Tuple.Daddr[:], []byte{127, 0, 0, 1})
 	raw := make([]byte, EventSize)
 	copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&k)), EventSize))
 	return raw
@@ -67,6 +68,52 @@ func BenchmarkTableChurn(b *testing.B) {
 		n += 2
 		for i := range evs {
 			evs[i].Cookie = n + uint64(i%2)
+		}
+		t.Apply(evs)
+	}
+}
+
+// foldedLifecycle is one short loopback connection as the agent gets it
+// while nobody watches: one end record per end, each carrying the delta
+// the kernel folded (ESTABLISHED, the owner, four keepalive options, the
+// state it closed from).
+func foldedLifecycle(at time.Time) []Event {
+	l := netip.MustParseAddrPort("127.0.0.1:40000")
+	r := netip.MustParseAddrPort("127.0.0.1:80")
+	task := &Task{PID: 7, PPID: 1, Comm: "client"}
+	mk := func(loc, rem netip.AddrPort, from, last State, op string) Event {
+		ev := Event{Kind: KindEnd, Time: at, Netns: 1, Family: FamilyIPv4, Local: loc, Remote: rem,
+			OldState: last, State: StateClose,
+			Delta: Delta{Parts: DeltaState | DeltaOwner | DeltaSockopt | DeltaTCP, State: last,
+				EstFrom: from, Owner: Owner{Task: task, FD: 5, Op: op}, SockoptBy: 7}}
+		ev.Settings.HaveKeepalive = true
+		for i, o := range []Sockopt{{solSocket, soKeepalive, 1}, {solTCP, tcpKeepIdle, 15}, {solTCP, tcpKeepIntvl, 15}, {solTCP, tcpKeepCnt, 9}} {
+			ev.Delta.Sockopts[i] = o
+		}
+		ev.Delta.NSockopts = 4
+		return ev
+	}
+	return []Event{
+		mk(l, r, StateSynSent, StateFinWait1, "connect"),
+		mk(r, l, StateSynRecv, StateCloseWait, "accept"),
+	}
+}
+
+// BenchmarkTableChurnFolded applies a short connection's two end records,
+// both ends, as the agent gets them while nobody watches; ns/op is per
+// connection.
+func BenchmarkTableChurnFolded(b *testing.B) {
+	t := NewTable(TableConfig{MaxConns: 1 << 20, MaxHistory: 10000, HistoryTTL: time.Minute, Verdicts: DefaultVerdictConfig})
+	at := time.Unix(1000, 0)
+	evs := foldedLifecycle(at)
+	b.ReportAllocs()
+	var n uint64
+	for b.Loop() {
+		n += 2
+		for i := range evs {
+			evs[i].Cookie = n + uint64(i)
+			evs[i].Mono = 0
+			evs[i].Time = at
 		}
 		t.Apply(evs)
 	}

@@ -90,6 +90,7 @@ type Collector struct {
 	decodeErrors    atomic.Uint64
 	readerErrors    atomic.Uint64
 	eventsRead      atomic.Uint64
+	deltasRead      atomic.Uint64
 	reconciles      atomic.Uint64
 	reconcileErrors atomic.Uint64
 	lastReconcile   atomic.Int64 // duration in ns
@@ -100,8 +101,8 @@ type Collector struct {
 	// not snapshot; lastSnapshotErr is the latest of those failures.
 	snapshotErrors  atomic.Uint64
 	lastSnapshotErr atomic.Pointer[TimedError]
-	// drainErrors counts failed drains of the kernel's folded socket
-	// options; lastDrainErr is the latest. watchFlagErrors counts failed
+	// deltasRead counts entries drained from the kernel's deltas map;
+	// drainErrors counts failed drains, lastDrainErr is the latest. watchFlagErrors counts failed
 	// flips of the kernel's watch flag.
 	drainErrors     atomic.Uint64
 	lastDrainErr    atomic.Pointer[TimedError]
@@ -471,7 +472,7 @@ func (c *Collector) readLoop(ctx context.Context) error {
 	dec := c.dec // the loop's own copy: it refreshes MonoOffset
 	var rec ringbuf.Record
 	batch := make([]Event, 0, 256)
-	var held []Event // socket options drained from the kernel
+	var deltas []Event // drained from the kernel's deltas map
 	var lastDrain time.Time
 	flush := func() {
 		if len(batch) > 0 {
@@ -481,19 +482,24 @@ func (c *Collector) readLoop(ctx context.Context) error {
 		if time.Since(lastDrain) < c.cfg.PollInterval {
 			return
 		}
-		// Options drained a poll ago are applied now, after the ring
-		// records read since: the record that announced the socket was
-		// in the ring before the application's setsockopt.
-		if len(held) > 0 {
-			c.table.ApplyKnown(held)
-			held = held[:0]
-		}
+		// After the ring records read so far: a socket's end record is
+		// in the ring only once its delta left the map (into the end
+		// record itself, or into a drain before this one).
 		lastDrain = time.Now()
-		if _, err := c.probes.DrainSockopts(func(cookie uint64, f *bpf.GhostconnSockoptFold) {
-			held = foldedSockopts(held, cookie, f)
+		deltas = deltas[:0]
+		if _, err := c.probes.DrainDeltas(func(cookie uint64, d *bpf.GhostconnSockDelta) {
+			c.deltasRead.Add(1)
+			deltas = append(deltas, Event{})
+			if err := dec.DecodeDelta(cookie, d, &deltas[len(deltas)-1]); err != nil {
+				c.decodeErrors.Add(1)
+				deltas = deltas[:len(deltas)-1]
+			}
 		}); err != nil {
 			c.drainErrors.Add(1)
 			c.lastDrainErr.Store(&TimedError{Time: lastDrain, Error: err.Error()})
+		}
+		if len(deltas) > 0 {
+			c.table.Apply(deltas)
 		}
 	}
 	var failing int // consecutive failed reads
@@ -686,26 +692,31 @@ func (c *Collector) RefreshHolders() error {
 
 // Status is the collector's account of itself.
 type Status struct {
-	Ready        bool              `json:"ready"`
-	Connections  int               `json:"connections"`
-	EventsRead   uint64            `json:"events_read"`
+	Ready       bool   `json:"ready"`
+	Connections int    `json:"connections"`
+	EventsRead  uint64 `json:"events_read"`
+	// DeltasRead counts entries drained from the kernel's deltas map:
+	// sockets whose state, owner or options changed since the last poll.
+	DeltasRead   uint64            `json:"deltas_read"`
 	EventsLost   map[string]uint64 `json:"events_lost"`
 	DecodeErrors uint64            `json:"decode_errors"`
 	ReaderErrors uint64            `json:"reader_errors"`
 	// Folded counts what the kernel kept out of the ring buffer because no
-	// watch client asked for it, by kind ("state", "sockopt").
+	// watch client asked for it, by kind ("state", "sockopt", "owner"):
+	// into a socket's delta, or only counted.
 	Folded map[string]uint64 `json:"folded"`
-	// SockoptDrainErrors counts failed reads of the folded socket options;
-	// LastSockoptDrainError is the latest.
-	SockoptDrainErrors    uint64      `json:"sockopt_drain_errors"`
-	LastSockoptDrainError *TimedError `json:"last_sockopt_drain_error,omitempty"`
+	// DeltaDrainErrors counts failed drains of the kernel's deltas map;
+	// LastDeltaDrainError is the latest.
+	DeltaDrainErrors    uint64      `json:"delta_drain_errors"`
+	LastDeltaDrainError *TimedError `json:"last_delta_drain_error,omitempty"`
 	// ProgramMisses counts, by program, the runs the kernel skipped
 	// because the program was already running on that CPU: events lost.
 	ProgramMisses map[string]uint64 `json:"program_recursion_misses"`
 	// WatchFlagErrors counts failed changes of the kernel's watch flag.
 	WatchFlagErrors uint64 `json:"watch_flag_errors"`
-	// OwnerCreated counts connections that an owner record announced.
-	OwnerCreated       uint64            `json:"owner_created"`
+	// Announced counts connections the kernel announced with a delta (or
+	// an end record carrying one) before any snapshot found them.
+	Announced          uint64            `json:"announced"`
 	NotReadyReason     string            `json:"not_ready_reason,omitempty"`
 	TableFullDrops     uint64            `json:"table_full_drops"`
 	UnknownSocket      uint64            `json:"unknown_socket_events"`
@@ -738,7 +749,7 @@ var lostIndex = map[string]bpf.GhostconnStatIndex{
 	"keepalive":  bpf.GhostconnStatIndexSTAT_LOST_KEEPALIVE,
 	"close":      bpf.GhostconnStatIndexSTAT_LOST_CLOSE,
 	"sockopt":    bpf.GhostconnStatIndexSTAT_LOST_SOCKOPT,
-	"owner":      bpf.GhostconnStatIndexSTAT_LOST_OWNER,
+	"delta":      bpf.GhostconnStatIndexSTAT_LOST_DELTA,
 }
 
 // Status reads the counters. Kernel counters that cannot be read make it
@@ -752,39 +763,41 @@ func (c *Collector) Status() (Status, error) {
 	s := Status{
 		Connections:  c.table.Len(),
 		EventsRead:   c.eventsRead.Load(),
+		DeltasRead:   c.deltasRead.Load(),
 		EventsLost:   map[string]uint64{},
 		DecodeErrors: c.decodeErrors.Load(),
 		ReaderErrors: c.readerErrors.Load(),
 		Folded: map[string]uint64{
 			"state":   kstats[bpf.GhostconnStatIndexSTAT_FOLDED_STATE],
 			"sockopt": kstats[bpf.GhostconnStatIndexSTAT_FOLDED_SOCKOPT],
+			"owner":   kstats[bpf.GhostconnStatIndexSTAT_FOLDED_OWNER],
 		},
-		SockoptDrainErrors:    c.drainErrors.Load(),
-		LastSockoptDrainError: c.lastDrainErr.Load(),
-		WatchFlagErrors:       c.watchFlagErrors.Load(),
-		OwnerCreated:          ts.OwnerCreated,
-		TableFullDrops:        ts.DroppedFull,
-		UnknownSocket:         ts.Unknown,
-		Reconciles:            c.reconciles.Load(),
-		ReconcileErrors:       c.reconcileErrors.Load(),
-		SnapshotErrors:        c.snapshotErrors.Load(),
-		LastSnapshotError:     c.lastSnapshotErr.Load(),
-		ReconcileSeconds:      time.Duration(c.lastReconcile.Load()).Seconds(),
-		ReconcileAdded:        ts.ReconcileAdds,
-		ReconcileRemoved:      ts.ReconcileGone,
-		ReconcileCorrected:    ts.ReconcileFix,
-		Refreshes:             c.refreshes.Load(),
-		VerdictsRaised:        ts.Raised,
-		Transitions:           map[string]uint64{},
-		RetransmitEvents:      ts.Applied[KindRetransmit],
-		KeepaliveFirings:      ts.Applied[KindKeepalive],
-		KeepaliveProbes:       ts.KeepaliveProbes,
-		Programs:              map[string]string{},
-		ProgramIDs:            c.probes.ProgramIDs,
-		ClosesReplayed:        c.replayed.Load(),
-		CapsDropped:           c.capsDropped.Load(),
-		KernelHZ:              c.dec.HZ,
-		CloseLastRef:          kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
+		DeltaDrainErrors:    c.drainErrors.Load(),
+		LastDeltaDrainError: c.lastDrainErr.Load(),
+		WatchFlagErrors:     c.watchFlagErrors.Load(),
+		Announced:           ts.Announced,
+		TableFullDrops:      ts.DroppedFull,
+		UnknownSocket:       ts.Unknown,
+		Reconciles:          c.reconciles.Load(),
+		ReconcileErrors:     c.reconcileErrors.Load(),
+		SnapshotErrors:      c.snapshotErrors.Load(),
+		LastSnapshotError:   c.lastSnapshotErr.Load(),
+		ReconcileSeconds:    time.Duration(c.lastReconcile.Load()).Seconds(),
+		ReconcileAdded:      ts.ReconcileAdds,
+		ReconcileRemoved:    ts.ReconcileGone,
+		ReconcileCorrected:  ts.ReconcileFix,
+		Refreshes:           c.refreshes.Load(),
+		VerdictsRaised:      ts.Raised,
+		Transitions:         map[string]uint64{},
+		RetransmitEvents:    ts.Applied[KindRetransmit],
+		KeepaliveFirings:    ts.Applied[KindKeepalive],
+		KeepaliveProbes:     ts.KeepaliveProbes,
+		Programs:            map[string]string{},
+		ProgramIDs:          c.probes.ProgramIDs,
+		ClosesReplayed:      c.replayed.Load(),
+		CapsDropped:         c.capsDropped.Load(),
+		KernelHZ:            c.dec.HZ,
+		CloseLastRef:        kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
 	}
 	if s.ProgramMisses, err = c.probes.RecursionMisses(); err != nil {
 		return Status{}, err

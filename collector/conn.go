@@ -13,7 +13,7 @@ type Holder struct {
 	FD     int32   `json:"fd"`
 	Cgroup *Cgroup `json:"cgroup,omitempty"`
 
-	// ownedAt is, for a holder an owner event (connect, accept) added, the
+	// ownedAt is, for a holder a delta's owner (connect, accept) added, the
 	// monotonic reading of that event, so that a holder walk begun before
 	// it does not drop the holder; zero for a holder a walk found.
 	ownedAt int64
@@ -80,7 +80,7 @@ type Conn struct {
 	Opener  *Task
 	Holders []Holder
 	// HoldersAt is when the last holder walk that saw the connection
-	// began; zero until one has. Holders an owner event added since count
+	// began; zero until one has. Holders a delta's owner added since count
 	// on top of what that walk found.
 	HoldersAt time.Time
 	ClosedBy  *CloseRecord

@@ -18,20 +18,28 @@ import (
 type Kind uint8
 
 // Event kinds. The first six mirror the kernel's enum event_type; Observed
-// is the synthetic event a snapshot record becomes.
+// is the synthetic event a snapshot record becomes, Delta the one an entry
+// drained from the kernel's deltas map becomes.
 const (
 	KindState      = Kind(bpf.GhostconnEventTypeEVENT_STATE)
 	KindRetransmit = Kind(bpf.GhostconnEventTypeEVENT_RETRANSMIT)
 	KindKeepalive  = Kind(bpf.GhostconnEventTypeEVENT_KEEPALIVE)
 	KindClose      = Kind(bpf.GhostconnEventTypeEVENT_CLOSE)
 	KindSockopt    = Kind(bpf.GhostconnEventTypeEVENT_SOCKOPT)
-	KindOwner      = Kind(bpf.GhostconnEventTypeEVENT_OWNER)
+	KindEnd        = Kind(bpf.GhostconnEventTypeEVENT_END)
 	KindObserved   = Kind(100)
+	KindDelta      = Kind(101)
 )
 
 var kindNames = map[Kind]string{
 	KindState: "state", KindRetransmit: "retransmit", KindKeepalive: "keepalive",
-	KindClose: "close", KindSockopt: "sockopt", KindOwner: "owner", KindObserved: "observed",
+	KindClose: "close", KindSockopt: "sockopt", KindEnd: "end", KindObserved: "observed",
+	KindDelta: "delta",
+}
+
+// ringKinds are the kinds a ring-buffer record may have.
+var ringKinds = map[Kind]bool{
+	KindState: true, KindRetransmit: true, KindKeepalive: true, KindClose: true, KindSockopt: true, KindEnd: true,
 }
 
 func (k Kind) String() string {
@@ -85,11 +93,46 @@ type Sockopt struct {
 	Level, Name, Value int32
 }
 
-// Owner is a new fd of a socket in the process of the event's Task: the fd
-// its connect or accept returned (or, for connect, was called with).
+// Owner is a new fd of a socket in a process: the fd its connect or accept
+// returned (or, for connect, was called with).
 type Owner struct {
-	FD int32
-	Op string // "connect" or "accept"
+	Task *Task
+	FD   int32
+	Op   string // "connect" or "accept"
+}
+
+// DeltaParts says which parts of a Delta hold news.
+type DeltaParts uint8
+
+// The parts of a delta, as the kernel's enum delta_part numbers them.
+const (
+	DeltaState   = DeltaParts(bpf.GhostconnDeltaPartDELTA_STATE)
+	DeltaOwner   = DeltaParts(bpf.GhostconnDeltaPartDELTA_OWNER)
+	DeltaSockopt = DeltaParts(bpf.GhostconnDeltaPartDELTA_SOCKOPT)
+	DeltaTCP     = DeltaParts(bpf.GhostconnDeltaPartDELTA_TCP)
+)
+
+// Delta is what the kernel folded into one socket's entry of its deltas map
+// since the agent last drained it: the latest state change (and when it
+// became ESTABLISHED, if that came within the entry), the process whose
+// connect or accept returned it, and the options it set. Times are
+// CLOCK_MONOTONIC nanoseconds. The event's tuple, Settings and Counters
+// (with DeltaTCP) come from the entry too.
+type Delta struct {
+	Parts     DeltaParts
+	State     State // the socket's state when the kernel last wrote the entry
+	StateMono int64 // when it entered State (DeltaState)
+	EstMono   int64 // when it became ESTABLISHED, 0 when not within this entry
+	EstFrom   State // SYN_SENT (connected) or SYN_RECV (accepted), with EstMono
+	FirstMono int64 // the first change the entry holds
+	Owner     Owner // DeltaOwner
+	OwnerMono int64
+	// Sockopts[:NSockopts] are the options set (DeltaSockopt), the latest
+	// value of each, the last by SockoptBy at SockoptMono.
+	Sockopts    [5]Sockopt
+	NSockopts   int
+	SockoptBy   uint32
+	SockoptMono int64
 }
 
 // Event is one input to the Table.
@@ -115,7 +158,9 @@ type Event struct {
 	Counters TCPCounters
 	Close    Close
 	Sockopt  Sockopt
-	Owner    Owner
+	// Delta is set on KindDelta events, and on KindEnd events whose
+	// socket the agent had not drained yet (Parts nonzero).
+	Delta Delta
 	// Observed is set on KindObserved events.
 	Observed *Observation
 }
@@ -160,8 +205,12 @@ type Decoder struct {
 // ErrDecode marks a record that could not be decoded.
 var ErrDecode = errors.New("decode event")
 
-// EventSize is the size of a ring-buffer record.
-const EventSize = int(unsafe.Sizeof(bpf.GhostconnEvent{}))
+// EventSize is the size of a ring-buffer record; EndSize that of an end
+// record, which starts as every record does.
+const (
+	EventSize = int(unsafe.Sizeof(bpf.GhostconnEvent{}))
+	EndSize   = int(unsafe.Sizeof(bpf.GhostconnEndEvent{}))
+)
 
 var ownerOps = map[uint8]string{
 	uint8(bpf.GhostconnOwnerOpOWNER_OP_CONNECT): "connect",
@@ -201,12 +250,8 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&k)), EventSize), raw)
 
 	kind := Kind(k.Type)
-	if kind < KindState || kind > KindOwner {
+	if !ringKinds[kind] {
 		return fmt.Errorf("%w: unknown event type %d", ErrDecode, k.Type)
-	}
-	fam := Family(k.Family)
-	if fam != FamilyIPv4 && fam != FamilyIPv6 {
-		return fmt.Errorf("%w: unknown address family %d", ErrDecode, k.Family)
 	}
 	if k.State > uint8(maxState) || k.OldState > uint8(maxState) {
 		return fmt.Errorf("%w: impossible tcp state %d -> %d", ErrDecode, k.OldState, k.State)
@@ -217,35 +262,19 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		Mono:     int64(k.TsNs),
 		Cookie:   k.Cookie,
 		Inode:    k.Ino,
-		Netns:    k.Netns,
-		Family:   fam,
-		Local:    addrPort(fam, k.Saddr, k.Sport),
-		Remote:   addrPort(fam, k.Daddr, k.Dport),
 		OldState: State(k.OldState),
 		State:    State(k.State),
 	}
-	if k.Flags&2 != 0 { // EVENT_FLAG_TASK
+	if err := setTuple(ev, &k.Tuple); err != nil {
+		return err
+	}
+	if k.Flags&uint8(flagTask) != 0 {
 		ev.Task = d.task(k.Pid, k.Ppid, &k.Comm)
 	}
 	switch kind {
 	case KindState, KindRetransmit, KindKeepalive:
-		ev.Settings = SockSettings{
-			Keepalive:     k.Flags&1 != 0, // EVENT_FLAG_KEEPALIVE
-			KeepIdle:      d.Jiffies(k.KaTime),
-			KeepInterval:  d.Jiffies(k.KaIntvl),
-			KeepCount:     int(k.KaProbes),
-			UserTimeout:   time.Duration(k.UserTimeoutMs) * time.Millisecond,
-			HaveKeepalive: kind != KindState || k.State == uint8(StateEstablished) || k.State == uint8(StateCloseWait),
-		}
-		ev.Counters = TCPCounters{
-			Retransmits:   k.Retransmits,
-			TotalRetrans:  k.TotalRetrans,
-			Backoff:       k.Backoff,
-			ProbesOut:     k.ProbesOut,
-			RTO:           d.Jiffies(k.RtoJiffies),
-			HaveCounters:  ev.Settings.HaveKeepalive,
-			KeepaliveIdle: d.Jiffies(k.IdleJiffies),
-		}
+		d.setTCP(ev, &k.Tcp, kind != KindState || k.State == uint8(StateEstablished) || k.State == uint8(StateCloseWait))
+		ev.Counters.KeepaliveIdle = d.Jiffies(k.IdleJiffies)
 	case KindClose:
 		if ev.Task == nil {
 			return fmt.Errorf("%w: close event without task", ErrDecode)
@@ -261,56 +290,147 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		}
 		ev.Close.FD = k.Fd
 		ev.Sockopt = Sockopt{Level: k.Level, Name: k.Optname, Value: k.Optval}
-	case KindOwner:
-		if ev.Task == nil {
-			return fmt.Errorf("%w: owner event without task", ErrDecode)
+	case KindEnd:
+		if len(raw) < EndSize {
+			return fmt.Errorf("%w: end record of %d bytes, want %d", ErrDecode, len(raw), EndSize)
 		}
-		op, ok := ownerOps[k.Op]
-		if !ok {
-			return fmt.Errorf("%w: unknown owner op %d", ErrDecode, k.Op)
+		if k.State != uint8(StateClose) {
+			return fmt.Errorf("%w: end record in state %d", ErrDecode, k.State)
 		}
-		if k.Fd < 0 || k.Cookie == 0 {
-			return fmt.Errorf("%w: owner event with fd %d, cookie %d", ErrDecode, k.Fd, k.Cookie)
+		var dl bpf.GhostconnSockDelta
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&dl)), unsafe.Sizeof(dl)), raw[unsafe.Offsetof(bpf.GhostconnEndEvent{}.D):])
+		if dl.Parts != 0 {
+			// The delta's tuple is the socket's before it was unhashed on
+			// its way to CLOSE.
+			if err := d.decodeDelta(&dl, ev); err != nil {
+				return err
+			}
 		}
-		ev.Owner = Owner{FD: k.Fd, Op: op}
 	}
 	return nil
 }
 
-// sockoptBits maps the bits of a folded sockopt record to the option each
+// flagTask is EVENT_FLAG_TASK: pid and comm name the task that caused the
+// record.
+const flagTask = 2
+
+// setTuple fills the event's namespace, family and addresses.
+func setTuple(ev *Event, t *bpf.GhostconnTuple) error {
+	fam := Family(t.Family)
+	if fam != FamilyIPv4 && fam != FamilyIPv6 {
+		return fmt.Errorf("%w: unknown address family %d", ErrDecode, t.Family)
+	}
+	ev.Netns = t.Netns
+	ev.Family = fam
+	ev.Local = addrPort(fam, t.Saddr, t.Sport)
+	ev.Remote = addrPort(fam, t.Daddr, t.Dport)
+	return nil
+}
+
+// setTCP fills the event's settings and counters from what the kernel read
+// of the socket; have says it read them.
+func (d *Decoder) setTCP(ev *Event, p *bpf.GhostconnTcpPart, have bool) {
+	ev.Settings = SockSettings{
+		Keepalive:     p.Keepalive != 0,
+		KeepIdle:      d.Jiffies(p.KaTime),
+		KeepInterval:  d.Jiffies(p.KaIntvl),
+		KeepCount:     int(p.KaProbes),
+		UserTimeout:   time.Duration(p.UserTimeoutMs) * time.Millisecond,
+		HaveKeepalive: have,
+	}
+	ev.Counters = TCPCounters{
+		Retransmits:  p.Retransmits,
+		TotalRetrans: p.TotalRetrans,
+		Backoff:      p.Backoff,
+		ProbesOut:    p.ProbesOut,
+		RTO:          d.Jiffies(p.RtoJiffies),
+		HaveCounters: have,
+	}
+}
+
+// DecodeDelta fills ev with the KindDelta event of one entry drained from
+// the kernel's deltas map. It returns an error wrapping ErrDecode for an
+// entry that holds impossible values.
+func (d *Decoder) DecodeDelta(cookie uint64, dl *bpf.GhostconnSockDelta, ev *Event) error {
+	if cookie == 0 {
+		return fmt.Errorf("%w: delta without a cookie", ErrDecode)
+	}
+	latest := max(dl.StateNs, dl.OwnerNs, dl.OptNs, dl.FirstNs)
+	*ev = Event{
+		Kind:   KindDelta,
+		Time:   time.Unix(0, int64(latest)+d.MonoOffset),
+		Mono:   int64(latest),
+		Cookie: cookie,
+	}
+	return d.decodeDelta(dl, ev)
+}
+
+// decodeDelta fills ev.Delta, and the event's tuple, inode, settings and
+// counters, from a kernel delta.
+func (d *Decoder) decodeDelta(dl *bpf.GhostconnSockDelta, ev *Event) error {
+	parts := DeltaParts(dl.Parts)
+	if parts&^(DeltaState|DeltaOwner|DeltaSockopt|DeltaTCP) != 0 || parts == 0 {
+		return fmt.Errorf("%w: delta with parts %#x", ErrDecode, dl.Parts)
+	}
+	if dl.State > uint8(maxState) || dl.EstFrom > uint8(maxState) {
+		return fmt.Errorf("%w: delta in impossible tcp state %d", ErrDecode, dl.State)
+	}
+	if err := setTuple(ev, &dl.Tuple); err != nil {
+		return err
+	}
+	if dl.Ino != 0 {
+		ev.Inode = dl.Ino
+	}
+	ev.Delta = Delta{
+		Parts:     parts,
+		State:     State(dl.State),
+		FirstMono: int64(dl.FirstNs),
+	}
+	dt := &ev.Delta
+	if parts&DeltaState != 0 {
+		dt.StateMono = int64(dl.StateNs)
+		if dl.EstNs != 0 {
+			dt.EstMono, dt.EstFrom = int64(dl.EstNs), State(dl.EstFrom)
+		}
+	}
+	if parts&DeltaTCP != 0 {
+		d.setTCP(ev, &dl.Tcp, true)
+	}
+	if parts&DeltaOwner != 0 {
+		op, ok := ownerOps[dl.OwnerOp]
+		if !ok {
+			return fmt.Errorf("%w: unknown owner op %d", ErrDecode, dl.OwnerOp)
+		}
+		if dl.OwnerFd < 0 {
+			return fmt.Errorf("%w: owner with fd %d", ErrDecode, dl.OwnerFd)
+		}
+		dt.Owner = Owner{Task: d.task(dl.OwnerPid, dl.OwnerPpid, &dl.OwnerComm), FD: dl.OwnerFd, Op: op}
+		dt.OwnerMono = int64(dl.OwnerNs)
+	}
+	if parts&DeltaSockopt != 0 {
+		dt.SockoptBy, dt.SockoptMono = dl.OptPid, int64(dl.OptNs)
+		for _, b := range sockoptBits {
+			if dl.OptMask&uint32(b.bit) != 0 {
+				dt.Sockopts[dt.NSockopts] = Sockopt{Level: b.level, Name: b.name, Value: b.value(dl)}
+				dt.NSockopts++
+			}
+		}
+	}
+	return nil
+}
+
+// sockoptBits maps the bits of a delta's option mask to the option each
 // stands for.
 var sockoptBits = []struct {
 	bit         bpf.GhostconnSockoptBit
 	level, name int32
-	value       func(f *bpf.GhostconnSockoptFold) int32
+	value       func(d *bpf.GhostconnSockDelta) int32
 }{
-	{bpf.GhostconnSockoptBitSOCKOPT_KEEPALIVE, solSocket, soKeepalive, func(f *bpf.GhostconnSockoptFold) int32 { return f.Keepalive }},
-	{bpf.GhostconnSockoptBitSOCKOPT_KEEPIDLE, solTCP, tcpKeepIdle, func(f *bpf.GhostconnSockoptFold) int32 { return f.KeepIdle }},
-	{bpf.GhostconnSockoptBitSOCKOPT_KEEPINTVL, solTCP, tcpKeepIntvl, func(f *bpf.GhostconnSockoptFold) int32 { return f.KeepIntvl }},
-	{bpf.GhostconnSockoptBitSOCKOPT_KEEPCNT, solTCP, tcpKeepCnt, func(f *bpf.GhostconnSockoptFold) int32 { return f.KeepCnt }},
-	{bpf.GhostconnSockoptBitSOCKOPT_USER_TIMEOUT, solTCP, tcpUserTimeout, func(f *bpf.GhostconnSockoptFold) int32 { return f.UserTimeoutMs }},
-}
-
-// foldedSockopts appends to evs one sockopt event for each option the
-// kernel folded for the socket cookie: the same events a watched
-// setsockopt would have sent, at the time of the socket's latest call.
-func foldedSockopts(evs []Event, cookie uint64, f *bpf.GhostconnSockoptFold) []Event {
-	if cookie == 0 {
-		return evs
-	}
-	for _, b := range sockoptBits {
-		if f.Mask&uint32(b.bit) == 0 {
-			continue
-		}
-		evs = append(evs, Event{
-			Kind:    KindSockopt,
-			Mono:    int64(f.TsNs), // the table puts it on its timeline
-			Cookie:  cookie,
-			Task:    &Task{PID: f.Pid},
-			Sockopt: Sockopt{Level: b.level, Name: b.name, Value: b.value(f)},
-		})
-	}
-	return evs
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPALIVE, solSocket, soKeepalive, func(d *bpf.GhostconnSockDelta) int32 { return d.OptKeepalive }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPIDLE, solTCP, tcpKeepIdle, func(d *bpf.GhostconnSockDelta) int32 { return d.OptKeepIdle }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPINTVL, solTCP, tcpKeepIntvl, func(d *bpf.GhostconnSockDelta) int32 { return d.OptKeepIntvl }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPCNT, solTCP, tcpKeepCnt, func(d *bpf.GhostconnSockDelta) int32 { return d.OptKeepCnt }},
+	{bpf.GhostconnSockoptBitSOCKOPT_USER_TIMEOUT, solTCP, tcpUserTimeout, func(d *bpf.GhostconnSockDelta) int32 { return d.OptUserTimeoutMs }},
 }
 
 // task returns the Task of (pid, ppid, comm), the same one as last time

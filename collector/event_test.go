@@ -13,6 +13,7 @@ import (
 
 	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
+	"golang.org/x/sys/unix"
 )
 
 // evRaw returns the bytes of k as the ring buffer would deliver them.
@@ -46,15 +47,11 @@ func evBase() bpf.GhostconnEvent {
 		TsNs:     5_000_000_000,
 		Cookie:   0xc0ffee,
 		Ino:      4242,
-		Netns:    4026531840,
 		Type:     uint8(bpf.GhostconnEventTypeEVENT_STATE),
-		Family:   2,
 		OldState: uint8(collector.StateSynSent),
 		State:    uint8(collector.StateEstablished),
-		Sport:    8080,
-		Dport:    443,
-		Saddr:    evAddr16("127.0.0.1"),
-		Daddr:    evAddr16("10.1.2.3"),
+		Tuple: bpf.GhostconnTuple{Netns: 4026531840, Family: 2, Sport: 8080, Dport: 443,
+			Saddr: evAddr16("127.0.0.1"), Daddr: evAddr16("10.1.2.3")},
 	}
 }
 
@@ -147,11 +144,11 @@ func TestDecodeStateIPv4(t *testing.T) {
 func TestDecodeStateIPv6(t *testing.T) {
 	d := &collector.Decoder{HZ: 250}
 	k := evBase()
-	k.Family = 10
-	k.Saddr = evAddr16("::1")
-	k.Sport = 80
-	k.Daddr = evAddr16("2001:db8::7")
-	k.Dport = 51000
+	k.Tuple.Family = 10
+	k.Tuple.Saddr = evAddr16("::1")
+	k.Tuple.Sport = 80
+	k.Tuple.Daddr = evAddr16("2001:db8::7")
+	k.Tuple.Dport = 51000
 	ev := evMustDecode(t, d, &k)
 	if ev.Family != collector.FamilyIPv6 {
 		t.Errorf("Family = %v, want ipv6", ev.Family)
@@ -224,17 +221,17 @@ func TestDecodeTask(t *testing.T) {
 func TestDecodeKeepaliveSettings(t *testing.T) {
 	d := &collector.Decoder{HZ: 250}
 	k := evBase()
-	k.Flags = 1 // SO_KEEPALIVE
-	k.KaTime = 250 * 7200
-	k.KaIntvl = 250 * 75
-	k.KaProbes = 9
-	k.UserTimeoutMs = 5000
-	k.RtoJiffies = 50   // 200ms
-	k.IdleJiffies = 125 // 500ms
-	k.Retransmits = 3
-	k.TotalRetrans = 11
-	k.Backoff = 2
-	k.ProbesOut = 1
+	k.Tcp.Keepalive = 1
+	k.Tcp.KaTime = 250 * 7200
+	k.Tcp.KaIntvl = 250 * 75
+	k.Tcp.KaProbes = 9
+	k.Tcp.UserTimeoutMs = 5000
+	k.Tcp.RtoJiffies = 50 // 200ms
+	k.IdleJiffies = 125   // 500ms
+	k.Tcp.Retransmits = 3
+	k.Tcp.TotalRetrans = 11
+	k.Tcp.Backoff = 2
+	k.Tcp.ProbesOut = 1
 	ev := evMustDecode(t, d, &k)
 
 	wantS := collector.SockSettings{
@@ -284,7 +281,7 @@ func TestDecodeHaveKeepalive(t *testing.T) {
 			k := evBase()
 			k.Type = uint8(tt.typ)
 			k.State = uint8(tt.state)
-			k.KaTime = 250
+			k.Tcp.KaTime = 250
 			ev := evMustDecode(t, &collector.Decoder{HZ: 250}, &k)
 			if ev.Settings.HaveKeepalive != tt.want || ev.Counters.HaveCounters != tt.want {
 				t.Fatalf("HaveKeepalive = %v, HaveCounters = %v, want %v", ev.Settings.HaveKeepalive, ev.Counters.HaveCounters, tt.want)
@@ -365,7 +362,7 @@ func TestDecodeSockopt(t *testing.T) {
 	k.Fd = 5
 	k.Flags = 2
 	k.Pid, k.Comm = 77, evComm("app")
-	k.KaTime = 999 // ignored for sockopt events
+	k.Tcp.KaTime = 999 // ignored for sockopt events
 	ev := evMustDecode(t, &collector.Decoder{HZ: 250}, &k)
 	if ev.Kind != collector.KindSockopt {
 		t.Errorf("Kind = %v, want sockopt", ev.Kind)
@@ -387,32 +384,118 @@ func TestDecodeSockopt(t *testing.T) {
 	}
 }
 
-// An owner record as sys_exit_connect and sys_exit_accept4 write it:
-// cookie, inode, family, the task and its fd; no tuple or state.
-func TestDecodeOwner(t *testing.T) {
-	for _, tc := range []struct {
-		op   bpf.GhostconnOwnerOp
-		want string
-	}{{bpf.GhostconnOwnerOpOWNER_OP_CONNECT, "connect"}, {bpf.GhostconnOwnerOpOWNER_OP_ACCEPT, "accept"}} {
-		t.Run(tc.want, func(t *testing.T) {
-			k := bpf.GhostconnEvent{TsNs: 7_000_000_000, Cookie: 0xbeef, Ino: 5151, Family: 10,
-				Type: uint8(bpf.GhostconnEventTypeEVENT_OWNER), Op: uint8(tc.op), Fd: 9, Flags: 2,
-				Pid: 321, Ppid: 1, Comm: evComm("python3")}
-			d := &collector.Decoder{HZ: 250, MonoOffset: 1_000_000_000}
-			ev := evMustDecode(t, d, &k)
-			if ev.Kind != collector.KindOwner || ev.Kind.String() != "owner" {
-				t.Errorf("Kind = %v, want owner", ev.Kind)
-			}
-			if want := (collector.Owner{FD: 9, Op: tc.want}); ev.Owner != want {
-				t.Errorf("Owner = %+v, want %+v", ev.Owner, want)
-			}
-			if ev.Task == nil || *ev.Task != (collector.Task{PID: 321, PPID: 1, Comm: "python3"}) {
-				t.Errorf("Task = %+v, want pid 321 ppid 1 python3", ev.Task)
-			}
-			if ev.Cookie != 0xbeef || ev.Inode != 5151 || ev.Mono != 7_000_000_000 || ev.Family != collector.FamilyIPv6 {
-				t.Errorf("cookie %#x inode %d mono %d family %v", ev.Cookie, ev.Inode, ev.Mono, ev.Family)
-			}
-		})
+// evDelta is a delta as the kernel folds a short client connection: it
+// became ESTABLISHED inside connect, connect returned fd 9 to python3, the
+// application set keepalive idle and count, and the peer closed.
+func evDelta() bpf.GhostconnSockDelta {
+	return bpf.GhostconnSockDelta{
+		FirstNs: 7_000_000_000, EstNs: 7_000_000_000, StateNs: 7_300_000_000,
+		OwnerNs: 7_000_100_000, OptNs: 7_000_200_000, Ino: 5151,
+		Tuple: bpf.GhostconnTuple{Netns: 4026531840, Family: 10, Sport: 40000, Dport: 443,
+			Saddr: evAddr16("::1"), Daddr: evAddr16("::1")},
+		Tcp: bpf.GhostconnTcpPart{Keepalive: 1, KaTime: 250 * 30, Retransmits: 0, TotalRetrans: 2, RtoJiffies: 50},
+		Parts: uint32(bpf.GhostconnDeltaPartDELTA_STATE | bpf.GhostconnDeltaPartDELTA_OWNER |
+			bpf.GhostconnDeltaPartDELTA_SOCKOPT | bpf.GhostconnDeltaPartDELTA_TCP),
+		State:   uint8(collector.StateCloseWait),
+		EstFrom: uint8(collector.StateSynSent),
+		OwnerOp: uint8(bpf.GhostconnOwnerOpOWNER_OP_CONNECT), OwnerPid: 321, OwnerPpid: 1, OwnerFd: 9,
+		OwnerComm:   evComm("python3"),
+		OptPid:      321,
+		OptMask:     uint32(bpf.GhostconnSockoptBitSOCKOPT_KEEPIDLE | bpf.GhostconnSockoptBitSOCKOPT_KEEPCNT),
+		OptKeepIdle: 30, OptKeepCnt: 4, OptKeepIntvl: 99, // the interval was not set: ignored
+	}
+}
+
+// checkDelta compares a decoded delta with evDelta.
+func checkDelta(t *testing.T, ev collector.Event) {
+	t.Helper()
+	d := ev.Delta
+	if d.Parts != collector.DeltaState|collector.DeltaOwner|collector.DeltaSockopt|collector.DeltaTCP ||
+		d.State != collector.StateCloseWait || d.StateMono != 7_300_000_000 ||
+		d.EstMono != 7_000_000_000 || d.EstFrom != collector.StateSynSent || d.FirstMono != 7_000_000_000 {
+		t.Errorf("delta states: %+v", d)
+	}
+	if d.Owner.Task == nil || *d.Owner.Task != (collector.Task{PID: 321, PPID: 1, Comm: "python3"}) ||
+		d.Owner.FD != 9 || d.Owner.Op != "connect" || d.OwnerMono != 7_000_100_000 {
+		t.Errorf("delta owner: %+v task %+v", d.Owner, d.Owner.Task)
+	}
+	want := []collector.Sockopt{{Level: unix.SOL_TCP, Name: unix.TCP_KEEPIDLE, Value: 30}, {Level: unix.SOL_TCP, Name: unix.TCP_KEEPCNT, Value: 4}}
+	if got := d.Sockopts[:d.NSockopts]; !reflect.DeepEqual(got, want) || d.SockoptBy != 321 || d.SockoptMono != 7_000_200_000 {
+		t.Errorf("delta options %+v by %d at %d, want %+v by 321", got, d.SockoptBy, d.SockoptMono, want)
+	}
+	if !ev.Settings.HaveKeepalive || !ev.Settings.Keepalive || ev.Settings.KeepIdle != 30*time.Second ||
+		!ev.Counters.HaveCounters || ev.Counters.TotalRetrans != 2 || ev.Counters.RTO != 200*time.Millisecond {
+		t.Errorf("delta settings %+v counters %+v", ev.Settings, ev.Counters)
+	}
+	if ev.Family != collector.FamilyIPv6 || ev.Local != netip.MustParseAddrPort("[::1]:40000") ||
+		ev.Remote != netip.MustParseAddrPort("[::1]:443") || ev.Netns != 4026531840 || ev.Inode != 5151 {
+		t.Errorf("delta tuple: %v %v -> %v netns %d inode %d", ev.Family, ev.Local, ev.Remote, ev.Netns, ev.Inode)
+	}
+}
+
+// A delta drained from the kernel's map becomes one KindDelta event with
+// everything the kernel folded, placed at its latest change.
+func TestDecodeDelta(t *testing.T) {
+	d := &collector.Decoder{HZ: 250, MonoOffset: 1_000_000_000}
+	k := evDelta()
+	var ev collector.Event
+	if err := d.DecodeDelta(0xbeef, &k, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != collector.KindDelta || ev.Kind.String() != "delta" || ev.Cookie != 0xbeef || ev.Mono != 7_300_000_000 {
+		t.Errorf("kind %v cookie %#x mono %d", ev.Kind, ev.Cookie, ev.Mono)
+	}
+	checkDelta(t, ev)
+
+	for name, mod := range map[string]func(k *bpf.GhostconnSockDelta, cookie *uint64){
+		"no cookie":    func(_ *bpf.GhostconnSockDelta, c *uint64) { *c = 0 },
+		"no parts":     func(k *bpf.GhostconnSockDelta, _ *uint64) { k.Parts = 0 },
+		"unknown part": func(k *bpf.GhostconnSockDelta, _ *uint64) { k.Parts |= 64 },
+		"state 13":     func(k *bpf.GhostconnSockDelta, _ *uint64) { k.State = 13 },
+		"family 0":     func(k *bpf.GhostconnSockDelta, _ *uint64) { k.Tuple.Family = 0 },
+		"owner op 0":   func(k *bpf.GhostconnSockDelta, _ *uint64) { k.OwnerOp = 0 },
+		"owner fd -1":  func(k *bpf.GhostconnSockDelta, _ *uint64) { k.OwnerFd = -1 },
+		"est from 200": func(k *bpf.GhostconnSockDelta, _ *uint64) { k.EstFrom = 200 },
+	} {
+		k, cookie := evDelta(), uint64(0xbeef)
+		mod(&k, &cookie)
+		if err := d.DecodeDelta(cookie, &k, &ev); !errors.Is(err, collector.ErrDecode) {
+			t.Errorf("%s: DecodeDelta = %v, want ErrDecode", name, err)
+		}
+	}
+}
+
+// An end record carries the socket's CLOSE and, when the agent had not
+// drained it, its delta; without one it is the CLOSE alone.
+func TestDecodeEnd(t *testing.T) {
+	d := &collector.Decoder{HZ: 250, MonoOffset: 1_000_000_000}
+	r := bpf.GhostconnEndEvent{E: evBase(), D: evDelta()}
+	r.E.Type = uint8(bpf.GhostconnEventTypeEVENT_END)
+	r.E.OldState, r.E.State = uint8(collector.StateLastAck), uint8(collector.StateClose)
+	r.E.Tuple.Sport = 0 // unhashed on its way to CLOSE
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&r)), collector.EndSize)
+	var ev collector.Event
+	if err := d.Decode(raw, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != collector.KindEnd || ev.State != collector.StateClose || ev.OldState != collector.StateLastAck || ev.Mono != 5_000_000_000 {
+		t.Errorf("kind %v %v -> %v mono %d", ev.Kind, ev.OldState, ev.State, ev.Mono)
+	}
+	checkDelta(t, ev) // the delta's tuple, with its local port
+
+	r.D = bpf.GhostconnSockDelta{}
+	if err := d.Decode(raw, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Delta.Parts != 0 || ev.Local.Port() != 0 || ev.Remote.Port() != 443 {
+		t.Errorf("end without a delta: parts %v, %v -> %v", ev.Delta.Parts, ev.Local, ev.Remote)
+	}
+	if err := d.Decode(raw[:collector.EndSize-1], &ev); !errors.Is(err, collector.ErrDecode) {
+		t.Errorf("truncated end record: %v, want ErrDecode", err)
+	}
+	r.E.State = uint8(collector.StateEstablished)
+	if err := d.Decode(raw, &ev); !errors.Is(err, collector.ErrDecode) {
+		t.Errorf("end record in ESTABLISHED: %v, want ErrDecode", err)
 	}
 }
 
@@ -468,12 +551,12 @@ func TestDecodeErrors(t *testing.T) {
 		mod  func(k *bpf.GhostconnEvent)
 	}{
 		{"type 0", func(k *bpf.GhostconnEvent) { k.Type = 0 }},
-		{"type 7", func(k *bpf.GhostconnEvent) { k.Type = 7 }},
+		{"type 6", func(k *bpf.GhostconnEvent) { k.Type = 6 }},
 		{"type observed", func(k *bpf.GhostconnEvent) { k.Type = uint8(collector.KindObserved) }},
 		{"type 255", func(k *bpf.GhostconnEvent) { k.Type = 255 }},
-		{"family 0", func(k *bpf.GhostconnEvent) { k.Family = 0 }},
-		{"family AF_UNIX", func(k *bpf.GhostconnEvent) { k.Family = 1 }},
-		{"family 11", func(k *bpf.GhostconnEvent) { k.Family = 11 }},
+		{"family 0", func(k *bpf.GhostconnEvent) { k.Tuple.Family = 0 }},
+		{"family AF_UNIX", func(k *bpf.GhostconnEvent) { k.Tuple.Family = 1 }},
+		{"family 11", func(k *bpf.GhostconnEvent) { k.Tuple.Family = 11 }},
 		{"state 13", func(k *bpf.GhostconnEvent) { k.State = 13 }},
 		{"state 255", func(k *bpf.GhostconnEvent) { k.State = 255 }},
 		{"old state 13", func(k *bpf.GhostconnEvent) { k.OldState = 13 }},
@@ -485,21 +568,9 @@ func TestDecodeErrors(t *testing.T) {
 			k.Type = uint8(bpf.GhostconnEventTypeEVENT_CLOSE)
 			k.Op = 5
 		}},
-		{"owner without task", func(k *bpf.GhostconnEvent) {
-			k.Type = uint8(bpf.GhostconnEventTypeEVENT_OWNER)
-			k.Op = uint8(bpf.GhostconnOwnerOpOWNER_OP_CONNECT)
-		}},
-		{"owner op 0", func(k *bpf.GhostconnEvent) {
-			k.Type = uint8(bpf.GhostconnEventTypeEVENT_OWNER)
-			k.Flags, k.Pid = 2, 7
-		}},
-		{"owner fd -1", func(k *bpf.GhostconnEvent) {
-			k.Type = uint8(bpf.GhostconnEventTypeEVENT_OWNER)
-			k.Op, k.Flags, k.Pid, k.Fd = uint8(bpf.GhostconnOwnerOpOWNER_OP_ACCEPT), 2, 7, -1
-		}},
-		{"owner without cookie", func(k *bpf.GhostconnEvent) {
-			k.Type = uint8(bpf.GhostconnEventTypeEVENT_OWNER)
-			k.Op, k.Flags, k.Pid, k.Fd, k.Cookie = uint8(bpf.GhostconnOwnerOpOWNER_OP_ACCEPT), 2, 7, 3, 0
+		{"end record of an event's size", func(k *bpf.GhostconnEvent) {
+			k.Type = uint8(bpf.GhostconnEventTypeEVENT_END)
+			k.State = uint8(collector.StateClose)
 		}},
 	}
 	for _, tt := range tests {
@@ -536,8 +607,8 @@ func FuzzDecode(f *testing.F) {
 		seeds = append(seeds, k)
 	}
 	v6 := evBase()
-	v6.Family = 10
-	v6.Saddr = evAddr16("::1")
+	v6.Tuple.Family = 10
+	v6.Tuple.Saddr = evAddr16("::1")
 	seeds = append(seeds, v6)
 	for i := range seeds {
 		f.Add(evRaw(&seeds[i]))
@@ -557,7 +628,7 @@ func FuzzDecode(f *testing.F) {
 		if len(raw) < collector.EventSize {
 			t.Fatalf("decoded a %d-byte record", len(raw))
 		}
-		if ev.Kind < collector.KindState || ev.Kind > collector.KindSockopt {
+		if ev.Kind < collector.KindState || ev.Kind > collector.KindEnd {
 			t.Fatalf("decoded kind %v", ev.Kind)
 		}
 		if ev.Family != collector.FamilyIPv4 && ev.Family != collector.FamilyIPv6 {

@@ -13,13 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// recordsPerConnBound is the most ring records a short loopback
-// connection (both ends) may cost while nobody watches. The client end:
-// its owner record, which announces the ESTABLISHED that came within
-// connect(), FIN_WAIT1 and CLOSE. The server end: ESTABLISHED, its owner
-// record (accept), CLOSE_WAIT and CLOSE. The handshake, the rest of the
-// teardown and every keepalive option stay in the kernel.
-const recordsPerConnBound = 7
+// recordsPerConnBound is the most records a short loopback connection
+// (both ends) may cost while nobody watches: one end record per end, which
+// carries the end's whole life (its ESTABLISHED, its owner, its options and
+// the state it closed from). Everything else stays in the kernel's deltas
+// map until the end record takes it. A connection whose life spans one of
+// the agent's drains (every 100ms) costs a drained delta more: the slack
+// below allows that for 2% of them.
+const recordsPerConnBound = 2
 
 // TestFoldedChurnRecordsPerConnection churns connections through Go's
 // net package, which sets four keepalive options on each end, and counts
@@ -73,13 +74,14 @@ func TestFoldedChurnRecordsPerConnection(t *testing.T) {
 		t.FailNow()
 	}
 	churned := time.Now()
-	// Every end of every connection reaches CLOSE in the table, at once or,
+	// Every end of every connection reaches the table and closes there:
+	// its end record (read at the next poll) announces and closes it, or,
 	// when the kernel skipped a state program run (an interrupt nested in
-	// it, counted as a recursion miss), after the reconcile the loss
-	// brings forward. (A snapshot may list a client's time-wait socket,
+	// it, counted as a recursion miss), the reconcile the loss brings
+	// forward does. (A snapshot may list a client's time-wait socket,
 	// which keeps the cookie, for a minute: that is the kernel's, not an
 	// open end.)
-	testutil.Eventually(t, 30*time.Second, "every churned connection closed in the table", func() (bool, string) {
+	testutil.Eventually(t, 30*time.Second, "every churned end announced and none live in the table", func() (bool, string) {
 		byState := map[collector.State]int{}
 		live := c.Table().List(time.Now(), collector.ListOptions{Match: func(v *collector.ConnView) bool {
 			_, lp, _ := net.SplitHostPort(v.Local)
@@ -89,27 +91,35 @@ func TestFoldedChurnRecordsPerConnection(t *testing.T) {
 		for _, v := range live {
 			byState[v.State]++
 		}
-		return len(live) == 0, fmt.Sprintf("%d ends still live: %v", len(live), byState)
+		now := recordsSeen(t, c)
+		// A snapshot that runs while the end records wait in the ring
+		// finds some ends (or their time-wait sockets) first.
+		announced := now.announced - before.announced
+		return len(live) == 0 && announced+now.added-before.added >= 2*conns*99/100, fmt.Sprintf("%d ends announced (of %d), %d still live: %v; %d added by snapshots, %d records for unknown sockets, %d reconciles",
+			announced, 2*conns, len(live), byState, now.added-before.added, now.unknown-before.unknown, now.reconciles-before.reconciles)
 	})
 	t.Logf("closed in the table %s after the churn", time.Since(churned))
 	after := recordsSeen(t, c)
 	records := after.records - before.records
 	perConn := float64(records) / conns
-	t.Logf("%d connections: %d records (%.2f per connection, %.2f per socket), %d of them lost; folded %d state changes, %d socket options; %d owner-announced",
-		conns, records, perConn, perConn/2, after.lost-before.lost, after.foldedState-before.foldedState, after.foldedSockopt-before.foldedSockopt, after.ownerCreated-before.ownerCreated)
-	// The counters are the host's: allow 1% for what other processes did
-	// meanwhile.
-	if limit := uint64(recordsPerConnBound * conns * 101 / 100); records > limit {
+	t.Logf("%d connections: %d records (%.2f per connection, %.2f per socket; %d drained deltas), %d of them lost; folded %d state changes, %d socket options, %d owners; %d announced by the kernel",
+		conns, records, perConn, perConn/2, after.deltas-before.deltas, after.lost-before.lost, after.foldedState-before.foldedState,
+		after.foldedSockopt-before.foldedSockopt, after.foldedOwner-before.foldedOwner, after.announced-before.announced)
+	// The counters are the host's: allow 2% for drains within a
+	// connection's life and what other processes did meanwhile.
+	if limit := uint64(recordsPerConnBound * conns * 102 / 100); records > limit {
 		t.Errorf("%d records for %d connections (%.2f per connection, both ends), want at most %d per connection", records, conns, perConn, recordsPerConnBound)
 	}
-	// SYN_SENT, the client's ESTABLISHED, SYN_RECV, FIN_WAIT2 and LAST_ACK
-	// of each connection (a connection whose teardown raced differently
-	// may skip one: allow 1%).
+	// SYN_SENT, both ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT and
+	// LAST_ACK of each connection, into a delta or only counted (a
+	// connection whose teardown raced differently may skip some: at least
+	// five).
 	if got := after.foldedState - before.foldedState; got < 5*conns*99/100 {
 		t.Errorf("%d state changes folded, want at least %d", got, 5*conns*99/100)
 	}
-	if got := after.ownerCreated - before.ownerCreated; got < conns*99/100 {
-		t.Errorf("%d connections announced by their owner record, want at least %d (every client end)", got, conns*99/100)
+	// Every connect and accept returned an fd.
+	if got := after.foldedOwner - before.foldedOwner; got < 2*conns {
+		t.Errorf("%d owners folded, want at least %d", got, 2*conns)
 	}
 	// Go sets SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT on
 	// both ends.
@@ -117,24 +127,25 @@ func TestFoldedChurnRecordsPerConnection(t *testing.T) {
 		t.Errorf("%d socket options folded, want at least %d", got, 8*conns)
 	}
 	if after.drainErrors != 0 {
-		t.Errorf("%d failed drains of the folded socket options", after.drainErrors)
+		t.Errorf("%d failed drains of the deltas map", after.drainErrors)
 	}
 }
 
 type seen struct {
-	lost, records, foldedState, foldedSockopt, ownerCreated, drainErrors uint64
+	lost, records, deltas, foldedState, foldedSockopt, foldedOwner, announced, drainErrors, added, unknown, reconciles uint64
 }
 
-// recordsSeen reads the agent's counters: records read from the ring or
-// lost to it, and what the kernel folded.
+// recordsSeen reads the agent's counters: records read from the ring,
+// drained from the deltas map or lost, and what the kernel folded.
 func recordsSeen(t *testing.T, c *collector.Collector) seen {
 	t.Helper()
 	st, err := c.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := seen{records: st.EventsRead, foldedState: st.Folded["state"], foldedSockopt: st.Folded["sockopt"],
-		ownerCreated: st.OwnerCreated, drainErrors: st.SockoptDrainErrors}
+	s := seen{records: st.EventsRead + st.DeltasRead, deltas: st.DeltasRead, foldedState: st.Folded["state"],
+		foldedSockopt: st.Folded["sockopt"], foldedOwner: st.Folded["owner"], announced: st.Announced, drainErrors: st.DeltaDrainErrors,
+		added: st.ReconcileAdded, unknown: st.UnknownSocket, reconciles: st.Reconciles}
 	for _, n := range st.EventsLost {
 		s.records += n
 		s.lost += n
@@ -147,13 +158,14 @@ func recordsSeen(t *testing.T, c *collector.Collector) seen {
 }
 
 // TestFoldedSockoptsReachTable: options an application sets while nobody
-// watches travel through the kernel's sockopts map, not the ring, and
+// watches travel through the kernel's deltas map, not the ring, and
 // reach the table within a poll or two: the connection lists the values,
 // long before any keepalive timer fires or a snapshot reads them.
 func TestFoldedSockoptsReachTable(t *testing.T) {
 	c := startCollector(t, collector.Config{ReconcileInterval: time.Hour})
-	client, _ := pair(t, "tcp4", "127.0.0.1:0")
+	client, server := pair(t, "tcp4", "127.0.0.1:0")
 	defer client.Close()
+	defer server.Close() // and keeps it from the garbage collector's close
 	local := client.LocalAddr().String()
 	waitFor(t, c, "the client ESTABLISHED", tuple(local, client.RemoteAddr().String(), collector.StateEstablished))
 	before := recordsSeen(t, c)

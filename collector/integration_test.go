@@ -462,9 +462,12 @@ func TestRetransmitAcrossNamespaces(t *testing.T) {
 
 func TestRingBufferLossIsCountedAndReconciled(t *testing.T) {
 	// A one-page ring drained only every minute (the kernel never wakes
-	// the reader): a burst of connections must overflow it. Reconcile runs
-	// every hour on its own; the loss must bring it forward (within the
-	// loss check's second and the 5s gap after the seeding reconcile).
+	// the reader), and so the deltas map too: 200 connections stay open,
+	// announced only by deltas nobody drains, and a burst of aborted ones
+	// overflows the ring with their end records. Reconcile runs every hour
+	// on its own; the loss must bring it forward (within the loss check's
+	// second and the 5s gap after the seeding reconcile), and it finds the
+	// 200.
 	const converge = 11 * time.Second
 	c := startCollector(t, collector.Config{
 		RingBufferBytes:   4096,
@@ -476,9 +479,9 @@ func TestRingBufferLossIsCountedAndReconciled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	const n = 200
+	const n, aborted = 200, 100
 	go func() {
-		for i := 0; i < n; i++ {
+		for {
 			s, err := ln.Accept()
 			if err != nil {
 				return
@@ -495,12 +498,22 @@ func TestRingBufferLossIsCountedAndReconciled(t *testing.T) {
 		t.Cleanup(func() { cl.Close() })
 		want[cl.LocalAddr().String()] = true
 	}
+	for i := 0; i < aborted; i++ {
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// SO_LINGER 0: the close sends a RST, so both ends reach CLOSE at
+		// once, each with its end record.
+		cl.(*net.TCPConn).SetLinger(0)
+		cl.Close()
+	}
 	st, err := c.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.EventsLost["state"] == 0 {
-		t.Fatalf("no loss counted after %d connections into a 4 KiB ring: %+v", n, st.EventsLost)
+		t.Fatalf("no loss counted after %d aborted connections into a 4 KiB ring: %+v", aborted, st.EventsLost)
 	}
 	// The same count is what Prometheus scrapes, between two status reads.
 	reg := prometheus.NewRegistry()

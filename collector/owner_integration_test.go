@@ -160,8 +160,8 @@ func TestOwnerEventsGiveHolders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Reconciles != st0.Reconciles || st.Refreshes != st0.Refreshes || st.EventsLost["owner"] != 0 {
+	if st.Reconciles != st0.Reconciles || st.Refreshes != st0.Refreshes || st.EventsLost["delta"] != 0 {
 		t.Errorf("reconciles %d -> %d, verdict refreshes %d -> %d, owner events lost %d: want no holder walk and no loss",
-			st0.Reconciles, st.Reconciles, st0.Refreshes, st.Refreshes, st.EventsLost["owner"])
+			st0.Reconciles, st.Reconciles, st0.Refreshes, st.Refreshes, st.EventsLost["delta"])
 	}
 }

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -8,11 +9,13 @@ import (
 	"github.com/ghostconn/ghostconn/bpf"
 )
 
-// tbOwner is an owner event: pid's connect or accept returned fd, a socket
-// of cookie.
+// tbOwner is a delta with an owner: pid's connect returned fd, an
+// ESTABLISHED socket of cookie.
 func tbOwner(cookie uint64, at time.Time, pid uint32, comm string, fd int32) Event {
-	return Event{Kind: KindOwner, Time: at, Cookie: cookie, Inode: 7000 + cookie,
-		Task: &Task{PID: pid, PPID: 1, Comm: comm}, Owner: Owner{FD: fd, Op: "connect"}}
+	return Event{Kind: KindDelta, Time: at, Cookie: cookie, Inode: 7000 + cookie, Family: FamilyIPv4,
+		Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:443"),
+		Delta: Delta{Parts: DeltaOwner, State: StateEstablished,
+			Owner: Owner{Task: &Task{PID: pid, PPID: 1, Comm: comm}, FD: fd, Op: "connect"}}}
 }
 
 func tbHolderIs(t *testing.T, what string, hs []Holder, want ...Holder) {
@@ -28,9 +31,10 @@ func tbHolderIs(t *testing.T, what string, hs []Holder, want ...Holder) {
 	}
 }
 
-// TestTableOwnerEvent: an owner event adds its process as a holder at
-// once, once, without changing the slice a view shares; an owner event of
-// a socket the table does not know is counted and adds nothing.
+// TestTableOwnerEvent: a delta's owner adds its process as a holder at
+// once, once, without changing the slice a view shares; a delta of a live
+// socket the table does not know announces it, one of a closed socket is
+// counted and adds nothing.
 func TestTableOwnerEvent(t *testing.T) {
 	tb := tbNew(t)
 	tb.Apply([]Event{tbStateEv(1, tbT0, StateClose, StateSynSent, "10.0.0.1:40000", "10.0.0.2:443")})
@@ -59,12 +63,19 @@ func TestTableOwnerEvent(t *testing.T) {
 	}
 
 	before := tb.Stats().Unknown
-	tb.Apply([]Event{tbOwner(99, tbT2, 42, "python3", 5)})
+	closed := tbOwner(98, tbT2, 42, "python3", 5)
+	closed.Delta.State = StateClose
+	tb.Apply([]Event{closed})
 	if tb.Len() != 1 || tb.Stats().Unknown != before+1 {
-		t.Errorf("owner event of an unknown socket: Len %d, Unknown %d; want 1 and %d", tb.Len(), tb.Stats().Unknown, before+1)
+		t.Errorf("delta of an unknown closed socket: Len %d, Unknown %d; want 1 and %d", tb.Len(), tb.Stats().Unknown, before+1)
 	}
-	if n := tb.Stats().Applied[KindOwner]; n != 4 {
-		t.Errorf("Applied[owner] = %d, want 4", n)
+	tb.Apply([]Event{tbOwner(99, tbT2, 42, "python3", 5)})
+	if c := tb.conns[99]; c == nil || tb.Stats().Announced != 1 || c.State != StateEstablished {
+		t.Fatalf("delta of an unknown ESTABLISHED socket: %+v, announced %d; want it announced", c, tb.Stats().Announced)
+	}
+	tbHolderIs(t, "announced by its owner", tb.conns[99].Holders, Holder{PID: 42, PPID: 1, Comm: "python3", FD: 5})
+	if n := tb.Stats().Applied[KindDelta]; n != 5 {
+		t.Errorf("Applied[delta] = %d, want 5", n)
 	}
 
 	// A close of the fd (other references left) takes the holder out.
@@ -146,7 +157,7 @@ func TestHoldersNotYetKnown(t *testing.T) {
 	}
 }
 
-// BenchmarkApplyOwner is the table's cost of one owner event.
+// BenchmarkApplyOwner is the table's cost of one delta with an owner.
 func BenchmarkApplyOwner(b *testing.B) {
 	tb := NewTable(TableConfig{MaxConns: 1 << 20})
 	const n = 4096
@@ -154,7 +165,8 @@ func BenchmarkApplyOwner(b *testing.B) {
 	for i := range n {
 		ck := uint64(i + 1)
 		tb.Apply([]Event{{Kind: KindState, Time: tbT0, Cookie: ck, Family: FamilyIPv4, State: StateEstablished}})
-		evs = append(evs, Event{Kind: KindOwner, Time: tbT1, Cookie: ck, Task: &Task{PID: 7, Comm: "x"}, Owner: Owner{FD: int32(i), Op: "accept"}})
+		evs = append(evs, Event{Kind: KindDelta, Time: tbT1, Cookie: ck, Family: FamilyIPv4,
+			Delta: Delta{Parts: DeltaOwner, State: StateEstablished, Owner: Owner{Task: &Task{PID: 7, Comm: "x"}, FD: int32(i), Op: "accept"}}})
 	}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -172,7 +172,7 @@ func (t *Table) Sweep(gen uint64, start time.Time, covered map[uint32]bool) {
 // SetHolders replaces every connection's holders with the result of a
 // task_file walk begun at at. Closes seen after at are applied again so the
 // walk cannot resurrect an fd that is already gone, and holders that an
-// owner event newer than at added are kept: the walk may have passed their
+// delta's owner newer than at added are kept: the walk may have passed their
 // process before the fd was there.
 func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 	var cgroups map[uint64]*Cgroup
@@ -250,7 +250,7 @@ func holdersEqual(a, b []Holder) bool {
 	}
 	for i := range a {
 		x, y := &a[i], &b[i]
-		// A holder the walk confirmed replaces the one an owner event
+		// A holder the walk confirmed replaces the one a delta's owner
 		// added, so the next walk need not keep it.
 		if x.PID != y.PID || x.PPID != y.PPID || x.FD != y.FD || x.Comm != y.Comm || x.Cgroup != y.Cgroup || (x.ownedAt != 0) != (y.ownedAt != 0) {
 			return false

@@ -25,13 +25,10 @@ func rgKernelEvent(typ bpf.GhostconnEventType) bpf.GhostconnEvent {
 		TsNs:     1_000_000_000,
 		Cookie:   0xabc,
 		Ino:      77,
-		Netns:    tbNetns,
 		Type:     uint8(typ),
-		Family:   2,
 		OldState: uint8(StateEstablished),
 		State:    uint8(StateEstablished),
-		Sport:    40000,
-		Dport:    443,
+		Tuple:    bpf.GhostconnTuple{Netns: tbNetns, Family: 2, Sport: 40000, Dport: 443},
 	}
 }
 

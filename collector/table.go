@@ -31,7 +31,7 @@ type TableStats struct {
 	Applied       map[Kind]uint64
 	DroppedFull   uint64 // new connections refused because the table was full
 	Unknown       uint64 // close/sockopt events for sockets the table does not know
-	OwnerCreated  uint64 // connections an owner record announced (their handshake was folded)
+	Announced     uint64 // connections the kernel announced with a delta (their handshake was folded)
 	ReconcileAdds uint64 // connections a snapshot found that no event announced
 	ReconcileGone uint64 // connections a snapshot no longer found
 	ReconcileFix  uint64 // connections whose state a snapshot corrected
@@ -158,6 +158,11 @@ func (t *Table) lookup(ev *Event) *Conn {
 
 // create adds a connection for ev, or returns nil when the table is full.
 func (t *Table) create(ev *Event) *Conn {
+	return t.createAs(ev, ev.State, ev.Time)
+}
+
+// createAs adds a connection for ev's socket, in state since at.
+func (t *Table) createAs(ev *Event, state State, at time.Time) *Conn {
 	if ev.Cookie == 0 {
 		t.stats.Unknown++
 		return nil
@@ -177,9 +182,9 @@ func (t *Table) create(ev *Event) *Conn {
 		Cookie:     ev.Cookie,
 		Netns:      ev.Netns,
 		Family:     ev.Family,
-		State:      ev.State,
-		FirstSeen:  ev.Time,
-		StateSince: ev.Time,
+		State:      state,
+		FirstSeen:  at,
+		StateSince: at,
 	}
 	c.setTuple(ev.Local, ev.Remote)
 	t.conns[ev.Cookie] = c
@@ -198,22 +203,6 @@ func (t *Table) setInode(c *Conn, ino uint64) {
 	t.byInode[ino] = c.Cookie
 }
 
-// ApplyKnown applies the events whose socket the table holds and drops the
-// others uncounted: the socket options the kernel folded, drained a poll
-// after the fact, belong mostly to connections already closed, which is
-// no loss (a live connection the table missed is found, with its options,
-// by the next snapshot).
-func (t *Table) ApplyKnown(evs []Event) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.sync()
-	for i := range evs {
-		if t.conns[evs[i].Cookie] != nil {
-			t.apply(&evs[i])
-		}
-	}
-}
-
 func (t *Table) apply(ev *Event) {
 	t.stats.Applied[ev.Kind]++
 	if ev.Mono != 0 {
@@ -229,14 +218,21 @@ func (t *Table) apply(ev *Event) {
 	case KindObserved:
 		t.applyObserved(ev, c)
 		return
-	case KindOwner:
-		t.applyOwner(ev, c)
+	case KindDelta:
+		t.applyDelta(ev, c)
+		return
+	case KindEnd:
+		t.applyEnd(ev, c)
 		return
 	}
 	if c == nil {
-		if ev.Kind == KindClose || ev.Kind == KindSockopt || ev.State == StateClose {
+		if ev.Kind == KindSockopt || ev.State == StateClose ||
+			(ev.Kind == KindClose && ev.State != StateEstablished && ev.State != StateCloseWait) {
 			// A socket that has not connected yet (or one whose namespace
-			// no snapshot covers): nothing to attach the fact to.
+			// no snapshot covers): nothing to attach the fact to. A
+			// connected socket's close can come before the delta that
+			// announces it (drained at the next poll): the close
+			// announces it then.
 			t.stats.Unknown++
 			return
 		}
@@ -280,68 +276,6 @@ func (t *Table) apply(ev *Event) {
 		applySockopt(&c.Settings, ev.Sockopt)
 		c.SettingsBy = ev.Task
 	}
-	if t.hook != nil {
-		t.hook(ev, c)
-	}
-}
-
-// applyOwner adds the process of an owner event (its connect or accept
-// returned the fd) to the connection's holders, unless it is there
-// already. The holder's cgroup stays unresolved until the next holder
-// walk: resolving it reads /proc, which the table does not do under its
-// lock. An owner event is no news of the socket's state, so LastUpdate
-// stays.
-func (t *Table) applyOwner(ev *Event, c *Conn) {
-	if ev.Task == nil {
-		t.stats.Unknown++
-		return
-	}
-	if c == nil {
-		// The kernel folds the handshake's states, so a non-blocking
-		// connect returns (in SYN_SENT) before any state record: the
-		// owner record announces the connection. One already closing is
-		// left to its CLOSE record.
-		switch ev.State {
-		case StateSynSent, StateSynRecv, StateEstablished, StateCloseWait:
-		default:
-			t.stats.Unknown++
-			return
-		}
-		if c = t.create(ev); c == nil {
-			return
-		}
-		c.LastUpdate = ev.Time
-		t.stats.OwnerCreated++
-		if ev.State != StateSynSent {
-			// The kernel folded the ESTABLISHED that came within the
-			// syscall: the owner record is the news of it.
-			from := StateSynSent
-			if ev.Owner.Op == "accept" {
-				from = StateSynRecv
-			}
-			t.stats.Transitions[ev.State]++
-			c.addTransition(Transition{At: ev.Time, From: from, To: ev.State, Task: ev.Task, Source: "kernel"})
-		}
-	}
-	if c.Opener == nil && ev.Owner.Op == "connect" {
-		c.Opener = ev.Task
-	}
-	t.setInode(c, ev.Inode)
-	for i := range c.Holders {
-		if c.Holders[i].PID == ev.Task.PID && c.Holders[i].FD == ev.Owner.FD {
-			return
-		}
-	}
-	at := ev.Mono
-	if at == 0 {
-		at = t.tl.mono(ev.Time)
-	}
-	// A new slice: views share holder slices, so they are never changed
-	// in place.
-	hs := make([]Holder, len(c.Holders), len(c.Holders)+1)
-	copy(hs, c.Holders)
-	c.Holders = append(hs, Holder{PID: ev.Task.PID, PPID: ev.Task.PPID, Comm: ev.Task.Comm, FD: ev.Owner.FD, ownedAt: at})
-	t.markDirty(c)
 	if t.hook != nil {
 		t.hook(ev, c)
 	}
@@ -428,9 +362,6 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 	} else if !c.ClosedAt.IsZero() {
 		return
 	}
-	t.stats.Transitions[ev.State]++
-	t.markDirty(c)
-	c.addTransition(Transition{At: ev.Time, From: ev.OldState, To: ev.State, Task: ev.Task, Source: "kernel"})
 	// Take the tuple as the newest event gives it (a connecting socket
 	// gets its local port late), but not from a socket already unhashed on
 	// its way to CLOSE, whose local port reads 0. Before publishing, so
@@ -438,10 +369,6 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 	if ev.Local.Port() != 0 {
 		c.setTuple(ev.Local, ev.Remote)
 	}
-	t.publish(c, Change{Time: ev.Time, Type: "state", From: ev.OldState, State: ev.State, Source: "kernel", Task: ev.Task})
-	c.State = ev.State
-	c.StateSince = ev.Time
-	c.LastUpdate = later(c.LastUpdate, ev.Time)
 	if ev.Task != nil && (ev.State == StateSynSent || ev.State == StateListen) {
 		c.Opener = ev.Task
 	}
@@ -449,14 +376,28 @@ func (t *Table) applyState(ev *Event, c *Conn) {
 		c.Settings = ev.Settings
 	}
 	t.updateCounters(c, ev)
-	if ev.State == StateClose {
-		t.retire(c, ev.Time)
-	} else if len(c.Verdicts) > 0 {
-		// Leaving ESTABLISHED or CLOSE_WAIT clears verdicts at once.
-		t.evaluateOne(c, ev.Time)
-	}
+	t.enter(c, Transition{At: ev.Time, From: ev.OldState, To: ev.State, Task: ev.Task, Source: "kernel"})
 	if t.hook != nil {
 		t.hook(ev, c)
+	}
+}
+
+// enter moves c into tr.To: the one place where a kernel state change
+// lands, whether a record streamed it, a delta folded it or an end record
+// ends the connection. Leaving ESTABLISHED or CLOSE_WAIT clears verdicts at
+// once; CLOSE retires the connection.
+func (t *Table) enter(c *Conn, tr Transition) {
+	t.stats.Transitions[tr.To]++
+	t.markDirty(c)
+	c.addTransition(tr)
+	t.publish(c, Change{Time: tr.At, Type: "state", From: tr.From, State: tr.To, Source: "kernel", Task: tr.Task})
+	c.State = tr.To
+	c.StateSince = tr.At
+	c.LastUpdate = later(c.LastUpdate, tr.At)
+	if tr.To == StateClose {
+		t.retire(c, tr.At)
+	} else if len(c.Verdicts) > 0 {
+		t.evaluateOne(c, tr.At)
 	}
 }
 

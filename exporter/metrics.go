@@ -49,11 +49,12 @@ var (
 	connectionsPodDesc   = desc("connections_by_pod", "TCP connections by Kubernetes pod UID of the first holder (capped, see --metrics-max-pods) and state.", "pod_uid", "state")
 	flaggedPodDesc       = desc("flagged_connections_by_pod", "Connections that carry a verdict, by pod UID (capped) and verdict.", "pod_uid", "verdict")
 	eventsReadDesc       = desc("events_read_total", "Events read from the kernel ring buffer.")
-	eventsLostDesc       = desc("events_lost_total", "Events the kernel could not put in the ring buffer because it was full, by event kind.", "event")
+	deltasReadDesc       = desc("deltas_read_total", "Socket deltas drained from the kernel's deltas map: sockets whose state, owner or options changed since the last poll.")
+	eventsLostDesc       = desc("events_lost_total", "Events the kernel could not pass to the agent (ring buffer full, or deltas map full or busy), by event kind.", "event")
 	decodeErrorsDesc     = desc("decode_errors_total", "Ring-buffer records that could not be decoded and were skipped.")
 	readerErrorsDesc     = desc("reader_errors_total", "Failed reads of the event ring buffer (retried; the agent exits when they persist).")
-	foldedDesc           = desc("kernel_folded_total", "Records the kernel kept out of the ring buffer because no watch client asked for them (state changes the table does not act on, socket options folded per socket), by kind.", "kind")
-	drainErrorsDesc      = desc("sockopt_drain_errors_total", "Failed reads of the socket options the kernel folded.")
+	foldedDesc           = desc("kernel_folded_total", "Records the kernel kept out of the ring buffer because no watch client asked for them (state changes, connect and accept returns and socket options folded into the socket's delta, or only counted), by kind.", "kind")
+	drainErrorsDesc      = desc("delta_drain_errors_total", "Failed drains of the kernel's deltas map (the last error is in ghostconn status).")
 	snapshotErrorsDesc   = desc("namespace_snapshot_errors_total", "Network namespaces a reconcile or verdict refresh could not snapshot (the last error is in ghostconn status).")
 	transitionsDesc      = desc("state_transitions_total", "TCP state changes reported by the kernel, by new state.", "state")
 	retransmitsDesc      = desc("retransmits_total", "TCP segment retransmissions reported by the kernel.")
@@ -72,8 +73,8 @@ var (
 	buildInfoDesc        = desc("build_info", "Build information; always 1.", "version", "revision", "goversion")
 	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
 	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
-	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
-	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt", "owner"}
+	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, deltasReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
+	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt", "delta"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
 	otherProcess         = "other"
@@ -227,15 +228,16 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(scrapeErrorDesc, 0)
 	counter(eventsReadDesc, st.EventsRead)
+	counter(deltasReadDesc, st.DeltasRead)
 	for _, k := range lostEventKinds {
 		counter(eventsLostDesc, st.EventsLost[k], k)
 	}
 	counter(decodeErrorsDesc, st.DecodeErrors)
 	counter(readerErrorsDesc, st.ReaderErrors)
-	for _, k := range []string{"state", "sockopt"} {
+	for _, k := range []string{"state", "sockopt", "owner"} {
 		counter(foldedDesc, st.Folded[k], k)
 	}
-	counter(drainErrorsDesc, st.SockoptDrainErrors)
+	counter(drainErrorsDesc, st.DeltaDrainErrors)
 	counter(snapshotErrorsDesc, st.SnapshotErrors)
 	for name, n := range st.Transitions {
 		counter(transitionsDesc, n, name)

@@ -88,6 +88,8 @@ func newFake(t *testing.T) *fakeSource {
 		table: tbl,
 		status: collector.Status{
 			EventsRead:       120,
+			DeltasRead:       80,
+			Folded:           map[string]uint64{"state": 11, "owner": 12},
 			EventsLost:       map[string]uint64{"state": 7},
 			DecodeErrors:     1,
 			ReaderErrors:     2,
@@ -120,11 +122,11 @@ ghostconn_flagged_connections{verdict="close-wait"} 1
 ghostconn_flagged_connections{verdict="ghost"} 0
 ghostconn_flagged_connections{verdict="silent"} 0
 ghostconn_flagged_connections{verdict="unresponsive"} 0
-# HELP ghostconn_events_lost_total Events the kernel could not put in the ring buffer because it was full, by event kind.
+# HELP ghostconn_events_lost_total Events the kernel could not pass to the agent (ring buffer full, or deltas map full or busy), by event kind.
 # TYPE ghostconn_events_lost_total counter
 ghostconn_events_lost_total{event="close"} 0
+ghostconn_events_lost_total{event="delta"} 0
 ghostconn_events_lost_total{event="keepalive"} 0
-ghostconn_events_lost_total{event="owner"} 0
 ghostconn_events_lost_total{event="retransmit"} 0
 ghostconn_events_lost_total{event="sockopt"} 0
 ghostconn_events_lost_total{event="state"} 7
@@ -192,6 +194,14 @@ ghostconn_ready 1
 ghostconn_reconcile_corrections_total{kind="added"} 5
 ghostconn_reconcile_corrections_total{kind="removed"} 0
 ghostconn_reconcile_corrections_total{kind="state"} 0
+# HELP ghostconn_deltas_read_total Socket deltas drained from the kernel's deltas map: sockets whose state, owner or options changed since the last poll.
+# TYPE ghostconn_deltas_read_total counter
+ghostconn_deltas_read_total 80
+# HELP ghostconn_kernel_folded_total Records the kernel kept out of the ring buffer because no watch client asked for them (state changes, connect and accept returns and socket options folded into the socket's delta, or only counted), by kind.
+# TYPE ghostconn_kernel_folded_total counter
+ghostconn_kernel_folded_total{kind="owner"} 12
+ghostconn_kernel_folded_total{kind="sockopt"} 0
+ghostconn_kernel_folded_total{kind="state"} 11
 `
 	names := []string{
 		"ghostconn_connections", "ghostconn_flagged_connections", "ghostconn_events_lost_total",
@@ -199,6 +209,7 @@ ghostconn_reconcile_corrections_total{kind="state"} 0
 		"ghostconn_verdicts_raised_total", "ghostconn_reconcile_duration_seconds", "ghostconn_program_attached",
 		"ghostconn_ready", "ghostconn_reconcile_corrections_total",
 		"ghostconn_reader_errors_total", "ghostconn_namespace_snapshot_errors_total",
+		"ghostconn_deltas_read_total", "ghostconn_kernel_folded_total",
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), names...); err != nil {
 		t.Error(err)

@@ -233,8 +233,8 @@ func TestNewConnectionHolderAtOnce(t *testing.T) {
 		t.Errorf("reconciles %d -> %d, verdict refreshes %d -> %d: a holder walk may have found the holders",
 			st0.Reconciles, st.Reconciles, st0.Refreshes, st.Refreshes)
 	}
-	if st.EventsLost["owner"] != 0 {
-		t.Errorf("owner events lost: %d", st.EventsLost["owner"])
+	if st.EventsLost["delta"] != 0 {
+		t.Errorf("deltas lost: %d", st.EventsLost["delta"])
 	}
 }
 

@@ -22,12 +22,23 @@ import (
 // not a copy of it, with the harness's helpers.
 type agentStatus struct{ collector.Status }
 
+// lost is the agent's events lost: ring-buffer reserve failures, deltas
+// the kernel's map refused, and program runs the kernel skipped.
 func (s agentStatus) lost() uint64 {
 	var n uint64
 	for _, v := range s.EventsLost {
 		n += v
 	}
+	for _, v := range s.ProgramMisses {
+		n += v
+	}
 	return n
+}
+
+// records is everything the kernel had for the agent: records read from
+// the ring, deltas drained from the map, and what was lost.
+func (s agentStatus) records() uint64 {
+	return s.EventsRead + s.DeltasRead + s.lost()
 }
 
 // agent is a running `ghostconn agent`.

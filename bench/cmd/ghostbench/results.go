@@ -225,15 +225,21 @@ func (r *results) goals() []goal {
 
 	// 3. Loss at maximum churn.
 	if len(r.loss) > 0 {
-		var lost, read, conns uint64
+		var lost, read, records, conns uint64
 		for _, l := range r.loss {
 			lost += l.s.lost()
-			read += l.s.EventsRead
+			read += l.s.EventsRead + l.s.DeltasRead
+			records += l.s.records()
 			conns += l.conns
 		}
 		add("3", "events lost under churn, default buffers",
-			fmt.Sprintf("%d lost of %d read over %d agent runs (%d connections)", lost, read+lost, len(r.loss), conns),
+			fmt.Sprintf("%d lost of %d over %d agent runs (%d connections)", lost, read+lost, len(r.loss), conns),
 			"0", bp(lost == 0))
+		if conns > 0 {
+			per := float64(records) / float64(conns)
+			add("3", "records per connection under churn (ring records read + deltas drained + lost, both ends)",
+				fmt.Sprintf("%.2f (%d records, %d connections)", per, records, conns), "<= 2", bp(per <= 2))
+		}
 	} else {
 		add("3", "events lost under churn, default buffers", "not measured", "0", nil)
 	}
@@ -443,18 +449,21 @@ func (r *results) markdown() string {
 			ring = "the agent's default ring buffer, " + r.c.ringSize
 		}
 		w("## 3. Loss\n\n`ghostconn status` after each churn run (a fresh agent per run; default flags, so %s, unless the header lists agent flags).\n\n", ring)
-		w("| run | connections made | events read | events lost | decode errors | unknown-socket events | agent CPU (cores) | agent CPU per event read |\n|---|---|---|---|---|---|---|---|\n")
+		w("| run | connections made | ring records read | deltas drained | events lost | records per connection | decode errors | unknown-socket events | agent CPU (cores) | agent CPU per record |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for i, l := range r.loss {
 			label := fmt.Sprintf("churn %d", i+1)
 			if l.stats {
 				label += " (bpf stats on)"
 			}
-			perEv := "-"
-			if l.s.EventsRead > 0 {
-				perEv = fmt.Sprintf("%.2f µs", l.cores*l.secs*1e6/float64(l.s.EventsRead))
+			perEv, perConn := "-", "-"
+			if n := l.s.EventsRead + l.s.DeltasRead; n > 0 {
+				perEv = fmt.Sprintf("%.2f µs", l.cores*l.secs*1e6/float64(n))
 			}
-			w("| %s | %d | %d | %d %s | %d | %d | %.2f | %s |\n", label, l.conns, l.s.EventsRead, l.s.lost(), lostDetail(l.s.EventsLost),
-				l.s.DecodeErrors, l.s.UnknownSocket, l.cores, perEv)
+			if l.conns > 0 {
+				perConn = fmt.Sprintf("%.2f", float64(l.s.records())/float64(l.conns))
+			}
+			w("| %s | %d | %d | %d | %d %s | %s | %d | %d | %.2f | %s |\n", label, l.conns, l.s.EventsRead, l.s.DeltasRead, l.s.lost(), lostDetail(l.s.EventsLost),
+				perConn, l.s.DecodeErrors, l.s.UnknownSocket, l.cores, perEv)
 		}
 		w("\n")
 	}

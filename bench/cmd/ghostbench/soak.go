@@ -564,7 +564,7 @@ func kernelLost(pid int) (map[string]uint64, error) {
 		"keepalive":  bpf.GhostconnStatIndexSTAT_LOST_KEEPALIVE,
 		"close":      bpf.GhostconnStatIndexSTAT_LOST_CLOSE,
 		"sockopt":    bpf.GhostconnStatIndexSTAT_LOST_SOCKOPT,
-		"owner":      bpf.GhostconnStatIndexSTAT_LOST_OWNER,
+		"delta":      bpf.GhostconnStatIndexSTAT_LOST_DELTA,
 	}
 	for _, id := range ids {
 		m, err := ebpf.NewMapFromID(ebpf.MapID(id))
