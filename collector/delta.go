@@ -44,7 +44,7 @@ func (t *Table) applyDelta(ev *Event, c *Conn) {
 		return
 	}
 	if ev.Local.Port() != 0 {
-		c.setTuple(ev.Local, ev.Remote)
+		t.takeTuple(c, ev)
 	}
 	t.setInode(c, ev.Inode)
 	if d.Parts&DeltaTCP != 0 {

@@ -13,14 +13,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// recordsPerConnBound is the most records a short loopback connection
+// recordsPerConnBound is the most ring records a short loopback connection
 // (both ends) may cost while nobody watches: one end record per end, which
 // carries the end's whole life (its ESTABLISHED, its owner, its options and
 // the state it closed from). Everything else stays in the kernel's deltas
-// map until the end record takes it. A connection whose life spans one of
-// the agent's drains (every 100ms) costs a drained delta more: the slack
-// below allows that for 2% of them.
-const recordsPerConnBound = 2
+// map until the end record takes it. An end alive when the agent drains the
+// map (every 100ms) costs a drained delta besides: how many depends on how
+// long the churn's connections live, so deltasPerConnBound bounds them
+// loosely (native 6.18: 0.003 per connection; 6.1 under TCG: 0.18).
+const (
+	recordsPerConnBound = 2
+	deltasPerConnBound  = 0.25
+)
 
 // TestFoldedChurnRecordsPerConnection churns connections through Go's
 // net package, which sets four keepalive options on each end, and counts
@@ -101,14 +105,20 @@ func TestFoldedChurnRecordsPerConnection(t *testing.T) {
 	t.Logf("closed in the table %s after the churn", time.Since(churned))
 	after := recordsSeen(t, c)
 	records := after.records - before.records
+	deltas := after.deltas - before.deltas
+	ring := records - deltas
 	perConn := float64(records) / conns
 	t.Logf("%d connections: %d records (%.2f per connection, %.2f per socket; %d drained deltas), %d of them lost; folded %d state changes, %d socket options, %d owners; %d announced by the kernel",
 		conns, records, perConn, perConn/2, after.deltas-before.deltas, after.lost-before.lost, after.foldedState-before.foldedState,
 		after.foldedSockopt-before.foldedSockopt, after.foldedOwner-before.foldedOwner, after.announced-before.announced)
-	// The counters are the host's: allow 2% for drains within a
-	// connection's life and what other processes did meanwhile.
-	if limit := uint64(recordsPerConnBound * conns * 102 / 100); records > limit {
-		t.Errorf("%d records for %d connections (%.2f per connection, both ends), want at most %d per connection", records, conns, perConn, recordsPerConnBound)
+	// The counters are the host's: allow 1% for what other processes did
+	// meanwhile.
+	if limit := uint64(recordsPerConnBound * conns * 101 / 100); ring > limit {
+		t.Errorf("%d ring records (read or lost) for %d connections (%.2f per connection, both ends), want at most %d per connection",
+			ring, conns, float64(ring)/conns, recordsPerConnBound)
+	}
+	if perConn := float64(deltas) / conns; perConn > deltasPerConnBound {
+		t.Errorf("%d deltas drained for %d connections (%.3f per connection), want at most %.2f", deltas, conns, perConn, deltasPerConnBound)
 	}
 	// SYN_SENT, both ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT and
 	// LAST_ACK of each connection, into a delta or only counted (a

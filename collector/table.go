@@ -186,10 +186,21 @@ func (t *Table) createAs(ev *Event, state State, at time.Time) *Conn {
 		FirstSeen:  at,
 		StateSince: at,
 	}
-	c.setTuple(ev.Local, ev.Remote)
+	t.takeTuple(c, ev)
 	t.conns[ev.Cookie] = c
 	t.markDirty(c)
 	return c
+}
+
+// takeTuple gives c the event's tuple. An end record's connection retires
+// within the event, so its addresses are printed only if someone lists the
+// closed history: they are not printed now.
+func (t *Table) takeTuple(c *Conn, ev *Event) {
+	if ev.Kind == KindEnd && c.localStr == "" {
+		c.Local, c.Remote = ev.Local, ev.Remote
+		return
+	}
+	c.setTuple(ev.Local, ev.Remote)
 }
 
 func (t *Table) setInode(c *Conn, ino uint64) {

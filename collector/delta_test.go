@@ -1,0 +1,111 @@
+package collector
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// tbMono is the monotonic reading of a fake time on a table's timeline.
+func tbMono(tb *Table, at time.Time) int64 { return tb.tl.mono(at) }
+
+// tbDelta is a delta of cookie as the kernel folds a client connection:
+// ESTABLISHED at est inside connect (by pid 42's fd 4), then state at st.
+func tbDelta(tb *Table, cookie uint64, est time.Time, state State, st time.Time) Event {
+	d := Delta{Parts: DeltaState | DeltaOwner, State: state, EstFrom: StateSynSent,
+		FirstMono: tbMono(tb, est), EstMono: tbMono(tb, est), StateMono: tbMono(tb, st), OwnerMono: tbMono(tb, est),
+		Owner: Owner{Task: &Task{PID: 42, PPID: 1, Comm: "curl"}, FD: 4, Op: "connect"}}
+	return Event{Kind: KindDelta, Time: st, Cookie: cookie, Netns: tbNetns, Family: FamilyIPv4,
+		Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:443"), Delta: d}
+}
+
+func tbStates(c *Conn) []State {
+	var out []State
+	for _, tr := range c.History {
+		out = append(out, tr.To)
+	}
+	return out
+}
+
+// A drained delta announces a connection with its whole folded life: the
+// ESTABLISHED at its own time, the later CLOSE_WAIT, the opener and holder.
+func TestDeltaAnnounces(t *testing.T) {
+	tb := tbNew(t)
+	tb.Apply([]Event{tbDelta(tb, 1, tbT0, StateCloseWait, tbT1)})
+	c := tb.conns[1]
+	if c == nil {
+		t.Fatal("the delta announced nothing")
+	}
+	if got := tbStates(c); len(got) != 2 || got[0] != StateEstablished || got[1] != StateCloseWait {
+		t.Errorf("history %v, want ESTABLISHED then CLOSE_WAIT", got)
+	}
+	if c.State != StateCloseWait || !c.StateSince.Equal(tbT1) || !c.FirstSeen.Equal(tbT0) {
+		t.Errorf("state %v since %v, first seen %v", c.State, c.StateSince, c.FirstSeen)
+	}
+	if c.Opener == nil || c.Opener.PID != 42 {
+		t.Errorf("opener %+v, want pid 42", c.Opener)
+	}
+	tbHolderIs(t, "announced", c.Holders, Holder{PID: 42, PPID: 1, Comm: "curl", FD: 4})
+	if tb.Stats().Announced != 1 {
+		t.Errorf("announced %d, want 1", tb.Stats().Announced)
+	}
+}
+
+// A delta older than what a streamed record already said (a watch client
+// came and the kernel streamed the newer change) moves nothing back.
+func TestDeltaOlderThanStreamedState(t *testing.T) {
+	tb := tbNew(t)
+	tbEstablished(t, tb, 1, tbT0)
+	tb.Apply([]Event{tbStateEv(1, tbT2, StateEstablished, StateCloseWait, "10.0.0.1:40000", "10.0.0.2:443")})
+	tb.Apply([]Event{tbDelta(tb, 1, tbT0, StateEstablished, tbT1)})
+	c := tb.conns[1]
+	if c.State != StateCloseWait || !c.StateSince.Equal(tbT2) {
+		t.Errorf("state %v since %v, want CLOSE_WAIT since %v", c.State, c.StateSince, tbT2)
+	}
+	if got := tbStates(c); len(got) != 2 {
+		t.Errorf("history %v, want ESTABLISHED and CLOSE_WAIT only", got)
+	}
+	tbHolderIs(t, "the older delta's owner still counts", c.Holders, Holder{PID: 42, PPID: 1, Comm: "curl", FD: 4})
+}
+
+// A short connection's end record carries its delta: the table learns it
+// and closes it in one event. A delta drained for it too (the kernel took
+// the entry into the end record while the drain read it) brings nothing
+// back to life.
+func TestEndCarriesDelta(t *testing.T) {
+	tb := tbNew(t)
+	end := tbDelta(tb, 1, tbT0, StateFinWait1, tbT1)
+	end.Kind, end.Time, end.OldState, end.State = KindEnd, tbT2, StateFinWait2, StateClose
+	tb.Apply([]Event{end, tbDelta(tb, 1, tbT0, StateFinWait1, tbT1)})
+	if tb.Len() != 0 {
+		t.Fatalf("%d live connections after the end record, want 0", tb.Len())
+	}
+	v := tb.List(tbT3, ListOptions{Closed: true})
+	if len(v) != 1 || v[0].State != StateClose || v[0].Local != "10.0.0.1:40000" {
+		t.Fatalf("closed history %+v, want the one connection with the delta's tuple", v)
+	}
+	if got := tbStates(tb.closedIx[1]); len(got) != 3 || got[0] != StateEstablished || got[1] != StateFinWait1 || got[2] != StateClose {
+		t.Errorf("history %v, want ESTABLISHED, FIN_WAIT1, CLOSE", got)
+	}
+}
+
+// A dup's close can reach the table before the delta that announces the
+// socket: it announces the connection itself (the ghost evidence is not
+// dropped), and the delta then adds the holder and when it was
+// established.
+func TestCloseBeforeDelta(t *testing.T) {
+	tb := tbNew(t)
+	cl := tbStateEv(1, tbT1, StateEstablished, StateEstablished, "10.0.0.1:40000", "10.0.0.2:443")
+	cl.Kind = KindClose
+	cl.Task = &Task{PID: 42, PPID: 1, Comm: "curl"}
+	cl.Close = Close{FD: 3, Refs: 2, Op: "close"}
+	tb.Apply([]Event{cl, tbDelta(tb, 1, tbT0, StateEstablished, tbT0)})
+	c := tb.conns[1]
+	if c == nil || c.ClosedBy == nil || c.ClosedBy.FD != 3 {
+		t.Fatalf("connection %+v: want it announced with its closer", c)
+	}
+	if got := tbStates(c); len(got) != 1 || got[0] != StateEstablished || !c.FirstSeen.Equal(tbT0) {
+		t.Errorf("history %v, first seen %v: want the delta's ESTABLISHED at %v", got, c.FirstSeen, tbT0)
+	}
+	tbHolderIs(t, "after the delta", c.Holders, Holder{PID: 42, PPID: 1, Comm: "curl", FD: 4})
+}
