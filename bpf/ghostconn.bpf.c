@@ -581,6 +581,23 @@ static __always_inline struct fdtable *current_fdtable(void)
 	return BPF_CORE_READ(task, files, fdt);
 }
 
+// current_fd_file is fd_file for the current task on the hooks' hot path:
+// direct loads through the task's BTF pointer to its fd table, and one
+// probe read, of the fd's slot (the verifier gives no BTF type to a
+// pointer to pointers). It sets *fdt to the table.
+static __always_inline struct file *current_fd_file(__u32 fd, __u64 *fdt)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *t = task->files->fdt;
+	*fdt = (__u64)t;
+	if (fd >= t->max_fds)
+		return NULL;
+	struct file **fds = t->fd;
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
 // tcp_sock_of returns the TCP socket behind a file, or NULL for any other
 // file. The f_op->release compare rejects non-sockets with two reads.
 //
@@ -763,9 +780,8 @@ __noinline int fdt_holds(__u64 fdt, __u64 f)
 // accepted included. The exit of a child whose parent still has the file
 // is no evidence at all (the collector ignores it too), so it is not kept;
 // other exits go to the own slot.
-static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
+static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u32 fd, __u8 op)
 {
-	struct file *f = fd_file(fdt, fd);
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
 		return;
@@ -819,7 +835,9 @@ static __always_inline void on_fd_close(struct fdtable *fdt, __u32 fd, __u8 op)
 SEC("tracepoint/syscalls/sys_enter_close")
 int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 {
-	on_fd_close(current_fdtable(), (__u32)ctx->args[0], CLOSE_OP_CLOSE);
+	__u64 fdt;
+	struct file *f = current_fd_file(ctx->args[0], &fdt);
+	on_fd_close((struct fdtable *)fdt, f, ctx->args[0], CLOSE_OP_CLOSE);
 	return 0;
 }
 
@@ -827,16 +845,22 @@ int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_enter_dup2")
 int sys_enter_dup2(struct trace_event_raw_sys_enter *ctx)
 {
-	if (ctx->args[0] != ctx->args[1])
-		on_fd_close(current_fdtable(), (__u32)ctx->args[1], CLOSE_OP_DUP2);
+	if (ctx->args[0] == ctx->args[1])
+		return 0;
+	__u64 fdt;
+	struct file *f = current_fd_file(ctx->args[1], &fdt);
+	on_fd_close((struct fdtable *)fdt, f, ctx->args[1], CLOSE_OP_DUP2);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_dup3")
 int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx)
 {
-	if (ctx->args[0] != ctx->args[1])
-		on_fd_close(current_fdtable(), (__u32)ctx->args[1], CLOSE_OP_DUP3);
+	if (ctx->args[0] == ctx->args[1])
+		return 0;
+	__u64 fdt;
+	struct file *f = current_fd_file(ctx->args[1], &fdt);
+	on_fd_close((struct fdtable *)fdt, f, ctx->args[1], CLOSE_OP_DUP3);
 	return 0;
 }
 
@@ -846,7 +870,7 @@ int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx)
 // kernel address, read only through probe reads.
 __noinline int close_fd(__u64 fdt, __u32 fd, __u32 op)
 {
-	on_fd_close((struct fdtable *)fdt, fd, op);
+	on_fd_close((struct fdtable *)fdt, fd_file((struct fdtable *)fdt, fd), fd, op);
 	return 0;
 }
 
@@ -996,7 +1020,8 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	}
 	__u32 fd = ctx->args[0];
-	struct file *f = fd_file(current_fdtable(), fd);
+	__u64 fdt;
+	struct file *f = current_fd_file(fd, &fdt);
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
 		return 0;
@@ -1030,7 +1055,8 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 // handshake the kernel folded (a non-blocking connect returns in SYN_SENT).
 static __always_inline void on_owner(__u32 fd, __u8 op)
 {
-	struct file *f = fd_file(current_fdtable(), fd);
+	__u64 fdt;
+	struct file *f = current_fd_file(fd, &fdt);
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
 		return;

@@ -79,9 +79,7 @@ func (t *Table) applyDelta(ev *Event, c *Conn) {
 				c.FirstSeen, c.StateSince = at, at
 			}
 		}
-		if d.State != c.State {
-			t.enterAfter(c, t.deltaTime(d.StateMono, ev), d.State)
-		}
+		t.enterAfter(c, t.deltaTime(d.StateMono, ev), d.State)
 	}
 	t.markDirty(c)
 	if t.hook != nil {
@@ -98,13 +96,36 @@ func (t *Table) deltaTime(mono int64, ev *Event) time.Time {
 	return t.tl.at(mono)
 }
 
-// enterAfter moves c into state at, unless c entered its current state
-// later than that.
+// enterAfter moves c into state at, unless c is in state already or
+// entered its current state later than that. When a snapshot set the
+// current state after at (its time is the snapshot's, a guess), the
+// kernel's change still goes into the history before it, and replaces it
+// when it is the same state.
 func (t *Table) enterAfter(c *Conn, at time.Time, state State) {
-	if at.Before(c.StateSince) {
+	if !at.Before(c.StateSince) {
+		if state != c.State {
+			t.enter(c, Transition{At: at, From: c.State, To: state, Source: "kernel"})
+		}
 		return
 	}
-	t.enter(c, Transition{At: at, From: c.State, To: state, Source: "kernel"})
+	n := len(c.History)
+	if n == 0 {
+		return
+	}
+	last := &c.History[n-1]
+	if (last.Source != "snapshot" && last.Source != "reconcile") || (n > 1 && at.Before(c.History[n-2].At)) {
+		return
+	}
+	kernel := Transition{At: at, From: last.From, To: state, Source: "kernel"}
+	t.stats.Transitions[state]++
+	t.markDirty(c)
+	if state == c.State {
+		*last = kernel
+		c.StateSince = at
+		return
+	}
+	last.From = state
+	c.History = append(c.History[:n-1], kernel, *last)
 }
 
 // applyEnd applies a socket's CLOSE: the delta it carries first, when the

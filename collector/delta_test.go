@@ -109,3 +109,25 @@ func TestCloseBeforeDelta(t *testing.T) {
 	}
 	tbHolderIs(t, "after the delta", c.Holders, Holder{PID: 42, PPID: 1, Comm: "curl", FD: 4})
 }
+
+// A snapshot that corrected the state before the delta was drained set it
+// with the snapshot's time; the delta's kernel times go into the history
+// in its place, or before it.
+func TestDeltaRefinesSnapshotState(t *testing.T) {
+	tb := tbNew(t)
+	tbEstablished(t, tb, 1, tbT0)
+	tbEstablished(t, tb, 2, tbT0)
+	for ck, st := range map[uint64]State{1: StateCloseWait, 2: StateFinWait2} {
+		c := tb.conns[ck]
+		c.addTransition(Transition{At: tbT2, From: c.State, To: st, Source: "reconcile"})
+		c.State, c.StateSince = st, tbT2
+	}
+	tb.Apply([]Event{tbDelta(tb, 1, tbT0, StateCloseWait, tbT1), tbDelta(tb, 2, tbT0, StateFinWait1, tbT1)})
+	c1, c2 := tb.conns[1], tb.conns[2]
+	if got := tbStates(c1); len(got) != 2 || got[1] != StateCloseWait || c1.History[1].Source != "kernel" || !c1.StateSince.Equal(tbT1) {
+		t.Errorf("same state: history %+v since %v, want the kernel's CLOSE_WAIT at %v in place of the reconcile's", c1.History, c1.StateSince, tbT1)
+	}
+	if got := tbStates(c2); len(got) != 3 || got[1] != StateFinWait1 || got[2] != StateFinWait2 || c2.History[2].From != StateFinWait1 || !c2.StateSince.Equal(tbT2) {
+		t.Errorf("older state: history %+v since %v, want FIN_WAIT1 (kernel) before FIN_WAIT2 (reconcile)", c2.History, c2.StateSince)
+	}
+}
