@@ -87,7 +87,10 @@ enum stat_index {
 	STAT_MAX,
 };
 
-#define EVENT_FLAG_TASK 2 // pid/comm name the task that caused the event
+// event_flag names the bits of an event's flags.
+enum event_flag {
+	EVENT_FLAG_TASK = 2, // pid/comm name the task that caused the event
+};
 
 // tuple is where a socket is: its namespace, family, ports and addresses.
 struct tuple {
@@ -320,6 +323,7 @@ const enum sockopt_bit *unused_sockopt_bit __attribute__((unused));
 const enum watch_flag *unused_watch_flag __attribute__((unused));
 const struct sock_delta *unused_sock_delta __attribute__((unused));
 const struct end_event *unused_end_event __attribute__((unused));
+const enum event_flag *unused_event_flag __attribute__((unused));
 const enum delta_part *unused_delta_part __attribute__((unused));
 
 static __always_inline void count(__u32 idx)

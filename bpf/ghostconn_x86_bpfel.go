@@ -93,6 +93,12 @@ type GhostconnEvent struct {
 	Pad2        uint32
 }
 
+type GhostconnEventFlag uint32
+
+const (
+	GhostconnEventFlagEVENT_FLAG_TASK GhostconnEventFlag = 2
+)
+
 type GhostconnEventType uint32
 
 const (
@@ -288,6 +294,7 @@ const (
 	GhostconnVarUnusedDeltaPart     = "unused_delta_part"
 	GhostconnVarUnusedEndEvent      = "unused_end_event"
 	GhostconnVarUnusedEvent         = "unused_event"
+	GhostconnVarUnusedEventFlag     = "unused_event_flag"
 	GhostconnVarUnusedEventType     = "unused_event_type"
 	GhostconnVarUnusedHolderRec     = "unused_holder_rec"
 	GhostconnVarUnusedOwnerOp       = "unused_owner_op"
@@ -382,6 +389,7 @@ type GhostconnVariableSpecs struct {
 	UnusedDeltaPart  *ebpf.VariableSpec `ebpf:"unused_delta_part"`
 	UnusedEndEvent   *ebpf.VariableSpec `ebpf:"unused_end_event"`
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventFlag  *ebpf.VariableSpec `ebpf:"unused_event_flag"`
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
 	UnusedOwnerOp    *ebpf.VariableSpec `ebpf:"unused_owner_op"`
@@ -444,6 +452,7 @@ type GhostconnVariables struct {
 	UnusedDeltaPart  *ebpf.Variable `ebpf:"unused_delta_part"`
 	UnusedEndEvent   *ebpf.Variable `ebpf:"unused_end_event"`
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventFlag  *ebpf.Variable `ebpf:"unused_event_flag"`
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.Variable `ebpf:"unused_holder_rec"`
 	UnusedOwnerOp    *ebpf.Variable `ebpf:"unused_owner_op"`

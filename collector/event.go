@@ -268,7 +268,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	if err := setTuple(ev, &k.Tuple); err != nil {
 		return err
 	}
-	if k.Flags&uint8(flagTask) != 0 {
+	if k.Flags&flagTask != 0 {
 		ev.Task = d.task(k.Pid, k.Ppid, &k.Comm)
 	}
 	switch kind {
@@ -310,9 +310,8 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	return nil
 }
 
-// flagTask is EVENT_FLAG_TASK: pid and comm name the task that caused the
-// record.
-const flagTask = 2
+// flagTask says that pid and comm name the task that caused the record.
+const flagTask = uint8(bpf.GhostconnEventFlagEVENT_FLAG_TASK)
 
 // setTuple fills the event's namespace, family and addresses.
 func setTuple(ev *Event, t *bpf.GhostconnTuple) error {
