@@ -104,8 +104,15 @@ func TestReaderErrorsAreCountedAndRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	waitFor(t, c, "the client connection, from events after the read errors",
+	// Its delta (drained whatever the ring reader does) announces it; its
+	// end record, read from the ring after the injected errors, closes it.
+	cv := waitFor(t, c, "the client connection",
 		tuple(conn.LocalAddr().String(), ln.Addr().String(), collector.StateEstablished))
+	conn.(*net.TCPConn).SetLinger(0)
+	conn.Close()
+	waitFor(t, c, "the client's end record, read after the read errors", func(v *collector.ConnView) bool {
+		return v.Cookie == cv.Cookie && v.State == collector.StateClose
+	})
 
 	st, err := c.Status()
 	if err != nil {
