@@ -618,9 +618,14 @@ func (c *Collector) replayCloses() error {
 // into t, as events taken at start, then walks every holder. It returns
 // the namespaces it could read and the errors of those it could not (they
 // may have gone away since they were listed); err is a failed holder walk.
+// observeChunk is how many snapshot events observe applies at a time.
+const observeChunk = 4096
+
 func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string, start time.Time, gen uint64, seed bool) (covered map[uint32]bool, errs []error, err error) {
 	covered = map[uint32]bool{}
-	batch := make([]Event, 0, 1024)
+	// Applied a chunk at a time: an event is a few hundred bytes, and a
+	// namespace may hold a million sockets.
+	batch := make([]Event, 0, observeChunk)
 	for ino, path := range namespaces {
 		recs, err := p.Sockets(path)
 		if err != nil {
@@ -632,6 +637,10 @@ func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string
 		for i := range recs {
 			if ev, ok := dec.ObservedEvent(&recs[i], start, gen, seed); ok {
 				batch = append(batch, ev)
+			}
+			if len(batch) == observeChunk {
+				t.Apply(batch)
+				batch = batch[:0]
 			}
 		}
 		t.Apply(batch)

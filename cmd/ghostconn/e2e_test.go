@@ -23,6 +23,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if os.Getenv("GHOSTCONN_TEST_HELPER") == "hold" {
+		os.Exit(holdHelper())
+	}
 	dir, err := os.MkdirTemp("", "ghostconn-e2e")
 	if err != nil {
 		panic(err)

@@ -5,6 +5,7 @@ package main
 // has looked, the CLI says the holders are not yet known.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,7 +13,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,7 +24,9 @@ import (
 	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
+	"github.com/ghostconn/ghostconn/internal/testnet"
 	"github.com/ghostconn/ghostconn/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // ownerPrograms are the hooks that report a new fd's owner.
@@ -286,4 +291,168 @@ func TestWhoSaysHoldersNotYetKnown(t *testing.T) {
 	if lv == nil || lv.HoldersKnown || len(lv.Holders) != 0 || !strings.Contains(lv.HoldersUnknownReason, "newer than the last fd walk") {
 		t.Errorf("ls -o json: %+v; want no holders, holders_known false and the reason", lv)
 	}
+}
+
+// busySockets is how many other sockets TestNewConnectionHolderAmongMany
+// holds open: 100k, or GHOSTCONN_TEST_BUSY_SOCKETS (the kernel suites'
+// qemu guest, 2 GiB under TCG, sets a smaller number; see kernels/init.sh).
+func busySockets(t *testing.T) int {
+	n := 100000
+	if v := os.Getenv("GHOSTCONN_TEST_BUSY_SOCKETS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 2 {
+			t.Fatalf("GHOSTCONN_TEST_BUSY_SOCKETS=%q: want a number of sockets, at least 2", v)
+		}
+	}
+	return n
+}
+
+// holdPairsPerProcess is how many connections one holder process keeps:
+// both ends are its fds, under the usual hard limit of 20000.
+const holdPairsPerProcess = 9000
+
+// holdSockets opens n/2 loopback connections (n sockets) in namespace ns,
+// both ends held by helper processes (this test binary, see holdHelper),
+// which reset them as they exit at cleanup.
+func holdSockets(t *testing.T, ns string, n int) {
+	t.Helper()
+	left := n / 2
+	for k := 0; left > 0; k++ {
+		pairs := min(left, holdPairsPerProcess)
+		left -= pairs
+		var cmd *exec.Cmd
+		var stdin io.WriteCloser
+		var stdout io.ReadCloser
+		var err error
+		testnet.In(t, ns, func() {
+			// Started from a thread in ns, the helper lives there.
+			cmd = exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), "GHOSTCONN_TEST_HELPER=hold", fmt.Sprintf("GHOSTCONN_TEST_PAIRS=%d", pairs),
+				fmt.Sprintf("GHOSTCONN_TEST_INDEX=%d", k))
+			cmd.Stderr = os.Stderr
+			if stdin, err = cmd.StdinPipe(); err != nil {
+				return
+			}
+			if stdout, err = cmd.StdoutPipe(); err != nil {
+				return
+			}
+			err = cmd.Start()
+		})
+		if err != nil {
+			t.Fatalf("start holder %d: %v", k, err)
+		}
+		t.Cleanup(func() {
+			stdin.Close()
+			cmd.Wait()
+		})
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil || line != "ready\n" {
+			t.Fatalf("holder %d (%d connections): %q, %v", k, pairs, line, err)
+		}
+	}
+}
+
+// holdHelper is the holder process: GHOSTCONN_TEST_PAIRS loopback
+// connections to a listener on 127.0.1.INDEX, both ends kept with SO_LINGER
+// 0 until stdin closes, with raw syscalls on one thread. It prints "ready"
+// once all are established.
+func holdHelper() int {
+	pairs, err1 := strconv.Atoi(os.Getenv("GHOSTCONN_TEST_PAIRS"))
+	k, err2 := strconv.Atoi(os.Getenv("GHOSTCONN_TEST_INDEX"))
+	if err1 != nil || err2 != nil || k > 250 {
+		fmt.Fprintln(os.Stderr, "hold: GHOSTCONN_TEST_PAIRS and GHOSTCONN_TEST_INDEX (0-250) must be numbers")
+		return 2
+	}
+	runtime.LockOSThread()
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		fmt.Fprintln(os.Stderr, "hold:", err)
+		return 1
+	}
+	rl.Cur = rl.Max
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		fmt.Fprintln(os.Stderr, "hold: raise RLIMIT_NOFILE:", err)
+		return 1
+	}
+	linger := &unix.Linger{Onoff: 1, Linger: 0}
+	sock := func() (int, error) {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err == nil {
+			err = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, linger)
+		}
+		return fd, err
+	}
+	fail := func(what string, i int, err error) int {
+		fmt.Fprintf(os.Stderr, "hold: %s %d of %d: %v\n", what, i, pairs, err)
+		return 1
+	}
+	ln, err := sock()
+	if err != nil {
+		return fail("listener", 0, err)
+	}
+	addr := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 1, byte(1 + k)}}
+	if err := unix.Bind(ln, addr); err != nil {
+		return fail("bind listener", 0, err)
+	}
+	if err := unix.Listen(ln, 4096); err != nil {
+		return fail("listen", 0, err)
+	}
+	sa, err := unix.Getsockname(ln)
+	if err != nil {
+		return fail("getsockname", 0, err)
+	}
+	addr.Port = sa.(*unix.SockaddrInet4).Port
+	src := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 2, byte(1 + k)}}
+	for i := 0; i < pairs; i++ {
+		c, err := sock()
+		if err != nil {
+			return fail("socket", i, err)
+		}
+		if err := unix.Bind(c, src); err != nil {
+			return fail("bind client", i, err)
+		}
+		if err := unix.Connect(c, addr); err != nil {
+			return fail("connect", i, err)
+		}
+		if _, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC); err != nil {
+			return fail("accept", i, err)
+		}
+	}
+	os.Stdout.WriteString("ready\n")
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// TestNewConnectionHolderAmongMany: with 100k other sockets open (in a
+// namespace of their own, so that they leave with it), a connection made
+// after the agent is ready still shows its holder within 1s, on both ends.
+func TestNewConnectionHolderAmongMany(t *testing.T) {
+	n := busySockets(t)
+	start := time.Now()
+	holdSockets(t, testnet.Netns(t), n)
+	t.Logf("holding %d sockets (set up in %s)", n, time.Since(start).Round(time.Millisecond))
+	sock, _ := ownerAgent(t)
+	api := exporter.NewClient(sock)
+	st, err := api.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Connections < n {
+		t.Fatalf("the agent tracks %d connections, want at least the %d held", st.Connections, n)
+	}
+	pid := uint32(os.Getpid())
+	c, s := loopbackPair(t, t, "tcp4", "127.0.0.1:0")
+	made := time.Now()
+	cfd, sfd := cliFD(t, c), cliFD(t, s)
+	local, remote := c.LocalAddr().String(), c.RemoteAddr().String()
+	port := uint16(s.LocalAddr().(*net.TCPAddr).Port)
+	testutil.Eventually(t, time.Second, fmt.Sprintf("both ends of %s -> %s held by pid %d among %d sockets", local, remote, pid, n), func() (bool, string) {
+		conns, err := api.Connections(context.Background(), exporter.Filter{Port: port})
+		if err != nil {
+			return false, err.Error()
+		}
+		cv, sv := find(conns, local, remote), find(conns, remote, local)
+		return holderOf(cv, pid, cfd) != nil && holderOf(sv, pid, sfd) != nil, fmt.Sprintf("client %+v\nserver %+v", cv, sv)
+	})
+	t.Logf("holders known %s after the connection, among %d tracked", time.Since(made).Round(time.Millisecond), st.Connections)
 }
