@@ -84,6 +84,7 @@ enum stat_index {
 	STAT_FOLDED_STATE,   // state changes kept out of the ring (nobody watches them)
 	STAT_FOLDED_SOCKOPT, // socket options folded into deltas instead of a record
 	STAT_FOLDED_OWNER,   // connect and accept returns folded into deltas
+	STAT_DELTA_NEW,      // entries created in deltas (the agent drains when this moves)
 	STAT_MAX,
 };
 
@@ -479,21 +480,29 @@ static __always_inline bool state_folded(int old, int new)
 }
 
 // delta_load copies the socket's pending delta into d, or starts an empty
-// one; the caller changes it and stores it with delta_store.
-static __always_inline void delta_load(__u64 cookie, struct sock_delta *d, __u64 now)
+// one; the caller changes it and stores it with delta_store. It reports
+// whether the socket had one.
+static __always_inline bool delta_load(__u64 cookie, struct sock_delta *d, __u64 now)
 {
 	struct sock_delta *old = bpf_map_lookup_elem(&deltas, &cookie);
 	if (old) {
 		__builtin_memcpy(d, old, sizeof(*d));
-		return;
+		return true;
 	}
 	__builtin_memset(d, 0, sizeof(*d));
 	d->first_ns = now;
+	return false;
 }
 
-// delta_store writes d back whole (see the deltas map).
-static __always_inline void delta_store(__u64 cookie, struct sock_delta *d)
+// delta_store writes d back whole (see the deltas map). An entry it
+// creates (a new one, or one the agent drained since delta_load) is
+// counted in STAT_DELTA_NEW: the agent skips a drain when that count has
+// not moved since the last one.
+static __always_inline void delta_store(__u64 cookie, struct sock_delta *d, bool existed)
 {
+	if (existed && !bpf_map_update_elem(&deltas, &cookie, d, BPF_EXIST))
+		return;
+	count(STAT_DELTA_NEW);
 	if (bpf_map_update_elem(&deltas, &cookie, d, BPF_ANY))
 		count(STAT_LOST_DELTA);
 }
@@ -683,7 +692,7 @@ static __always_inline void fold_state(struct sock *sk, __u64 cookie, int oldsta
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_delta d;
-	delta_load(cookie, &d, now);
+	bool existed = delta_load(cookie, &d, now);
 	d.parts |= DELTA_STATE;
 	d.state = newstate;
 	d.state_ns = now;
@@ -699,7 +708,7 @@ static __always_inline void fold_state(struct sock *sk, __u64 cookie, int oldsta
 		fill_tcp_btf(&d.tcp, sk);
 		d.parts |= DELTA_TCP;
 	}
-	delta_store(cookie, &d);
+	delta_store(cookie, &d, existed);
 	count(STAT_FOLDED_STATE);
 }
 
@@ -980,7 +989,7 @@ static __always_inline void fold_sockopt(struct sock *sk, int level, int optname
 	bpf_probe_read_user(&val, sizeof(val), uval);
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_delta d;
-	delta_load(cookie, &d, now);
+	bool existed = delta_load(cookie, &d, now);
 	if (level == SOL_SOCKET) {
 		d.opt_keepalive = val;
 		d.opt_mask |= SOCKOPT_KEEPALIVE;
@@ -1003,7 +1012,7 @@ static __always_inline void fold_sockopt(struct sock *sk, int level, int optname
 	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (!d.tuple.family)
 		fill_tuple(&d.tuple, sk);
-	delta_store(cookie, &d);
+	delta_store(cookie, &d, existed);
 	count(STAT_FOLDED_SOCKOPT);
 }
 
@@ -1069,7 +1078,7 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 		return;
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_delta d;
-	delta_load(cookie, &d, now);
+	bool existed = delta_load(cookie, &d, now);
 	d.parts |= DELTA_OWNER;
 	d.owner_ns = now;
 	d.owner_op = op;
@@ -1081,7 +1090,7 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 	struct task_struct *task = bpf_get_current_task_btf();
 	d.owner_ppid = BPF_CORE_READ(task, real_parent, tgid);
 	BPF_CORE_READ_STR_INTO(&d.owner_comm, task, group_leader, comm);
-	delta_store(cookie, &d);
+	delta_store(cookie, &d, existed);
 	count(STAT_FOLDED_OWNER);
 }
 

@@ -223,7 +223,8 @@ const (
 	GhostconnStatIndexSTAT_FOLDED_STATE    GhostconnStatIndex = 7
 	GhostconnStatIndexSTAT_FOLDED_SOCKOPT  GhostconnStatIndex = 8
 	GhostconnStatIndexSTAT_FOLDED_OWNER    GhostconnStatIndex = 9
-	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 10
+	GhostconnStatIndexSTAT_DELTA_NEW       GhostconnStatIndex = 10
+	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 11
 )
 
 type GhostconnTcpPart struct {

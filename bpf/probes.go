@@ -128,6 +128,8 @@ type Probes struct {
 	// drainKeys and drainVals are DrainDeltas' batch buffers.
 	drainKeys []uint64
 	drainVals []GhostconnSockDelta
+	// percpu is DeltasCreated's buffer.
+	percpu []uint64
 
 	iterTCP   *link.Iter
 	iterFiles *link.Iter
@@ -441,6 +443,20 @@ func (p *Probes) ReadStats() ([]uint64, error) {
 		}
 	}
 	return out, nil
+}
+
+// DeltasCreated returns how many entries the hooks have created in the
+// deltas map: when it has not moved since a drain began, the map holds
+// nothing that drain did not take.
+func (p *Probes) DeltasCreated() (uint64, error) {
+	if err := p.Stats.Lookup(uint32(GhostconnStatIndexSTAT_DELTA_NEW), &p.percpu); err != nil {
+		return 0, fmt.Errorf("read stats[%d]: %w", GhostconnStatIndexSTAT_DELTA_NEW, err)
+	}
+	var n uint64
+	for _, v := range p.percpu {
+		n += v
+	}
+	return n, nil
 }
 
 // Sockets runs iter/tcp inside the network namespace at nsPath (for example

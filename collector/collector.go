@@ -473,7 +473,8 @@ func (c *Collector) readLoop(ctx context.Context) error {
 	var rec ringbuf.Record
 	batch := make([]Event, 0, 256)
 	var deltas []Event // drained from the kernel's deltas map
-	var lastDrain time.Time
+	var lastDrain, lastFullDrain time.Time
+	lastCreated := ^uint64(0) // none read yet: the first poll drains
 	flush := func() {
 		if len(batch) > 0 {
 			c.table.Apply(batch)
@@ -486,6 +487,15 @@ func (c *Collector) readLoop(ctx context.Context) error {
 		// in the ring only once its delta left the map (into the end
 		// record itself, or into a drain before this one).
 		lastDrain = time.Now()
+		// A drain visits every bucket of the map, which costs more than
+		// the drain of an idle host's few entries: skip it while the
+		// hooks have created none since the last one began (but drain at
+		// least every drainAtLeast, whatever the counter says).
+		created, err := c.probes.DeltasCreated()
+		if err == nil && created == lastCreated && lastDrain.Sub(lastFullDrain) < drainAtLeast {
+			return
+		}
+		lastCreated, lastFullDrain = created, lastDrain
 		deltas = deltas[:0]
 		if _, err := c.probes.DrainDeltas(func(cookie uint64, d *bpf.GhostconnSockDelta) {
 			c.deltasRead.Add(1)
@@ -555,6 +565,10 @@ func (c *Collector) readLoop(ctx context.Context) error {
 		}
 	}
 }
+
+// drainAtLeast bounds how long the reader trusts the kernel's count of
+// new deltas to skip draining the map.
+const drainAtLeast = 5 * time.Second
 
 // busyRecords is how many records one drain must read for the reader to
 // poll ten times as often until a drain reads fewer: 8 MiB of ring holds
