@@ -307,18 +307,24 @@ func busySockets(t *testing.T) int {
 	return n
 }
 
-// holdPairsPerProcess is how many connections one holder process keeps:
-// both ends are its fds, under the usual hard limit of 20000.
-const holdPairsPerProcess = 9000
-
 // holdSockets opens n/2 loopback connections (n sockets) in namespace ns,
 // both ends held by helper processes (this test binary, see holdHelper),
 // which reset them as they exit at cleanup.
 func holdSockets(t *testing.T, ns string, n int) {
 	t.Helper()
+	// Each holder keeps both ends of its connections as fds, under the
+	// hard limit it inherits (no CAP_SYS_RESOURCE to raise it).
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	perProcess := int(min(rl.Max, 1<<20)-64) / 2
+	if perProcess < 1 || n/2/perProcess > 250 {
+		t.Fatalf("RLIMIT_NOFILE hard limit %d: too low to hold %d sockets in at most 250 processes", rl.Max, n)
+	}
 	left := n / 2
 	for k := 0; left > 0; k++ {
-		pairs := min(left, holdPairsPerProcess)
+		pairs := min(left, perProcess)
 		left -= pairs
 		var cmd *exec.Cmd
 		var stdin io.WriteCloser
