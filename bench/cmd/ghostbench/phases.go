@@ -584,7 +584,7 @@ func churnWith(c *config, r *results, obs string, dur time.Duration, stats bool)
 		if err != nil {
 			return out, err
 		}
-		r.loss = append(r.loss, lossRun{stats: stats, conns: res.Conns, s: s, cores: out.obsCores, secs: res.Seconds + c.warmup.Seconds()})
+		r.loss = append(r.loss, lossRun{stats: stats, conns: res.Conns, total: res.Total, s: s, cores: out.obsCores, secs: res.Seconds + c.warmup.Seconds()})
 	}
 	return out, nil
 }
