@@ -1158,31 +1158,24 @@ struct sock_rec {
 	__u32 uid;
 	__u8 family;
 	__u8 state;
-	__u8 keepalive; // SO_KEEPALIVE set
-	__u8 full;      // 0 for time-wait and request sockets: only the tuple is valid
+	__u8 full; // 0 for time-wait and request sockets: only the tuple is valid
+	__u8 pad0;
 	__u16 sport;
 	__u16 dport;
 	__u8 saddr[16];
 	__u8 daddr[16];
-	__u32 ka_time;  // socket setting in jiffies, 0 = netns default
-	__u32 ka_intvl; // jiffies, 0 = netns default
-	__u32 ka_probes;
-	__u32 user_timeout_ms;
-	__u32 net_ka_time; // the socket's netns sysctls, in jiffies
+	struct tcp_part tcp; // settings and counters, when full
+	__u32 net_ka_time;   // the socket's netns sysctls, in jiffies
 	__u32 net_ka_intvl;
 	__u32 net_ka_probes;
 	__u32 net_retries2;
 	__u32 send_age_jiffies; // since the last data sent
 	__u32 recv_age_jiffies; // since the last data received
-	__u32 retrans_age_ms; // since the first retransmit of the current timeout, if any
-	__u32 retransmits;         // consecutive RTO retransmissions
-	__u32 total_retrans;
-	__u32 rto_jiffies;
-	__u32 send_queue; // bytes written but not yet acknowledged
-	__u32 recv_queue; // bytes received but not yet read
-	__u8 backoff;
-	__u8 probes_out;
+	__u32 retrans_age_ms;   // since the first retransmit of the current timeout, if any
+	__u32 send_queue;       // bytes written but not yet acknowledged
+	__u32 recv_queue;       // bytes received but not yet read
 	__u16 sk_err;
+	__u16 pad1;
 	__u32 write_seq;
 	__u32 copied_seq;
 	__u32 pad;
@@ -1232,12 +1225,7 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		struct sock *sk = (struct sock *)tp;
 		r.full = 1;
 		r.ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
-		unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
-		r.keepalive = !!(flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)));
-		r.ka_time = BPF_CORE_READ(tp, keepalive_time);
-		r.ka_intvl = BPF_CORE_READ(tp, keepalive_intvl);
-		r.ka_probes = BPF_CORE_READ_BITFIELD_PROBED(tp, keepalive_probes);
-		r.user_timeout_ms = BPF_CORE_READ(tp, inet_conn.icsk_user_timeout);
+		fill_tcp(&r.tcp, sk);
 
 		struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 		r.net_ka_time = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_keepalive_time);
@@ -1249,11 +1237,6 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 		r.send_age_jiffies = now - BPF_CORE_READ(tp, lsndtime);
 		r.recv_age_jiffies = now - BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime);
 		r.retrans_age_ms = retrans_age_ms(tp);
-		r.retransmits = BPF_CORE_READ(tp, inet_conn.icsk_retransmits);
-		r.backoff = BPF_CORE_READ(tp, inet_conn.icsk_backoff);
-		r.probes_out = BPF_CORE_READ(tp, inet_conn.icsk_probes_out);
-		r.rto_jiffies = BPF_CORE_READ(tp, inet_conn.icsk_rto);
-		r.total_retrans = BPF_CORE_READ(tp, total_retrans);
 		r.write_seq = BPF_CORE_READ(tp, write_seq);
 		r.copied_seq = BPF_CORE_READ(tp, copied_seq);
 		r.send_queue = r.write_seq - BPF_CORE_READ(tp, snd_una);

@@ -170,16 +170,13 @@ type GhostconnSockRec struct {
 	Uid            uint32
 	Family         uint8
 	State          uint8
-	Keepalive      uint8
 	Full           uint8
+	Pad0           uint8
 	Sport          uint16
 	Dport          uint16
 	Saddr          [16]uint8
 	Daddr          [16]uint8
-	KaTime         uint32
-	KaIntvl        uint32
-	KaProbes       uint32
-	UserTimeoutMs  uint32
+	Tcp            GhostconnTcpPart
 	NetKaTime      uint32
 	NetKaIntvl     uint32
 	NetKaProbes    uint32
@@ -187,17 +184,14 @@ type GhostconnSockRec struct {
 	SendAgeJiffies uint32
 	RecvAgeJiffies uint32
 	RetransAgeMs   uint32
-	Retransmits    uint32
-	TotalRetrans   uint32
-	RtoJiffies     uint32
 	SendQueue      uint32
 	RecvQueue      uint32
-	Backoff        uint8
-	ProbesOut      uint8
 	SkErr          uint16
+	Pad1           uint16
 	WriteSeq       uint32
 	CopiedSeq      uint32
 	Pad            uint32
+	_              [4]byte
 }
 
 type GhostconnSockoptBit uint32

@@ -69,22 +69,7 @@ func (d *Decoder) ObservedEvent(r *bpf.GhostconnSockRec, at time.Time, gen uint6
 		},
 	}
 	if r.Full != 0 {
-		ev.Settings = SockSettings{
-			Keepalive:     r.Keepalive != 0,
-			KeepIdle:      d.Jiffies(r.KaTime),
-			KeepInterval:  d.Jiffies(r.KaIntvl),
-			KeepCount:     int(r.KaProbes),
-			UserTimeout:   time.Duration(r.UserTimeoutMs) * time.Millisecond,
-			HaveKeepalive: true,
-		}
-		ev.Counters = TCPCounters{
-			Retransmits:  r.Retransmits,
-			TotalRetrans: r.TotalRetrans,
-			Backoff:      r.Backoff,
-			ProbesOut:    r.ProbesOut,
-			RTO:          d.Jiffies(r.RtoJiffies),
-			HaveCounters: true,
-		}
+		d.setTCP(&ev, &r.Tcp, true)
 	}
 	return ev, true
 }

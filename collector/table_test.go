@@ -517,11 +517,11 @@ func tbObserve(t *testing.T, r bpf.GhostconnSockRec, at time.Time, gen uint64, s
 func TestObservedEvent(t *testing.T) {
 	d := &Decoder{HZ: 250}
 	r := tbSockRec(10, StateEstablished)
-	r.Keepalive = 1
-	r.KaTime = 250 * 60
-	r.KaIntvl = 250 * 5
-	r.KaProbes = 3
-	r.UserTimeoutMs = 1500
+	r.Tcp.Keepalive = 1
+	r.Tcp.KaTime = 250 * 60
+	r.Tcp.KaIntvl = 250 * 5
+	r.Tcp.KaProbes = 3
+	r.Tcp.UserTimeoutMs = 1500
 	r.NetKaTime = 250 * 7200
 	r.NetKaIntvl = 250 * 75
 	r.NetKaProbes = 9
@@ -529,8 +529,8 @@ func TestObservedEvent(t *testing.T) {
 	r.SendAgeJiffies = 250 * 3
 	r.RecvAgeJiffies = 250 * 2
 	r.RetransAgeMs = 1000
-	r.Retransmits = 2
-	r.RtoJiffies = 100
+	r.Tcp.Retransmits = 2
+	r.Tcp.RtoJiffies = 100
 	r.SendQueue, r.RecvQueue = 10, 20
 	ev, ok := d.ObservedEvent(&r, tbT0, 3, true)
 	if !ok {
@@ -596,7 +596,7 @@ func TestReconcileSeed(t *testing.T) {
 		r.NetKaProbes = 9
 		r.SendAgeJiffies = 250 * 3
 		r.RecvAgeJiffies = 250 * 2
-		r.Retransmits = 1
+		r.Tcp.Retransmits = 1
 		r.RetransAgeMs = 4000
 		r.SendQueue = 7
 		tb.Apply([]Event{tbObserve(t, r, tbT0, 1, seed)})

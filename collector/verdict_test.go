@@ -900,7 +900,7 @@ func TestVerdictUnresponsiveSinceStable(t *testing.T) {
 	// A snapshot measures the run from its own clock: 3s before vtT0+5s.
 	snapAt := vtT0.Add(5 * time.Second)
 	r := vtSnapshot(0)
-	r.Retransmits, r.TotalRetrans = 4, 4
+	r.Tcp.Retransmits, r.Tcp.TotalRetrans = 4, 4
 	r.RetransAgeMs = 3000
 	tb.Apply([]Event{tbObserve(t, r, snapAt, 2, false)})
 	if want := vtT0.Add(2 * time.Second); !c.RetransSince.Equal(want) {
@@ -920,7 +920,7 @@ func TestVerdictUnresponsiveSinceStable(t *testing.T) {
 	}
 
 	// The peer answers: the next snapshot clears the run and the verdict.
-	r.Retransmits = 0
+	r.Tcp.Retransmits = 0
 	tb.Apply([]Event{tbObserve(t, r, snapAt.Add(10*time.Second), 3, false)})
 	tb.Evaluate(snapAt.Add(10 * time.Second))
 	if len(c.Verdicts) != 0 || !c.RetransSince.IsZero() {
@@ -1258,7 +1258,7 @@ func TestEvaluatePastWakeDoesNotHideGrace(t *testing.T) {
 	tb := vtTable(t)
 	tbEstablished(t, tb, 1, vtT0)
 	r := vtSeqSnapshot()
-	r.Full, r.Keepalive, r.KaTime, r.KaIntvl, r.KaProbes = 1, 1, 250*30, 250*10, 3
+	r.Full, r.Tcp.Keepalive, r.Tcp.KaTime, r.Tcp.KaIntvl, r.Tcp.KaProbes = 1, 1, 250*30, 250*10, 3
 	quiet := 3 * vtCfg.SilentAfter
 	j := uint32(quiet * 250 / time.Second)
 	r.SendAgeJiffies, r.RecvAgeJiffies = j, j
