@@ -78,6 +78,11 @@ type Table struct {
 	// lastWalk is when the last holder walk (SetHolders) began; zero
 	// before the first.
 	lastWalk time.Time
+	// spare holds connections dropped from the closed history that nothing
+	// refers to any more, for createAs to reuse: under churn every short
+	// connection would otherwise allocate a Conn and its history, and the
+	// garbage collector was half of the agent's CPU per record.
+	spare []*Conn
 }
 
 // NewTable returns an empty table.
@@ -177,20 +182,49 @@ func (t *Table) createAs(ev *Event, state State, at time.Time) *Conn {
 	if ev.Kind == KindObserved {
 		hist = 2
 	}
-	c := &Conn{
-		History:    make([]Transition, 0, hist),
-		Cookie:     ev.Cookie,
-		Netns:      ev.Netns,
-		Family:     ev.Family,
-		State:      state,
-		FirstSeen:  at,
-		StateSince: at,
-	}
+	c := t.newConn(hist)
+	c.Cookie, c.Netns, c.Family = ev.Cookie, ev.Netns, ev.Family
+	c.State, c.FirstSeen, c.StateSince = state, at, at
 	t.takeTuple(c, ev)
 	t.conns[ev.Cookie] = c
 	t.markDirty(c)
 	return c
 }
+
+// newConn returns an empty connection with room for hist transitions: a
+// spare one when there is one, else a new one.
+func (t *Table) newConn(hist int) *Conn {
+	n := len(t.spare)
+	if n == 0 {
+		return &Conn{History: make([]Transition, 0, hist)}
+	}
+	c := t.spare[n-1]
+	t.spare[n-1] = nil
+	t.spare = t.spare[:n-1]
+	h := c.History[:0]
+	clear(h[:cap(h)])
+	*c = Conn{History: h}
+	return c
+}
+
+// forget drops c, a connection leaving the closed history, keeping it as
+// a spare unless something may still refer to it: the dirty list (until the
+// next evaluation) or the history index (a newer entry for the cookie).
+// Views and watchers never hold a *Conn, and what they share with one (its
+// holders, verdicts, close record) is replaced, not reused.
+func (t *Table) forget(c *Conn) {
+	if t.closedIx[c.Cookie] == c {
+		delete(t.closedIx, c.Cookie)
+	}
+	if c.dirty || len(t.spare) >= maxSpare {
+		return
+	}
+	t.spare = append(t.spare, c)
+}
+
+// maxSpare bounds the spare connections kept: one drop of the history
+// (an eighth of it) is enough to feed the churn until the next.
+const maxSpare = 2048
 
 // takeTuple gives c the event's tuple. An end record's connection retires
 // within the event, so its addresses are printed only if someone lists the
@@ -421,6 +455,14 @@ func (t *Table) retire(c *Conn, at time.Time) {
 	}
 	c.Holders = nil
 	c.Verdicts = nil
+	if n := len(t.dirtyList); c.dirty && t.dirtyList[n-1] == c {
+		// Retired by the event that created or changed it (an end
+		// record): there is nothing to evaluate, and out of the list it
+		// can be a spare once it leaves the history.
+		t.dirtyList[n-1] = nil
+		t.dirtyList = t.dirtyList[:n-1]
+		c.dirty = false
+	}
 	delete(t.conns, c.Cookie)
 	if c.Inode != 0 && t.byInode[c.Inode] == c.Cookie {
 		delete(t.byInode, c.Inode)
@@ -440,9 +482,7 @@ func (t *Table) retire(c *Conn, at time.Time) {
 // dropClosed forgets the n oldest closed connections.
 func (t *Table) dropClosed(n int) {
 	for _, c := range t.closed[:n] {
-		if t.closedIx[c.Cookie] == c {
-			delete(t.closedIx, c.Cookie)
-		}
+		t.forget(c)
 	}
 	m := copy(t.closed, t.closed[n:])
 	clear(t.closed[m:])
@@ -459,9 +499,7 @@ func (t *Table) GC(now time.Time) {
 	kept := t.closed[:0]
 	for _, c := range t.closed {
 		if now.Sub(c.ClosedAt) > t.cfg.HistoryTTL {
-			if t.closedIx[c.Cookie] == c {
-				delete(t.closedIx, c.Cookie)
-			}
+			t.forget(c)
 			continue
 		}
 		kept = append(kept, c)
@@ -578,7 +616,8 @@ func (t *Table) evaluateAll(now time.Time, mono int64) (need map[uint32]bool, ne
 	need = map[uint32]bool{}
 	visit := func(c *Conn) {
 		if !c.ClosedAt.IsZero() {
-			return // retired
+			c.dirty = false // retired: nothing to evaluate
+			return
 		}
 		if t.evaluateOne(c, now) {
 			need[c.Netns] = true
@@ -588,6 +627,11 @@ func (t *Table) evaluateAll(now time.Time, mono int64) (need map[uint32]bool, ne
 	t.dirtyList = nil
 	for _, c := range dirty {
 		visit(c)
+	}
+	if len(t.dirtyList) == 0 && cap(dirty) <= maxReusedDirty {
+		// Reuse the list: under churn it grew from nothing every poll.
+		clear(dirty)
+		t.dirtyList = dirty[:0]
 	}
 	for len(t.deadlines) > 0 && t.deadlines[0].at <= mono {
 		d := heap.Pop(&t.deadlines).(deadline)
@@ -637,6 +681,10 @@ func (t *Table) markDirty(c *Conn) {
 		t.dirtyList = append(t.dirtyList, c)
 	}
 }
+
+// maxReusedDirty bounds the dirty list kept for reuse between
+// evaluations; a larger one (after a snapshot of a big table) is let go.
+const maxReusedDirty = 1 << 16
 
 // deadline is a time at which a connection must be evaluated again. It
 // names the connection by cookie, not by pointer: a stale entry must not

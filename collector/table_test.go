@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -929,5 +930,58 @@ func TestSummarizeByState(t *testing.T) {
 	want := map[State]int{StateEstablished: 2, StateSynSent: 1}
 	if got := tb.Summarize(nil).ByState; !reflect.DeepEqual(got, want) {
 		t.Fatalf("Summarize ByState = %v, want %v", got, want)
+	}
+}
+
+// TestClosedHistoryReusesConns churns short connections through a small
+// closed history: connections that leave it are reused for new ones, and
+// neither the history nor views taken earlier show anything of a
+// connection's previous occupant.
+func TestClosedHistoryReusesConns(t *testing.T) {
+	tb := NewTable(TableConfig{MaxConns: 1 << 10, MaxHistory: 16, HistoryTTL: time.Hour})
+	at := time.Unix(1000, 0)
+	evs := foldedLifecycle(at)
+	seen := map[*Conn]bool{}
+	tb.hook = func(_ *Event, c *Conn) { seen[c] = true }
+	var early []ConnView
+	for n := uint64(1); n <= 200; n++ {
+		for i := range evs {
+			evs[i].Cookie = 2*n + uint64(i)
+			evs[i].Local = netip.AddrPortFrom(evs[i].Local.Addr(), uint16(1000+2*n+uint64(i)))
+		}
+		tb.Apply(evs)
+		if n == 10 {
+			early = tb.List(at, ListOptions{Closed: true, History: true})
+		}
+	}
+	if len(seen) >= 400 {
+		t.Fatalf("400 connections used %d Conns: none was reused", len(seen))
+	}
+	views := tb.List(at, ListOptions{Closed: true, History: true})
+	if len(views) == 0 || len(views) > 16 {
+		t.Fatalf("closed history holds %d connections, want 1..16", len(views))
+	}
+	check := func(what string, vs []ConnView) {
+		t.Helper()
+		for _, v := range vs {
+			if want := fmt.Sprintf("127.0.0.1:%d", 1000+v.Cookie); v.Local != want && v.Remote != want {
+				t.Errorf("%s: cookie %d has local %s remote %s, want one of them %s", what, v.Cookie, v.Local, v.Remote, want)
+			}
+			from := StateFinWait1 // the connecting end
+			if v.Cookie%2 == 1 {
+				from = StateCloseWait
+			}
+			if len(v.History) != 1 || v.History[0].From != from || v.History[0].To != StateClose {
+				t.Errorf("%s: cookie %d has history %+v, want only %s to CLOSE", what, v.Cookie, v.History, from)
+			}
+			if v.ClosedAt == nil {
+				t.Errorf("%s: cookie %d in the closed history has no close time", what, v.Cookie)
+			}
+		}
+	}
+	check("now", views)
+	check("view taken at connection 10", early)
+	if last := early[len(early)-1].Cookie; last != 21 {
+		t.Errorf("newest connection in the view taken at connection 10 is cookie %d, want 21", last)
 	}
 }
