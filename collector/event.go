@@ -200,6 +200,9 @@ type Decoder struct {
 	// lastTask is the last task decoded: a process that opens connection
 	// after connection shares one Task (the table never changes a Task).
 	lastTask *Task
+	// delta is where an end record's delta is copied to be decoded: a
+	// local escaped to the heap, one allocation per record.
+	delta bpf.GhostconnSockDelta
 }
 
 // ErrDecode marks a record that could not be decoded.
@@ -297,12 +300,12 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		if k.State != uint8(StateClose) {
 			return fmt.Errorf("%w: end record in state %d", ErrDecode, k.State)
 		}
-		var dl bpf.GhostconnSockDelta
-		copy(unsafe.Slice((*byte)(unsafe.Pointer(&dl)), unsafe.Sizeof(dl)), raw[unsafe.Offsetof(bpf.GhostconnEndEvent{}.D):])
+		dl := &d.delta
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(dl)), unsafe.Sizeof(*dl)), raw[unsafe.Offsetof(bpf.GhostconnEndEvent{}.D):])
 		if dl.Parts != 0 {
 			// The delta's tuple is the socket's before it was unhashed on
 			// its way to CLOSE.
-			if err := d.decodeDelta(&dl, ev); err != nil {
+			if err := d.decodeDelta(dl, ev); err != nil {
 				return err
 			}
 		}
