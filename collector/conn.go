@@ -118,11 +118,13 @@ type Conn struct {
 	Verdicts []Verdict
 
 	observedGen uint64
-	// dirty marks a connection changed since its last evaluation;
-	// nextEval is when time alone could change its verdicts, a monotonic
-	// reading (see timeline), if hasNextEval. A full evaluation skips
-	// connections that are neither.
+	// dirty marks a connection changed since its last evaluation, and
+	// listed one that the table's dirty list holds (an evaluation between
+	// two changes clears dirty but leaves it listed); nextEval is when time
+	// alone could change its verdicts, a monotonic reading (see timeline),
+	// if hasNextEval. A full evaluation skips connections that are neither.
 	dirty       bool
+	listed      bool
 	hasNextEval bool
 	nextEval    int64
 	// localStr and remoteStr print Local and Remote (see tupleStrings).

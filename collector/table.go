@@ -208,15 +208,15 @@ func (t *Table) newConn(hist int) *Conn {
 }
 
 // forget drops c, a connection leaving the closed history, keeping it as
-// a spare unless something may still refer to it: the dirty list (until the
-// next evaluation) or the history index (a newer entry for the cookie).
+// a spare unless the dirty list still holds it (until the next
+// evaluation). The history index is cleared of it.
 // Views and watchers never hold a *Conn, and what they share with one (its
 // holders, verdicts, close record) is replaced, not reused.
 func (t *Table) forget(c *Conn) {
 	if t.closedIx[c.Cookie] == c {
 		delete(t.closedIx, c.Cookie)
 	}
-	if c.dirty || len(t.spare) >= maxSpare {
+	if c.listed || len(t.spare) >= maxSpare {
 		return
 	}
 	t.spare = append(t.spare, c)
@@ -455,13 +455,14 @@ func (t *Table) retire(c *Conn, at time.Time) {
 	}
 	c.Holders = nil
 	c.Verdicts = nil
-	if n := len(t.dirtyList); c.dirty && t.dirtyList[n-1] == c {
+	c.dirty = false // retired: nothing to evaluate
+	if n := len(t.dirtyList); c.listed && t.dirtyList[n-1] == c {
 		// Retired by the event that created or changed it (an end
-		// record): there is nothing to evaluate, and out of the list it
-		// can be a spare once it leaves the history.
+		// record): out of the list it can be a spare once it leaves the
+		// history.
 		t.dirtyList[n-1] = nil
 		t.dirtyList = t.dirtyList[:n-1]
-		c.dirty = false
+		c.listed = false
 	}
 	delete(t.conns, c.Cookie)
 	if c.Inode != 0 && t.byInode[c.Inode] == c.Cookie {
@@ -616,8 +617,7 @@ func (t *Table) evaluateAll(now time.Time, mono int64) (need map[uint32]bool, ne
 	need = map[uint32]bool{}
 	visit := func(c *Conn) {
 		if !c.ClosedAt.IsZero() {
-			c.dirty = false // retired: nothing to evaluate
-			return
+			return // retired
 		}
 		if t.evaluateOne(c, now) {
 			need[c.Netns] = true
@@ -626,7 +626,10 @@ func (t *Table) evaluateAll(now time.Time, mono int64) (need map[uint32]bool, ne
 	dirty := t.dirtyList
 	t.dirtyList = nil
 	for _, c := range dirty {
-		visit(c)
+		c.listed = false
+		if c.dirty { // else evaluated since it was listed (see enter)
+			visit(c)
+		}
 	}
 	if len(t.dirtyList) == 0 && cap(dirty) <= maxReusedDirty {
 		// Reuse the list: under churn it grew from nothing every poll.
@@ -676,8 +679,9 @@ func (t *Table) compactDeadlines() {
 
 // markDirty queues c for the next evaluation.
 func (t *Table) markDirty(c *Conn) {
-	if !c.dirty {
-		c.dirty = true
+	c.dirty = true
+	if !c.listed {
+		c.listed = true
 		t.dirtyList = append(t.dirtyList, c)
 	}
 }
