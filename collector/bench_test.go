@@ -191,19 +191,13 @@ func BenchmarkReconcile100k(b *testing.B) {
 	t.cgroups = nil
 	d := Decoder{HZ: 250}
 	at := time.Unix(1000, 0)
-	batch := make([]Event, 0, n)
+	chunk := newSnapshotChunk()
 	b.ReportAllocs()
 	gen := uint64(0)
 	for b.Loop() {
 		gen++
 		at = at.Add(30 * time.Second)
-		batch = batch[:0]
-		for i := range recs {
-			if ev, ok := d.ObservedEvent(&recs[i], at, gen, gen == 1); ok {
-				batch = append(batch, ev)
-			}
-		}
-		t.Apply(batch)
+		chunk.apply(t, &d, recs, at, gen, gen == 1)
 		t.SetHolders(holders, at)
 		t.Sweep(gen, at, map[uint32]bool{1: true})
 		t.Evaluate(at)
@@ -226,14 +220,7 @@ func BenchmarkTableBytesPerConn(b *testing.B) {
 		t.cgroups = nil
 		d := Decoder{HZ: 250}
 		at := time.Unix(1000, 0)
-		batch := make([]Event, 0, n)
-		for i := range recs {
-			if ev, ok := d.ObservedEvent(&recs[i], at, 1, true); ok {
-				batch = append(batch, ev)
-			}
-		}
-		t.Apply(batch)
-		batch = nil
+		newSnapshotChunk().apply(t, &d, recs, at, 1, true)
 		t.SetHolders(holders, at)
 		t.Evaluate(at)
 		runtime.GC()

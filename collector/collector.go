@@ -628,6 +628,35 @@ func (c *Collector) replayCloses() error {
 	return nil
 }
 
+// snapshotChunk is where a snapshot's records become events, a chunk at a
+// time: an event is a few hundred bytes, and a namespace may hold a
+// million sockets. The table keeps nothing of an event or its observation
+// once applied, so both are reused chunk after chunk.
+type snapshotChunk struct {
+	evs []Event
+	obs []Observation
+}
+
+func newSnapshotChunk() *snapshotChunk {
+	return &snapshotChunk{evs: make([]Event, observeChunk), obs: make([]Observation, observeChunk)}
+}
+
+// apply applies the snapshot records recs, taken at start by generation
+// gen, to t.
+func (s *snapshotChunk) apply(t *Table, dec *Decoder, recs []bpf.GhostconnSockRec, start time.Time, gen uint64, seed bool) {
+	n := 0
+	for i := range recs {
+		if dec.observedInto(&recs[i], start, gen, seed, &s.evs[n], &s.obs[n]) {
+			n++
+		}
+		if n == len(s.evs) {
+			t.Apply(s.evs)
+			n = 0
+		}
+	}
+	t.Apply(s.evs[:n])
+}
+
 // observe snapshots the sockets of the given namespaces (inode -> path)
 // into t, as events taken at start, then walks every holder. It returns
 // the namespaces it could read and the errors of those it could not (they
@@ -637,9 +666,7 @@ const observeChunk = 4096
 
 func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string, start time.Time, gen uint64, seed bool) (covered map[uint32]bool, errs []error, err error) {
 	covered = map[uint32]bool{}
-	// Applied a chunk at a time: an event is a few hundred bytes, and a
-	// namespace may hold a million sockets.
-	batch := make([]Event, 0, observeChunk)
+	chunk := newSnapshotChunk()
 	for ino, path := range namespaces {
 		recs, err := p.Sockets(path)
 		if err != nil {
@@ -647,17 +674,7 @@ func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string
 			continue
 		}
 		covered[ino] = true
-		batch = batch[:0]
-		for i := range recs {
-			if ev, ok := dec.ObservedEvent(&recs[i], start, gen, seed); ok {
-				batch = append(batch, ev)
-			}
-			if len(batch) == observeChunk {
-				t.Apply(batch)
-				batch = batch[:0]
-			}
-		}
-		t.Apply(batch)
+		chunk.apply(t, dec, recs, start, gen, seed)
 	}
 	holders, err := p.Holders()
 	if err != nil {

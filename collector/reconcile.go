@@ -32,46 +32,56 @@ type Observation struct {
 // ObservedEvent turns an iter/tcp record into a synthetic event taken at
 // time at, the start of the snapshot.
 func (d *Decoder) ObservedEvent(r *bpf.GhostconnSockRec, at time.Time, gen uint64, seed bool) (Event, bool) {
+	var ev Event
+	ok := d.observedInto(r, at, gen, seed, &ev, new(Observation))
+	return ev, ok
+}
+
+// observedInto is ObservedEvent into ev, with its observation in o: a
+// snapshot of a big table reuses both, a chunk at a time, rather than
+// allocate an observation per socket.
+func (d *Decoder) observedInto(r *bpf.GhostconnSockRec, at time.Time, gen uint64, seed bool, ev *Event, o *Observation) bool {
 	fam := Family(r.Family)
 	if (fam != FamilyIPv4 && fam != FamilyIPv6) || r.State == 0 || r.State > uint8(maxState) || r.Cookie == 0 {
-		return Event{}, false
+		return false
 	}
 	st := State(r.State)
 	if st == StateNewSynRecv {
 		// A request socket is the listener's, not yet a connection.
 		st = StateSynRecv
 	}
-	ev := Event{
-		Kind:   KindObserved,
-		Time:   at,
-		Cookie: r.Cookie,
-		Inode:  r.Ino,
-		Netns:  r.Netns,
-		Family: fam,
-		Local:  addrPort(fam, r.Saddr, r.Sport),
-		Remote: addrPort(fam, r.Daddr, r.Dport),
-		State:  st,
-		Observed: &Observation{
-			Gen: gen, Seed: seed, UID: r.Uid, Full: r.Full != 0,
-			Defaults: NetDefaults{
-				KeepIdle:     d.Jiffies(r.NetKaTime),
-				KeepInterval: d.Jiffies(r.NetKaIntvl),
-				KeepCount:    int(r.NetKaProbes),
-				Retries2:     int(r.NetRetries2),
-			},
-			SendAge:    d.Jiffies(r.SendAgeJiffies),
-			RecvAge:    d.Jiffies(r.RecvAgeJiffies),
-			RetransAge: time.Duration(r.RetransAgeMs) * time.Millisecond,
-			SendQueue:  r.SendQueue,
-			RecvQueue:  r.RecvQueue,
-			WriteSeq:   r.WriteSeq,
-			CopiedSeq:  r.CopiedSeq,
+	*o = Observation{
+		Gen: gen, Seed: seed, UID: r.Uid, Full: r.Full != 0,
+		Defaults: NetDefaults{
+			KeepIdle:     d.Jiffies(r.NetKaTime),
+			KeepInterval: d.Jiffies(r.NetKaIntvl),
+			KeepCount:    int(r.NetKaProbes),
+			Retries2:     int(r.NetRetries2),
 		},
+		SendAge:    d.Jiffies(r.SendAgeJiffies),
+		RecvAge:    d.Jiffies(r.RecvAgeJiffies),
+		RetransAge: time.Duration(r.RetransAgeMs) * time.Millisecond,
+		SendQueue:  r.SendQueue,
+		RecvQueue:  r.RecvQueue,
+		WriteSeq:   r.WriteSeq,
+		CopiedSeq:  r.CopiedSeq,
+	}
+	*ev = Event{
+		Kind:     KindObserved,
+		Time:     at,
+		Cookie:   r.Cookie,
+		Inode:    r.Ino,
+		Netns:    r.Netns,
+		Family:   fam,
+		Local:    addrPort(fam, r.Saddr, r.Sport),
+		Remote:   addrPort(fam, r.Daddr, r.Dport),
+		State:    st,
+		Observed: o,
 	}
 	if r.Full != 0 {
-		d.setTCP(&ev, &r.Tcp, true)
+		d.setTCP(ev, &r.Tcp, true)
 	}
-	return ev, true
+	return true
 }
 
 // applyObserved merges a snapshot record. State from the snapshot wins only
