@@ -208,6 +208,11 @@ type Decoder struct {
 // ErrDecode marks a record that could not be decoded.
 var ErrDecode = errors.New("decode event")
 
+// ErrBadDelta marks an end record whose CLOSE decoded but whose delta did
+// not: the event is the CLOSE alone, still to be applied (the socket is
+// gone either way), and the delta is counted as a decode error.
+var ErrBadDelta = errors.New("end record with an undecodable delta")
+
 // EventSize is the size of a ring-buffer record; EndSize that of an end
 // record, which starts as every record does.
 const (
@@ -305,8 +310,10 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		if dl.Parts != 0 {
 			// The delta's tuple is the socket's before it was unhashed on
 			// its way to CLOSE.
+			end := *ev
 			if err := d.decodeDelta(dl, ev); err != nil {
-				return err
+				*ev = end
+				return fmt.Errorf("%w: %w", ErrBadDelta, err)
 			}
 		}
 	}

@@ -497,6 +497,20 @@ func TestDecodeEnd(t *testing.T) {
 	if err := d.Decode(raw, &ev); !errors.Is(err, collector.ErrDecode) {
 		t.Errorf("end record in ESTABLISHED: %v, want ErrDecode", err)
 	}
+
+	// A delta that does not decode leaves the CLOSE, as the end record
+	// itself has it: the socket is gone either way.
+	r.E.State = uint8(collector.StateClose)
+	r.D = evDelta()
+	r.D.OwnerOp = 0
+	err := d.Decode(raw, &ev)
+	if !errors.Is(err, collector.ErrBadDelta) || !errors.Is(err, collector.ErrDecode) {
+		t.Fatalf("end record with owner op 0: %v, want ErrBadDelta and ErrDecode", err)
+	}
+	if ev.Kind != collector.KindEnd || ev.State != collector.StateClose || ev.Cookie != r.E.Cookie || ev.Delta.Parts != 0 ||
+		ev.Local.Port() != 0 || ev.Remote.Port() != 443 {
+		t.Errorf("end record with a bad delta decoded as %+v, want its CLOSE alone", ev)
+	}
 }
 
 // The decoder hands the same string for the same task name twice in a
