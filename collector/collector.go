@@ -491,11 +491,17 @@ func (c *Collector) readLoop(ctx context.Context) error {
 		// the drain of an idle host's few entries: skip it while the
 		// hooks have created none since the last one began (but drain at
 		// least every drainAtLeast, whatever the counter says).
-		created, err := c.probes.DeltasCreated()
-		if err == nil && created == lastCreated && lastDrain.Sub(lastFullDrain) < drainAtLeast {
+		created, cerr := c.probes.DeltasCreated()
+		if cerr == nil && created == lastCreated && lastDrain.Sub(lastFullDrain) < drainAtLeast {
 			return
 		}
-		lastCreated, lastFullDrain = created, lastDrain
+		if cerr != nil {
+			c.drainErrors.Add(1)
+			c.lastDrainErr.Store(&TimedError{Time: lastDrain, Error: cerr.Error()})
+		}
+		// The count is trusted only after a drain that worked, begun after
+		// it was read; otherwise the next poll drains again.
+		lastCreated, lastFullDrain = ^uint64(0), lastDrain
 		deltas = deltas[:0]
 		if _, err := c.probes.DrainDeltas(func(cookie uint64, d *bpf.GhostconnSockDelta) {
 			c.deltasRead.Add(1)
@@ -507,6 +513,8 @@ func (c *Collector) readLoop(ctx context.Context) error {
 		}); err != nil {
 			c.drainErrors.Add(1)
 			c.lastDrainErr.Store(&TimedError{Time: lastDrain, Error: err.Error()})
+		} else if cerr == nil {
+			lastCreated = created
 		}
 		if len(deltas) > 0 {
 			c.table.Apply(deltas)
@@ -601,12 +609,16 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // take decodes one ring-buffer record onto batch. Every record counts as
 // read; one that does not decode (truncated, corrupted, unknown) is
-// counted as a decode error and skipped.
+// counted as a decode error and skipped. An end record whose delta does
+// not decode is counted too, and its CLOSE is kept.
 func (c *Collector) take(dec *Decoder, raw []byte, batch []Event) []Event {
 	c.eventsRead.Add(1)
 	batch = append(batch, Event{})
 	if err := dec.Decode(raw, &batch[len(batch)-1]); err != nil {
 		c.decodeErrors.Add(1)
+		if errors.Is(err, ErrBadDelta) {
+			return batch
+		}
 		return batch[:len(batch)-1]
 	}
 	return batch
