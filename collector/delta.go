@@ -22,9 +22,13 @@ func liveState(s State) bool {
 func (t *Table) applyDelta(ev *Event, c *Conn) {
 	d := &ev.Delta
 	if c == nil {
-		if t.closedIx[ev.Cookie] != nil {
+		if t.staleDelta(ev.Cookie, d) {
 			// Its end record came first: the kernel took the entry into
-			// the end record while the drain read it too.
+			// the end record while the drain read it too, or a syscall
+			// hook wrote it after the end record took the entry. A
+			// second life of the socket (a connect after a failed one)
+			// began after the end.
+			t.stats.Unknown++
 			return
 		}
 		if !liveState(d.State) {
@@ -64,7 +68,9 @@ func (t *Table) applyDelta(ev *Event, c *Conn) {
 		}
 		c.SettingsBy = t.taskOf(c, d)
 	}
-	if d.Parts&DeltaState != 0 {
+	if d.Parts&DeltaState != 0 && liveState(d.State) {
+		// Only an end record ends a connection: a delta's state is a
+		// live one, or a syscall hook's reading racing the CLOSE.
 		switch {
 		case d.EstMono == 0:
 		case c.State == StateSynSent || c.State == StateSynRecv:

@@ -131,3 +131,46 @@ func TestDeltaRefinesSnapshotState(t *testing.T) {
 		t.Errorf("older state: history %+v since %v, want FIN_WAIT1 (kernel) before FIN_WAIT2 (reconcile)", c2.History, c2.StateSince)
 	}
 }
+
+// A syscall hook can write a socket's delta after its end record took the
+// entry (an accept returning as a RST arrives): the drained delta brings
+// nothing back, with or without a closed history. A later life of the
+// socket (a connect after a failed one) folds a state change after the
+// end, and is announced.
+func TestDeltaAfterEndBringsNothingBack(t *testing.T) {
+	for _, hist := range []int{0, 100} {
+		tb := NewTable(TableConfig{MaxConns: 100, HistoryTTL: 5 * time.Minute, MaxHistory: hist})
+		end := tbDelta(tb, 1, tbT0, StateEstablished, tbT0)
+		end.Kind, end.Time, end.OldState, end.State = KindEnd, tbT1, StateEstablished, StateClose
+		late := tbDelta(tb, 1, tbT0, StateEstablished, tbT0)
+		late.Delta.Parts = DeltaOwner
+		late.Delta.State = StateEstablished // what the hook read before the CLOSE
+		late.Delta.FirstMono, late.Delta.OwnerMono = tbMono(tb, tbT2), tbMono(tb, tbT2)
+		late.Time = tbT2
+		again := tbDelta(tb, 1, tbT0, StateEstablished, tbT0)
+		again.Delta.Parts = DeltaState | DeltaOwner
+		tb.Apply([]Event{end, late, again})
+		if tb.Len() != 0 {
+			t.Fatalf("history %d: %d live connections after the end and two late deltas, want 0", hist, tb.Len())
+		}
+		second := tbDelta(tb, 1, tbT3, StateEstablished, tbT3)
+		tb.Apply([]Event{second})
+		if tb.Len() != 1 {
+			t.Errorf("history %d: a delta established after the end announced %d connections, want 1", hist, tb.Len())
+		}
+	}
+}
+
+// A delta's state is never CLOSE or another non-live state for a live
+// connection: a syscall hook read it racing the socket's end, and only the
+// end record ends a connection.
+func TestDeltaNeverEndsAConnection(t *testing.T) {
+	tb := tbNew(t)
+	tb.Apply([]Event{tbDelta(tb, 1, tbT0, StateEstablished, tbT0)})
+	racing := tbDelta(tb, 1, tbT0, StateClose, tbT1)
+	tb.Apply([]Event{racing})
+	c := tb.conns[1]
+	if c == nil || c.State != StateEstablished {
+		t.Fatalf("connection %+v after a delta in CLOSE: want it ESTABLISHED", c)
+	}
+}

@@ -83,7 +83,20 @@ type Table struct {
 	// connection would otherwise allocate a Conn and its history, and the
 	// garbage collector was half of the agent's CPU per record.
 	spare []*Conn
+	// ended remembers the sockets that ended most recently, by cookie,
+	// with the monotonic time of their end; endedRing is the order they
+	// ended in. A delta a syscall hook wrote after the socket's end record
+	// took its entry (or one drained after that record was read) would
+	// otherwise bring the socket back, whatever the closed history keeps.
+	ended     map[uint64]int64
+	endedRing []uint64
+	endedNext int
 }
+
+// endedCap is how many ended sockets the table remembers: at 100k ends a
+// second, more than half a second of them, where such a delta is drained
+// within a poll (100ms).
+const endedCap = 1 << 16
 
 // NewTable returns an empty table.
 func NewTable(cfg TableConfig) *Table {
@@ -107,6 +120,7 @@ func NewTable(cfg TableConfig) *Table {
 		subs:     map[*Subscription]struct{}{},
 		cgroups:  newCgroupCache(),
 		tl:       newTimeline(hostClock),
+		ended:    map[uint64]int64{},
 	}
 }
 
@@ -455,6 +469,7 @@ func (t *Table) retire(c *Conn, at time.Time) {
 	}
 	c.Holders = nil
 	c.Verdicts = nil
+	t.noteEnded(c.Cookie, t.tl.mono(at))
 	c.dirty = false // retired: nothing to evaluate
 	if n := len(t.dirtyList); c.listed && t.dirtyList[n-1] == c {
 		// Retired by the event that created or changed it (an end
@@ -478,6 +493,29 @@ func (t *Table) retire(c *Conn, at time.Time) {
 	}
 	t.closed = append(t.closed, c)
 	t.closedIx[c.Cookie] = c
+}
+
+// noteEnded remembers that the socket cookie ended at mono.
+func (t *Table) noteEnded(cookie uint64, mono int64) {
+	if t.endedRing == nil {
+		t.endedRing = make([]uint64, endedCap)
+	}
+	if old := t.endedRing[t.endedNext]; old != 0 {
+		delete(t.ended, old)
+	}
+	t.endedRing[t.endedNext] = cookie
+	t.endedNext = (t.endedNext + 1) % endedCap
+	t.ended[cookie] = mono
+}
+
+// staleDelta reports whether d, a delta of the socket cookie, is of a life
+// of the socket that ended: the table remembers its end, and no state
+// change folded after that end (a connect after a failed one) says the
+// socket lives again. A syscall hook's delta alone (owner, options) never
+// does: it may have read the socket just before its end.
+func (t *Table) staleDelta(cookie uint64, d *Delta) bool {
+	at, ok := t.ended[cookie]
+	return ok && (d.Parts&DeltaState == 0 || d.StateMono == 0 || d.StateMono <= at)
 }
 
 // dropClosed forgets the n oldest closed connections.
