@@ -173,7 +173,7 @@ struct sock_delta {
 	struct tuple tuple;
 	struct tcp_part tcp;
 	__u32 parts;   // enum delta_part
-	__u8 state;    // the socket's state when the entry was last written
+	__u8 state;    // with DELTA_STATE the state entered at state_ns, else as a syscall hook read it
 	__u8 est_from; // SYN_SENT or SYN_RECV, with est_ns
 	__u8 owner_op; // enum owner_op
 	__u8 pad;
@@ -299,7 +299,11 @@ enum sockopt_bit {
 // CLOSE_WAIT, leaving ESTABLISHED), connect and accept returns, and
 // setsockopt of keepalive and give-up options; each copies the entry, changes
 // the copy and writes it back whole, so a change that races with the
-// agent's drain lands in a new entry instead of a freed one. Readers and
+// agent's drain lands in a new entry instead of a freed one. (Two writers
+// of one socket on two CPUs can still lose one's change: the state hook
+// runs under the socket lock, the syscall hooks do not. A state change
+// lost so is the snapshot's to repair; splitting the map by writer is the
+// fix.) Readers and
 // deleters: the state hook at CLOSE, which moves the entry into the socket's
 // end record, and the agent, which drains the map on every poll. A full map
 // refuses the change; the refusal is counted (STAT_LOST_DELTA) and the next
@@ -330,8 +334,10 @@ const enum delta_part *unused_delta_part __attribute__((unused));
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	// Atomic: a program in softirq can interrupt another on this CPU
+	// between its load and its store of the same counter.
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 // watching reports whether a watch client asks for every state change and
@@ -496,15 +502,18 @@ static __always_inline bool delta_load(__u64 cookie, struct sock_delta *d, __u64
 
 // delta_store writes d back whole (see the deltas map). An entry it
 // creates (a new one, or one the agent drained since delta_load) is
-// counted in STAT_DELTA_NEW: the agent skips a drain when that count has
-// not moved since the last one.
+// counted in STAT_DELTA_NEW once it is in the map: the agent skips a
+// drain when that count has not moved since the last one, so a count
+// before the entry could let a drain begun in between miss it.
 static __always_inline void delta_store(__u64 cookie, struct sock_delta *d, bool existed)
 {
 	if (existed && !bpf_map_update_elem(&deltas, &cookie, d, BPF_EXIST))
 		return;
-	count(STAT_DELTA_NEW);
-	if (bpf_map_update_elem(&deltas, &cookie, d, BPF_ANY))
+	if (bpf_map_update_elem(&deltas, &cookie, d, BPF_ANY)) {
 		count(STAT_LOST_DELTA);
+		return;
+	}
+	count(STAT_DELTA_NEW);
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
@@ -663,7 +672,10 @@ static __always_inline void emit_end(struct sock *sk, __u64 cookie, int oldstate
 	struct sock_delta *d = bpf_map_lookup_elem(&deltas, &cookie);
 	if (d) {
 		__builtin_memcpy(&r->d, d, sizeof(r->d));
-		bpf_map_delete_elem(&deltas, &cookie);
+		// The agent's drain took the entry meanwhile: it has the delta,
+		// and the copy may be of the element reused for another socket.
+		if (bpf_map_delete_elem(&deltas, &cookie))
+			r->d.parts = 0;
 	}
 	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
 }
@@ -1009,7 +1021,10 @@ static __always_inline void fold_sockopt(struct sock *sk, int level, int optname
 	d.parts |= DELTA_SOCKOPT;
 	d.opt_pid = bpf_get_current_pid_tgid() >> 32;
 	d.opt_ns = now;
-	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	// The state hook's state goes with its time; without one, the state
+	// read here announces the connection.
+	if (!(d.parts & DELTA_STATE))
+		d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (!d.tuple.family)
 		fill_tuple(&d.tuple, sk);
 	delta_store(cookie, &d, existed);
@@ -1084,7 +1099,8 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 	d.owner_op = op;
 	d.owner_fd = fd;
 	d.ino = BPF_CORE_READ(f, f_inode, i_ino);
-	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (!(d.parts & DELTA_STATE))
+		d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	fill_tuple(&d.tuple, sk);
 	d.owner_pid = bpf_get_current_pid_tgid() >> 32;
 	struct task_struct *task = bpf_get_current_task_btf();
