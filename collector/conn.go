@@ -118,6 +118,8 @@ type Conn struct {
 	Verdicts []Verdict
 
 	observedGen uint64
+	// walkGen is the holder walk (Table.walkGen) that last set Holders.
+	walkGen uint64
 	// dirty marks a connection changed since its last evaluation, and
 	// listed one that the table's dirty list holds (an evaluation between
 	// two changes clears dirty but leaves it listed); nextEval is when time

@@ -174,9 +174,11 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 	if t.cgroups != nil {
 		cgroups = t.cgroups.prime(recs) // reads /proc, so outside the lock
 	}
-	// Sorted by cookie, each connection's holders are one run, found by
-	// binary search; the few records without a cookie (sockets in a
-	// namespace no snapshot reached) are joined by inode.
+	// Sorted by cookie, each connection's holders are one run: the walk
+	// goes run by run, then over the connections that had none (a binary
+	// search per connection was a third of a reconcile at 100k). The few
+	// records without a cookie (sockets in a namespace no snapshot
+	// reached) are joined by inode.
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Cookie < recs[j].Cookie })
 	byInode := map[uint64][]int{}
 	for i := 0; i < len(recs) && recs[i].Cookie == 0; i++ {
@@ -197,45 +199,81 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 	if at.After(t.lastWalk) {
 		t.lastWalk = at
 	}
-	var idx []int
-	var scratch []Holder
+	t.walkGen++
+	w := holderWalk{t: t, recs: recs, at: at, atMono: atMono, comm: comm, cgroups: cgroups}
+	for i := 0; i < len(recs); {
+		j := i + 1
+		for j < len(recs) && recs[j].Cookie == recs[i].Cookie {
+			j++
+		}
+		if c := t.conns[recs[i].Cookie]; c != nil && recs[i].Cookie != 0 {
+			w.idx = w.idx[:0]
+			for k := i; k < j; k++ {
+				w.idx = append(w.idx, k)
+			}
+			w.set(c)
+		}
+		i = j
+	}
 	for _, c := range t.conns {
-		idx = idx[:0]
-		for i := sort.Search(len(recs), func(i int) bool { return recs[i].Cookie >= c.Cookie }); i < len(recs) && recs[i].Cookie == c.Cookie; i++ {
-			idx = append(idx, i)
+		if c.walkGen == t.walkGen {
+			continue
 		}
-		if len(idx) == 0 && c.Inode != 0 {
-			idx = append(idx, byInode[c.Inode]...)
+		w.idx = w.idx[:0]
+		if c.Inode != 0 {
+			w.idx = append(w.idx, byInode[c.Inode]...)
 		}
-		scratch = scratch[:0]
-		for _, i := range idx {
-			r := &recs[i]
-			if cb := c.ClosedBy; cb != nil && cb.At.After(at) && cb.PID == r.Pid && cb.FD == int32(r.Fd) {
-				continue
-			}
-			scratch = append(scratch, Holder{PID: r.Pid, PPID: r.Ppid, Comm: comm(r.Comm), FD: int32(r.Fd), Cgroup: cgroups[r.CgroupId]})
-			// The holder's inode is the one users see in /proc/PID/fd (for
-			// MPTCP it differs from the subflow's).
-			t.setInode(c, r.Ino)
+		w.set(c)
+	}
+}
+
+// holderWalk is one SetHolders pass: the walk's records, sorted by
+// cookie, and what setting a connection's holders from them needs.
+type holderWalk struct {
+	t       *Table
+	recs    []bpf.GhostconnHolderRec
+	at      time.Time
+	atMono  int64
+	comm    func([16]int8) string
+	cgroups map[uint64]*Cgroup
+	// idx holds the indexes in recs of the connection being set;
+	// scratch its holders as they are built.
+	idx     []int
+	scratch []Holder
+}
+
+// set gives c the holders at w.idx.
+func (w *holderWalk) set(c *Conn) {
+	t, at := w.t, w.at
+	c.walkGen = t.walkGen
+	w.scratch = w.scratch[:0]
+	for _, i := range w.idx {
+		r := &w.recs[i]
+		if cb := c.ClosedBy; cb != nil && cb.At.After(at) && cb.PID == r.Pid && cb.FD == int32(r.Fd) {
+			continue
 		}
-		for _, h := range c.Holders {
-			if h.ownedAt != 0 && h.ownedAt > atMono && !heldAt(scratch, h.PID, h.FD) {
-				scratch = append(scratch, h)
-			}
+		w.scratch = append(w.scratch, Holder{PID: r.Pid, PPID: r.Ppid, Comm: w.comm(r.Comm), FD: int32(r.Fd), Cgroup: w.cgroups[r.CgroupId]})
+		// The holder's inode is the one users see in /proc/PID/fd (for
+		// MPTCP it differs from the subflow's).
+		t.setInode(c, r.Ino)
+	}
+	for _, h := range c.Holders {
+		if h.ownedAt != 0 && h.ownedAt > w.atMono && !heldAt(w.scratch, h.PID, h.FD) {
+			w.scratch = append(w.scratch, h)
 		}
-		c.HoldersAt = at
-		old := c.Holders
-		if !holdersEqual(old, scratch) {
-			c.Holders = nil
-			if len(scratch) > 0 {
-				c.Holders = append([]Holder(nil), scratch...)
-			}
-			t.markDirty(c)
-			t.noteExits(c, old, at)
-		} else if c.ClosedBy != nil || c.State == StateCloseWait {
-			// Rules that wait for a walk newer than a deadline decide now.
-			t.markDirty(c)
+	}
+	c.HoldersAt = at
+	old := c.Holders
+	if !holdersEqual(old, w.scratch) {
+		c.Holders = nil
+		if len(w.scratch) > 0 {
+			c.Holders = append([]Holder(nil), w.scratch...)
 		}
+		t.markDirty(c)
+		t.noteExits(c, old, at)
+	} else if c.ClosedBy != nil || c.State == StateCloseWait {
+		// Rules that wait for a walk newer than a deadline decide now.
+		t.markDirty(c)
 	}
 }
 

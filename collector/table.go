@@ -78,6 +78,8 @@ type Table struct {
 	// lastWalk is when the last holder walk (SetHolders) began; zero
 	// before the first.
 	lastWalk time.Time
+	// walkGen counts holder walks (see Conn.walkGen).
+	walkGen uint64
 	// spare holds connections dropped from the closed history that nothing
 	// refers to any more, for createAs to reuse: under churn every short
 	// connection would otherwise allocate a Conn and its history, and the
