@@ -1214,17 +1214,19 @@ static __always_inline void rec_tuple(struct sock_rec *r, struct sock_common *sk
 // microseconds on sockets with tcp_usec_ts (6.7+), not jiffies.
 static __always_inline __u32 retrans_age_ms(struct tcp_sock *tp)
 {
-	__u32 stamp = BPF_CORE_READ(tp, retrans_stamp);
+	__u32 stamp = tp->retrans_stamp;
 	if (!stamp)
 		return 0;
 	__u64 now_us = bpf_ktime_get_ns() / 1000;
-	if (bpf_core_field_exists(struct tcp_sock, tcp_usec_ts) && BPF_CORE_READ_BITFIELD_PROBED(tp, tcp_usec_ts))
+	if (bpf_core_field_exists(struct tcp_sock, tcp_usec_ts) && BPF_CORE_READ_BITFIELD(tp, tcp_usec_ts))
 		return ((__u32)now_us - stamp) / 1000;
 	return (__u32)(now_us / 1000) - stamp;
 }
 
 // iter_tcp writes one sock_rec per TCP socket in the network namespace of
-// the process that opens the iterator.
+// the process that opens the iterator. The socket is a BTF pointer, so its
+// fields are plain loads: the probe reads they were cost about a
+// microsecond a socket, most of a snapshot's kernel time.
 SEC("iter/tcp")
 int iter_tcp(struct bpf_iter__tcp *ctx)
 {
@@ -1240,26 +1242,28 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 	if (tp) {
 		struct sock *sk = (struct sock *)tp;
 		r.full = 1;
-		r.ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
-		fill_tcp(&r.tcp, sk);
+		struct socket *so = sk->sk_socket;
+		if (so && so->file)
+			r.ino = so->file->f_inode->i_ino;
+		fill_tcp_btf(&r.tcp, sk);
 
-		struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
-		r.net_ka_time = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_keepalive_time);
-		r.net_ka_intvl = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_keepalive_intvl);
-		r.net_ka_probes = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_keepalive_probes);
-		r.net_retries2 = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_retries2);
+		struct net *net = sk->__sk_common.skc_net.net;
+		r.net_ka_time = BPF_CORE_READ_BITFIELD(net, ipv4.sysctl_tcp_keepalive_time);
+		r.net_ka_intvl = BPF_CORE_READ_BITFIELD(net, ipv4.sysctl_tcp_keepalive_intvl);
+		r.net_ka_probes = BPF_CORE_READ_BITFIELD(net, ipv4.sysctl_tcp_keepalive_probes);
+		r.net_retries2 = BPF_CORE_READ_BITFIELD(net, ipv4.sysctl_tcp_retries2);
 
 		__u32 now = (__u32)bpf_jiffies64();
-		r.send_age_jiffies = now - BPF_CORE_READ(tp, lsndtime);
-		r.recv_age_jiffies = now - BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime);
+		r.send_age_jiffies = now - tp->lsndtime;
+		r.recv_age_jiffies = now - tp->inet_conn.icsk_ack.lrcvtime;
 		r.retrans_age_ms = retrans_age_ms(tp);
-		r.write_seq = BPF_CORE_READ(tp, write_seq);
-		r.copied_seq = BPF_CORE_READ(tp, copied_seq);
-		r.send_queue = r.write_seq - BPF_CORE_READ(tp, snd_una);
-		r.recv_queue = BPF_CORE_READ(tp, rcv_nxt) - r.copied_seq;
-		r.bytes_sent = BPF_CORE_READ(tp, bytes_sent);
-		r.bytes_received = BPF_CORE_READ(tp, bytes_received);
-		r.sk_err = BPF_CORE_READ(sk, sk_err);
+		r.write_seq = tp->write_seq;
+		r.copied_seq = tp->copied_seq;
+		r.send_queue = r.write_seq - tp->snd_una;
+		r.recv_queue = tp->rcv_nxt - r.copied_seq;
+		r.bytes_sent = tp->bytes_sent;
+		r.bytes_received = tp->bytes_received;
+		r.sk_err = sk->sk_err;
 	}
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
@@ -1294,16 +1298,20 @@ int iter_task_file(struct bpf_iter__task_file *ctx)
 	// has its parent's fds only until its exec closes the close-on-exec
 	// ones: it is not a holder. What it keeps past exec, the next walk
 	// finds.
-	if (BPF_CORE_READ(task, vfork_done))
+	if (task->vfork_done)
+		return 0;
+	// Every fd on the host comes here: a non-socket leaves after plain
+	// loads (task and file are BTF pointers), before any probe read.
+	if ((__u64)f->f_op->release != sock_close_fn)
 		return 0;
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
 		return 0;
 	struct holder_rec r = {};
 	r.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-	r.ino = BPF_CORE_READ(f, f_inode, i_ino);
+	r.ino = f->f_inode->i_ino;
 	r.pid = task->tgid;
-	r.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	r.ppid = task->real_parent->tgid;
 	r.fd = ctx->fd;
 	r.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	r.refs = file_ref_count(f);
