@@ -79,12 +79,12 @@ enum stat_index {
 	STAT_LOST_KEEPALIVE,
 	STAT_LOST_CLOSE,
 	STAT_LOST_SOCKOPT,
-	STAT_LOST_DELTA, // a delta the deltas map refused (full, or busy in a nested program)
+	STAT_LOST_DELTA, // a delta deltas or sys_deltas refused (full, or busy in a nested program)
 	STAT_CLOSE_LAST_REF, // TCP socket fds closed with no other reference left
 	STAT_FOLDED_STATE,   // state changes kept out of the ring (nobody watches them)
-	STAT_FOLDED_SOCKOPT, // socket options folded into deltas instead of a record
-	STAT_FOLDED_OWNER,   // connect and accept returns folded into deltas
-	STAT_DELTA_NEW,      // entries created in deltas (the agent drains when this moves)
+	STAT_FOLDED_SOCKOPT, // socket options folded into sys_deltas instead of a record
+	STAT_FOLDED_OWNER,   // connect and accept returns folded into sys_deltas
+	STAT_DELTA_NEW,      // entries created in deltas and sys_deltas (the agent drains when this moves)
 	STAT_MAX,
 };
 
@@ -161,8 +161,10 @@ enum delta_part {
 };
 
 // sock_delta is what the kernel learnt of one socket since the agent last
-// drained the deltas map: its state changes, the process whose connect or
-// accept returned it, and the options it set, each the latest of its kind.
+// drained it: in deltas, its state changes (DELTA_STATE, DELTA_TCP); in
+// sys_deltas, the process whose connect or accept returned it
+// (DELTA_OWNER) and the options it set (DELTA_SOCKOPT); each the latest of
+// its kind.
 struct sock_delta {
 	__u64 first_ns; // the first change kept in this entry
 	__u64 state_ns; // when the socket entered state (DELTA_STATE)
@@ -191,11 +193,13 @@ struct sock_delta {
 };
 
 // end_event is the record of a socket's CLOSE: its final state change and,
-// when the agent had not drained it yet, the socket's delta, so that a
-// short-lived connection costs this one record.
+// when the agent had not drained them yet, the socket's deltas (the state
+// hook's and the syscall hooks'), so that a short-lived connection costs
+// this one record.
 struct end_event {
 	struct event e;
-	struct sock_delta d; // all zero (parts 0) when no delta was pending
+	struct sock_delta d; // from deltas; all zero (parts 0) when none was pending
+	struct sock_delta s; // from sys_deltas, likewise
 };
 
 // events carries struct event records to user space.
@@ -293,27 +297,39 @@ enum sockopt_bit {
 	SOCKOPT_USER_TIMEOUT = 16,
 };
 
-// deltas holds, by socket cookie, what changed on a socket since the agent
-// last looked, so that a connection costs a map entry instead of a record
-// per change while nobody watches. Writers: the state hook (ESTABLISHED,
-// CLOSE_WAIT, leaving ESTABLISHED), connect and accept returns, and
-// setsockopt of keepalive and give-up options; each copies the entry, changes
-// the copy and writes it back whole, so a change that races with the
-// agent's drain lands in a new entry instead of a freed one. (Two writers
-// of one socket on two CPUs can still lose one's change: the state hook
-// runs under the socket lock, the syscall hooks do not. A state change
-// lost so is the snapshot's to repair; splitting the map by writer is the
-// fix.) Readers and
-// deleters: the state hook at CLOSE, which moves the entry into the socket's
-// end record, and the agent, which drains the map on every poll. A full map
-// refuses the change; the refusal is counted (STAT_LOST_DELTA) and the next
-// snapshot repairs the table.
+// deltas holds, by socket cookie, what the state hook learnt of a socket
+// since the agent last looked, so that a connection costs a map entry
+// instead of a record per change while nobody watches. Writer: the state
+// hook (ESTABLISHED, CLOSE_WAIT, leaving ESTABLISHED), which runs under the
+// socket's lock, so no two writers of one socket's entry race. It copies the
+// entry, changes the copy and writes it back whole, so that a change racing
+// with the agent's drain lands in a new entry instead of a freed one.
+// Readers and deleters: the state hook at CLOSE, which moves the entry into
+// the socket's end record, and the agent, which drains the map on every
+// poll. A full map refuses the change; the refusal is counted
+// (STAT_LOST_DELTA) and the next snapshot repairs the table.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 32768);
 	__type(key, __u64); // socket cookie
 	__type(value, struct sock_delta);
 } deltas SEC(".maps");
+
+// sys_deltas is deltas for the syscall hooks, which hold no socket lock:
+// the process whose connect or accept returned a socket (DELTA_OWNER) and
+// the keepalive and give-up options it set (DELTA_SOCKOPT). Kept apart
+// from deltas, so that a hook that copies an entry while the state hook
+// writes the socket's state on another CPU cannot write the old state back
+// (it lost CLOSE_WAIT until the next snapshot). Writers: sys_exit_connect,
+// sys_exit_accept and sys_exit_accept4, sys_enter_setsockopt, each copying
+// and writing back as the state hook does. Readers and deleters: as for
+// deltas.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64); // socket cookie
+	__type(value, struct sock_delta);
+} sys_deltas SEC(".maps");
 
 // Force the generated Go types.
 const struct event *unused_event __attribute__((unused));
@@ -485,12 +501,13 @@ static __always_inline bool state_folded(int old, int new)
 	return new == TCP_ESTABLISHED || new == TCP_CLOSE_WAIT || old == TCP_ESTABLISHED;
 }
 
-// delta_load copies the socket's pending delta into d, or starts an empty
+// delta_load copies the socket's pending delta in map (deltas or
+// sys_deltas) into d, or starts an empty
 // one; the caller changes it and stores it with delta_store. It reports
 // whether the socket had one.
-static __always_inline bool delta_load(__u64 cookie, struct sock_delta *d, __u64 now)
+static __always_inline bool delta_load(void *map, __u64 cookie, struct sock_delta *d, __u64 now)
 {
-	struct sock_delta *old = bpf_map_lookup_elem(&deltas, &cookie);
+	struct sock_delta *old = bpf_map_lookup_elem(map, &cookie);
 	if (old) {
 		__builtin_memcpy(d, old, sizeof(*d));
 		return true;
@@ -505,11 +522,11 @@ static __always_inline bool delta_load(__u64 cookie, struct sock_delta *d, __u64
 // counted in STAT_DELTA_NEW once it is in the map: the agent skips a
 // drain when that count has not moved since the last one, so a count
 // before the entry could let a drain begun in between miss it.
-static __always_inline void delta_store(__u64 cookie, struct sock_delta *d, bool existed)
+static __always_inline void delta_store(void *map, __u64 cookie, struct sock_delta *d, bool existed)
 {
-	if (existed && !bpf_map_update_elem(&deltas, &cookie, d, BPF_EXIST))
+	if (existed && !bpf_map_update_elem(map, &cookie, d, BPF_EXIST))
 		return;
-	if (bpf_map_update_elem(&deltas, &cookie, d, BPF_ANY)) {
+	if (bpf_map_update_elem(map, &cookie, d, BPF_ANY)) {
 		count(STAT_LOST_DELTA);
 		return;
 	}
@@ -649,8 +666,21 @@ static __always_inline struct sock *tcp_sock_of(struct file *f)
 	return sk;
 }
 
-// emit_end sends the record of a socket's CLOSE, with its pending delta
-// (which it deletes) when the agent has not drained it yet.
+// take_delta moves the socket's pending delta in map, if any, into d.
+static __always_inline void take_delta(void *map, __u64 cookie, struct sock_delta *d)
+{
+	struct sock_delta *p = bpf_map_lookup_elem(map, &cookie);
+	if (!p)
+		return;
+	__builtin_memcpy(d, p, sizeof(*d));
+	// The agent's drain took the entry meanwhile: it has the delta, and
+	// the copy may be of the element reused for another socket.
+	if (bpf_map_delete_elem(map, &cookie))
+		d->parts = 0;
+}
+
+// emit_end sends the record of a socket's CLOSE, with its pending deltas
+// (which it deletes) when the agent has not drained them yet.
 static __always_inline void emit_end(struct sock *sk, __u64 cookie, int oldstate)
 {
 	struct end_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
@@ -658,6 +688,7 @@ static __always_inline void emit_end(struct sock *sk, __u64 cookie, int oldstate
 		count(STAT_LOST_STATE);
 		// A delta left behind would bring the socket back to life.
 		bpf_map_delete_elem(&deltas, &cookie);
+		bpf_map_delete_elem(&sys_deltas, &cookie);
 		return;
 	}
 	__builtin_memset(r, 0, sizeof(*r));
@@ -669,14 +700,8 @@ static __always_inline void emit_end(struct sock *sk, __u64 cookie, int oldstate
 	fill_tuple_btf(&r->e.tuple, sk);
 	if (state_by_syscall(oldstate, TCP_CLOSE))
 		set_task(&r->e);
-	struct sock_delta *d = bpf_map_lookup_elem(&deltas, &cookie);
-	if (d) {
-		__builtin_memcpy(&r->d, d, sizeof(r->d));
-		// The agent's drain took the entry meanwhile: it has the delta,
-		// and the copy may be of the element reused for another socket.
-		if (bpf_map_delete_elem(&deltas, &cookie))
-			r->d.parts = 0;
-	}
+	take_delta(&deltas, cookie, &r->d);
+	take_delta(&sys_deltas, cookie, &r->s);
 	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
 }
 
@@ -704,7 +729,7 @@ static __always_inline void fold_state(struct sock *sk, __u64 cookie, int oldsta
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_delta d;
-	bool existed = delta_load(cookie, &d, now);
+	bool existed = delta_load(&deltas, cookie, &d, now);
 	d.parts |= DELTA_STATE;
 	d.state = newstate;
 	d.state_ns = now;
@@ -720,7 +745,7 @@ static __always_inline void fold_state(struct sock *sk, __u64 cookie, int oldsta
 		fill_tcp_btf(&d.tcp, sk);
 		d.parts |= DELTA_TCP;
 	}
-	delta_store(cookie, &d, existed);
+	delta_store(&deltas, cookie, &d, existed);
 	count(STAT_FOLDED_STATE);
 }
 
@@ -1001,7 +1026,7 @@ static __always_inline void fold_sockopt(struct sock *sk, int level, int optname
 	bpf_probe_read_user(&val, sizeof(val), uval);
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_delta d;
-	bool existed = delta_load(cookie, &d, now);
+	bool existed = delta_load(&sys_deltas, cookie, &d, now);
 	if (level == SOL_SOCKET) {
 		d.opt_keepalive = val;
 		d.opt_mask |= SOCKOPT_KEEPALIVE;
@@ -1021,13 +1046,12 @@ static __always_inline void fold_sockopt(struct sock *sk, int level, int optname
 	d.parts |= DELTA_SOCKOPT;
 	d.opt_pid = bpf_get_current_pid_tgid() >> 32;
 	d.opt_ns = now;
-	// The state hook's state goes with its time; without one, the state
-	// read here announces the connection.
-	if (!(d.parts & DELTA_STATE))
-		d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	// The state read here announces a connection the agent does not know
+	// yet; the state hook's own delta (in deltas) moves a known one.
+	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (!d.tuple.family)
 		fill_tuple(&d.tuple, sk);
-	delta_store(cookie, &d, existed);
+	delta_store(&sys_deltas, cookie, &d, existed);
 	count(STAT_FOLDED_SOCKOPT);
 }
 
@@ -1093,20 +1117,19 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 		return;
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_delta d;
-	bool existed = delta_load(cookie, &d, now);
+	bool existed = delta_load(&sys_deltas, cookie, &d, now);
 	d.parts |= DELTA_OWNER;
 	d.owner_ns = now;
 	d.owner_op = op;
 	d.owner_fd = fd;
 	d.ino = BPF_CORE_READ(f, f_inode, i_ino);
-	if (!(d.parts & DELTA_STATE))
-		d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	fill_tuple(&d.tuple, sk);
 	d.owner_pid = bpf_get_current_pid_tgid() >> 32;
 	struct task_struct *task = bpf_get_current_task_btf();
 	d.owner_ppid = BPF_CORE_READ(task, real_parent, tgid);
 	BPF_CORE_READ_STR_INTO(&d.owner_comm, task, group_leader, comm);
-	delta_store(cookie, &d, existed);
+	delta_store(&sys_deltas, cookie, &d, existed);
 	count(STAT_FOLDED_OWNER);
 }
 

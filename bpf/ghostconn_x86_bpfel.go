@@ -64,6 +64,7 @@ type GhostconnEndEvent struct {
 	_ structs.HostLayout
 	E GhostconnEvent
 	D GhostconnSockDelta
+	S GhostconnSockDelta
 }
 
 type GhostconnEvent struct {
@@ -264,6 +265,7 @@ const (
 	GhostconnMapDeltas              = "deltas"
 	GhostconnMapEvents              = "events"
 	GhostconnMapStats               = "stats"
+	GhostconnMapSysDeltas           = "sys_deltas"
 	GhostconnMapWatch               = "watch"
 	GhostconnProgInetSockSetState   = "inet_sock_set_state"
 	GhostconnProgIterTaskFile       = "iter_task_file"
@@ -368,6 +370,7 @@ type GhostconnMapSpecs struct {
 	Deltas     *ebpf.MapSpec `ebpf:"deltas"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	SysDeltas  *ebpf.MapSpec `ebpf:"sys_deltas"`
 	Watch      *ebpf.MapSpec `ebpf:"watch"`
 }
 
@@ -420,6 +423,7 @@ type GhostconnMaps struct {
 	Deltas     *ebpf.Map `ebpf:"deltas"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Stats      *ebpf.Map `ebpf:"stats"`
+	SysDeltas  *ebpf.Map `ebpf:"sys_deltas"`
 	Watch      *ebpf.Map `ebpf:"watch"`
 }
 
@@ -430,6 +434,7 @@ func (m *GhostconnMaps) Close() error {
 		m.Deltas,
 		m.Events,
 		m.Stats,
+		m.SysDeltas,
 		m.Watch,
 	)
 }

@@ -123,9 +123,8 @@ type Probes struct {
 
 	// connectFds is the kernel's own scratch map of the connect hooks.
 	connectFds *ebpf.Map
-	// watch and deltas: see SetWatching and DrainDeltas.
-	watch  *ebpf.Map
-	deltas *ebpf.Map
+	// watch, deltas and sysDeltas: see SetWatching and DrainDeltas.
+	watch, deltas, sysDeltas *ebpf.Map
 	// hostSockets and holders are how many records the last snapshot of
 	// the host's sockets and of the holders read (see readRecords).
 	hostSockets, holders atomic.Int64
@@ -198,10 +197,10 @@ func Load(opts Options) (*Probes, error) {
 		return nil, fmt.Errorf("create bpf maps: %w", err)
 	}
 	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, connectFds: maps.ConnectFds,
-		watch: maps.Watch, deltas: maps.Deltas, PinReset: pinReset,
+		watch: maps.Watch, deltas: maps.Deltas, sysDeltas: maps.SysDeltas, PinReset: pinReset,
 		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}, byName: map[string]*ebpf.Program{}, byLink: map[string]link.Link{}}
 	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes,
-		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "deltas": maps.Deltas}
+		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "deltas": maps.Deltas, "sys_deltas": maps.SysDeltas}
 
 	// Only the syscall hooks need tracefs, and they are optional: without
 	// it they stay detached, with the reason.
@@ -329,7 +328,7 @@ func (p *Probes) Close() error {
 		errs = append(errs, prog.Close())
 	}
 	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close(), p.connectFds.Close(),
-		p.watch.Close(), p.deltas.Close())
+		p.watch.Close(), p.deltas.Close(), p.sysDeltas.Close())
 	return errors.Join(errs...)
 }
 
@@ -369,29 +368,37 @@ func (p *Probes) SetWatching(on bool) error {
 // drainBatch is how many deltas DrainDeltas takes per syscall.
 const drainBatch = 256
 
-// DrainDeltas takes what the kernel folded into the deltas map since the
-// last drain, deleting it from the map, and calls fn for each socket. fn
-// must not keep the delta past its call.
+// DrainDeltas takes what the kernel folded into the deltas maps since the
+// last drain, deleting it from the maps, and calls fn for each entry: the
+// state hook's (deltas) first, then the syscall hooks' (sys_deltas), so a
+// socket in both gets its state before its owner. fn must not keep the
+// delta past its call.
 func (p *Probes) DrainDeltas(fn func(cookie uint64, d *GhostconnSockDelta)) (int, error) {
 	if p.drainKeys == nil {
 		p.drainKeys = make([]uint64, drainBatch)
 		p.drainVals = make([]GhostconnSockDelta, drainBatch)
 	}
-	var cursor ebpf.MapBatchCursor
 	total := 0
-	for {
-		n, err := p.deltas.BatchLookupAndDelete(&cursor, p.drainKeys, p.drainVals, nil)
-		for i := 0; i < n; i++ {
-			fn(p.drainKeys[i], &p.drainVals[i])
-		}
-		total += n
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return total, nil
-		}
-		if err != nil {
-			return total, fmt.Errorf("drain the deltas map: %w", err)
+	for _, m := range []struct {
+		name string
+		m    *ebpf.Map
+	}{{"deltas", p.deltas}, {"sys_deltas", p.sysDeltas}} {
+		var cursor ebpf.MapBatchCursor
+		for {
+			n, err := m.m.BatchLookupAndDelete(&cursor, p.drainKeys, p.drainVals, nil)
+			for i := 0; i < n; i++ {
+				fn(p.drainKeys[i], &p.drainVals[i])
+			}
+			total += n
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				break
+			}
+			if err != nil {
+				return total, fmt.Errorf("drain the %s map: %w", m.name, err)
+			}
 		}
 	}
+	return total, nil
 }
 
 // CloseRecords returns the close evidence kept in the kernel: for each
@@ -450,7 +457,7 @@ func (p *Probes) ReadStats() ([]uint64, error) {
 }
 
 // DeltasCreated returns how many entries the hooks have created in the
-// deltas map: when it has not moved since a drain began, the map holds
+// deltas maps: when it has not moved since a drain began, the map holds
 // nothing that drain did not take.
 func (p *Probes) DeltasCreated() (uint64, error) {
 	if err := p.Stats.Lookup(uint32(GhostconnStatIndexSTAT_DELTA_NEW), &p.percpu); err != nil {

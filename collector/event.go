@@ -200,9 +200,9 @@ type Decoder struct {
 	// lastTask is the last task decoded: a process that opens connection
 	// after connection shares one Task (the table never changes a Task).
 	lastTask *Task
-	// delta is where an end record's delta is copied to be decoded: a
-	// local escaped to the heap, one allocation per record.
-	delta bpf.GhostconnSockDelta
+	// delta and sysDelta are where an end record's deltas are copied to
+	// be decoded: a local escaped to the heap, one allocation per record.
+	delta, sysDelta bpf.GhostconnSockDelta
 }
 
 // ErrDecode marks a record that could not be decoded.
@@ -305,8 +305,10 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		if k.State != uint8(StateClose) {
 			return fmt.Errorf("%w: end record in state %d", ErrDecode, k.State)
 		}
-		dl := &d.delta
+		dl, sys := &d.delta, &d.sysDelta
 		copy(unsafe.Slice((*byte)(unsafe.Pointer(dl)), unsafe.Sizeof(*dl)), raw[unsafe.Offsetof(bpf.GhostconnEndEvent{}.D):])
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(sys)), unsafe.Sizeof(*sys)), raw[unsafe.Offsetof(bpf.GhostconnEndEvent{}.S):])
+		mergeSysDelta(dl, sys)
 		if dl.Parts != 0 {
 			// The delta's tuple is the socket's before it was unhashed on
 			// its way to CLOSE.
@@ -318,6 +320,35 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		}
 	}
 	return nil
+}
+
+// mergeSysDelta adds to dl, the state hook's delta of a socket, what the
+// syscall hooks' delta sys holds: the owner and the options. When dl holds
+// nothing, sys is the delta, with the state and tuple a syscall hook read.
+func mergeSysDelta(dl, sys *bpf.GhostconnSockDelta) {
+	if sys.Parts == 0 {
+		return
+	}
+	if dl.Parts == 0 {
+		*dl = *sys
+		return
+	}
+	if sys.Parts&uint32(DeltaOwner) != 0 {
+		dl.OwnerNs, dl.OwnerOp, dl.OwnerPid, dl.OwnerPpid, dl.OwnerFd, dl.OwnerComm =
+			sys.OwnerNs, sys.OwnerOp, sys.OwnerPid, sys.OwnerPpid, sys.OwnerFd, sys.OwnerComm
+	}
+	if sys.Parts&uint32(DeltaSockopt) != 0 {
+		dl.OptNs, dl.OptPid, dl.OptMask = sys.OptNs, sys.OptPid, sys.OptMask
+		dl.OptKeepalive, dl.OptKeepIdle, dl.OptKeepIntvl, dl.OptKeepCnt, dl.OptUserTimeoutMs =
+			sys.OptKeepalive, sys.OptKeepIdle, sys.OptKeepIntvl, sys.OptKeepCnt, sys.OptUserTimeoutMs
+	}
+	if dl.Ino == 0 {
+		dl.Ino = sys.Ino
+	}
+	if sys.FirstNs != 0 && (dl.FirstNs == 0 || sys.FirstNs < dl.FirstNs) {
+		dl.FirstNs = sys.FirstNs
+	}
+	dl.Parts |= sys.Parts
 }
 
 // flagTask says that pid and comm name the task that caused the record.

@@ -406,6 +406,19 @@ func evDelta() bpf.GhostconnSockDelta {
 	}
 }
 
+// splitDelta splits k as the kernel keeps it: the state hook's part in
+// deltas, the syscall hooks' part (owner and options, with the tuple and
+// state they read) in sys_deltas.
+func splitDelta(k bpf.GhostconnSockDelta) (state, sys bpf.GhostconnSockDelta) {
+	state = bpf.GhostconnSockDelta{FirstNs: k.FirstNs, StateNs: k.StateNs, EstNs: k.EstNs, Tuple: k.Tuple, Tcp: k.Tcp,
+		Parts: k.Parts & uint32(bpf.GhostconnDeltaPartDELTA_STATE|bpf.GhostconnDeltaPartDELTA_TCP), State: k.State, EstFrom: k.EstFrom}
+	sys = k
+	sys.FirstNs, sys.StateNs, sys.EstNs, sys.Tcp, sys.EstFrom = k.OwnerNs, 0, 0, bpf.GhostconnTcpPart{}, 0
+	sys.Parts = k.Parts & uint32(bpf.GhostconnDeltaPartDELTA_OWNER|bpf.GhostconnDeltaPartDELTA_SOCKOPT)
+	sys.State = uint8(collector.StateEstablished)
+	return state, sys
+}
+
 // checkDelta compares a decoded delta with evDelta.
 func checkDelta(t *testing.T, ev collector.Event) {
 	t.Helper()
@@ -483,7 +496,26 @@ func TestDecodeEnd(t *testing.T) {
 	}
 	checkDelta(t, ev) // the delta's tuple, with its local port
 
+	// As the kernel sends it: the state hook's delta and the syscall
+	// hooks' apart, merged into one.
+	r.D, r.S = splitDelta(evDelta())
+	if err := d.Decode(raw, &ev); err != nil {
+		t.Fatal(err)
+	}
+	checkDelta(t, ev)
+
+	// The drain took the state hook's delta: the syscall hooks' alone
+	// carries the owner, the options, and the state and tuple they read.
 	r.D = bpf.GhostconnSockDelta{}
+	if err := d.Decode(raw, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if dl := ev.Delta; dl.Parts != collector.DeltaOwner|collector.DeltaSockopt || dl.State != collector.StateEstablished ||
+		dl.Owner.FD != 9 || dl.NSockopts != 2 || dl.FirstMono != 7_000_100_000 || ev.Local.Port() != 40000 || ev.Inode != 5151 {
+		t.Errorf("end with the syscall hooks' delta alone: %+v, %v", dl, ev.Local)
+	}
+
+	r.D, r.S = bpf.GhostconnSockDelta{}, bpf.GhostconnSockDelta{}
 	if err := d.Decode(raw, &ev); err != nil {
 		t.Fatal(err)
 	}
@@ -501,8 +533,8 @@ func TestDecodeEnd(t *testing.T) {
 	// A delta that does not decode leaves the CLOSE, as the end record
 	// itself has it: the socket is gone either way.
 	r.E.State = uint8(collector.StateClose)
-	r.D = evDelta()
-	r.D.OwnerOp = 0
+	r.D, r.S = splitDelta(evDelta())
+	r.S.OwnerOp = 0
 	err := d.Decode(raw, &ev)
 	if !errors.Is(err, collector.ErrBadDelta) || !errors.Is(err, collector.ErrDecode) {
 		t.Fatalf("end record with owner op 0: %v, want ErrBadDelta and ErrDecode", err)

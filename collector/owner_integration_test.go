@@ -165,3 +165,110 @@ func TestOwnerEventsGiveHolders(t *testing.T) {
 			st0.Reconciles, st.Reconciles, st0.Refreshes, st.Refreshes, st.EventsLost["delta"])
 	}
 }
+
+// TestCloseWaitSurvivesAcceptRace: the peer's FIN can arrive while the
+// accept hook of the same socket is writing its owner on another CPU. With
+// holder walks and snapshots an hour apart, every accepted socket whose
+// peer closed must still reach CLOSE_WAIT in the table, with its holder:
+// the state hook and the syscall hooks keep apart deltas, so neither writes
+// the other's news back out.
+func TestCloseWaitSurvivesAcceptRace(t *testing.T) {
+	const n = 3000
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := startCollector(t, collector.Config{ReconcileInterval: time.Hour})
+	lfd := fdOf(t, ln)
+	laddr, err := unix.Getsockname(lfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st0, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each round fills the backlog, then one goroutine accepts while
+	// another closes the clients in the same order: each FIN lands close
+	// to its socket's accept return.
+	servers := map[string]int{} // client address -> accepted fd
+	t.Cleanup(func() {
+		for _, fd := range servers {
+			unix.Close(fd)
+		}
+	})
+	const round = 250
+	for len(servers) < n {
+		clients := make([]int, 0, round)
+		for range round {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Connect(fd, laddr); err != nil {
+				unix.Close(fd)
+				t.Fatalf("connect: %v", err)
+			}
+			clients = append(clients, fd)
+		}
+		done := make(chan error, 1)
+		go func() {
+			for _, fd := range clients {
+				if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+		for range round {
+			r, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+			if errno != 0 {
+				t.Fatalf("accept4: %v", errno)
+			}
+			peer, err := unix.Getpeername(int(r))
+			if err != nil {
+				t.Fatal(err)
+			}
+			servers[sockaddrString(t, peer)] = int(r)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+		for _, fd := range clients {
+			unix.Close(fd)
+		}
+	}
+	pid := uint32(os.Getpid())
+	testutil.Eventually(t, 3*time.Second, fmt.Sprintf("%d accepted sockets in CLOSE_WAIT with their holder", n), func() (bool, string) {
+		left, example := 0, ""
+		seen := map[string]bool{}
+		for _, v := range c.Table().List(time.Now(), collector.ListOptions{}) {
+			fd, ok := servers[v.Remote]
+			if !ok || v.Local != ln.Addr().String() {
+				continue
+			}
+			seen[v.Remote] = true
+			held := false
+			for _, h := range v.Holders {
+				held = held || (h.PID == pid && h.FD == int32(fd))
+			}
+			if v.State != collector.StateCloseWait || !held {
+				left++
+				if example == "" {
+					example = fmt.Sprintf("%s: state %v holders %+v (fd %d)", v.Remote, v.State, v.Holders, fd)
+				}
+			}
+		}
+		left += len(servers) - len(seen)
+		return left == 0, fmt.Sprintf("%d not yet (%d not in the table); e.g. %s", left, len(servers)-len(seen), example)
+	})
+	st, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Reconciles != st0.Reconciles || st.EventsLost["delta"] != 0 {
+		t.Errorf("reconciles %d -> %d, deltas lost %d: want the hooks alone, without loss", st0.Reconciles, st.Reconciles, st.EventsLost["delta"])
+	}
+}
