@@ -28,6 +28,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define TCP_USER_TIMEOUT 18
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #define EINPROGRESS 115
+#define EOPNOTSUPP 95
 
 // Load-time settings, written by the Go loader before load.
 
@@ -1341,5 +1342,61 @@ int iter_task_file(struct bpf_iter__task_file *ctx)
 	r.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	BPF_CORE_READ_STR_INTO(&r.comm, task, comm);
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+// act_req is one socket the agent asked an action iterator to act on, and
+// what the iterator found and did.
+struct act_req {
+	__s32 result; // the kernel's answer, 0 or a negative errno, once seen
+	__u8 seen;    // 1 once the iterator met the socket
+	__u8 state;   // the socket's state then
+	__u8 full;    // 1 for a full socket (not a request or TIME_WAIT one)
+	__u8 pad;
+};
+
+// act_targets holds the sockets, by cookie, that the next action iterator
+// acts on: the exact sockets, never an address or port. Writer: the agent,
+// before it opens the iterator, and the iterator, which records in each
+// entry what it found and did. Reader and deleter: the agent, once the
+// iterator has run (an action holds the agent's action lock throughout).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); // socket cookie
+	__type(value, struct act_req);
+} act_targets SEC(".maps");
+
+const struct act_req *unused_act_req __attribute__((unused));
+
+// bpf_sock_destroy aborts a socket as sock_diag's SOCK_DESTROY does (6.5+;
+// only iter/tcp and iter/udp programs may call it). A kernel without it
+// refuses to load iter_destroy alone; the agent then destroys through
+// sock_diag.
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+// iter_destroy aborts each socket of act_targets that it meets in the
+// network namespace of the process that opens it: the peer gets a RST and
+// the holder ECONNABORTED. Only full sockets in a state the agent allows
+// are destroyed; the agent checked the state, and the iterator records the
+// one it sees.
+SEC("iter/tcp")
+int iter_destroy(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(skc);
+	struct act_req *req = bpf_map_lookup_elem(&act_targets, &cookie);
+	if (!req)
+		return 0;
+	req->seen = 1;
+	req->state = skc->skc_state;
+	if (!bpf_skc_to_tcp_sock(skc)) {
+		req->result = -EOPNOTSUPP;
+		return 0;
+	}
+	req->full = 1;
+	req->result = bpf_sock_destroy(skc);
 	return 0;
 }

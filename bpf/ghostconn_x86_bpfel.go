@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type GhostconnActReq struct {
+	_      structs.HostLayout
+	Result int32
+	Seen   uint8
+	State  uint8
+	Full   uint8
+	Pad    uint8
+}
+
 type GhostconnCloseKey struct {
 	_      structs.HostLayout
 	Cookie uint64
@@ -260,6 +269,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	GhostconnMapActTargets          = "act_targets"
 	GhostconnMapCloses              = "closes"
 	GhostconnMapConnectFds          = "connect_fds"
 	GhostconnMapDeltas              = "deltas"
@@ -268,6 +278,7 @@ const (
 	GhostconnMapSysDeltas           = "sys_deltas"
 	GhostconnMapWatch               = "watch"
 	GhostconnProgInetSockSetState   = "inet_sock_set_state"
+	GhostconnProgIterDestroy        = "iter_destroy"
 	GhostconnProgIterTaskFile       = "iter_task_file"
 	GhostconnProgIterTcp            = "iter_tcp"
 	GhostconnProgSchedProcessExit   = "sched_process_exit"
@@ -284,6 +295,7 @@ const (
 	GhostconnProgTimerExpireEntry   = "timer_expire_entry"
 	GhostconnVarKeepaliveTimerFn    = "keepalive_timer_fn"
 	GhostconnVarSockCloseFn         = "sock_close_fn"
+	GhostconnVarUnusedActReq        = "unused_act_req"
 	GhostconnVarUnusedCloseKey      = "unused_close_key"
 	GhostconnVarUnusedCloseOp       = "unused_close_op"
 	GhostconnVarUnusedCloseRec      = "unused_close_rec"
@@ -345,6 +357,7 @@ type GhostconnSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnProgramSpecs struct {
 	InetSockSetState   *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
+	IterDestroy        *ebpf.ProgramSpec `ebpf:"iter_destroy"`
 	IterTaskFile       *ebpf.ProgramSpec `ebpf:"iter_task_file"`
 	IterTcp            *ebpf.ProgramSpec `ebpf:"iter_tcp"`
 	SchedProcessExit   *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
@@ -365,6 +378,7 @@ type GhostconnProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnMapSpecs struct {
+	ActTargets *ebpf.MapSpec `ebpf:"act_targets"`
 	Closes     *ebpf.MapSpec `ebpf:"closes"`
 	ConnectFds *ebpf.MapSpec `ebpf:"connect_fds"`
 	Deltas     *ebpf.MapSpec `ebpf:"deltas"`
@@ -380,6 +394,7 @@ type GhostconnMapSpecs struct {
 type GhostconnVariableSpecs struct {
 	KeepaliveTimerFn *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
 	SockCloseFn      *ebpf.VariableSpec `ebpf:"sock_close_fn"`
+	UnusedActReq     *ebpf.VariableSpec `ebpf:"unused_act_req"`
 	UnusedCloseKey   *ebpf.VariableSpec `ebpf:"unused_close_key"`
 	UnusedCloseOp    *ebpf.VariableSpec `ebpf:"unused_close_op"`
 	UnusedCloseRec   *ebpf.VariableSpec `ebpf:"unused_close_rec"`
@@ -418,6 +433,7 @@ func (o *GhostconnObjects) Close() error {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnMaps struct {
+	ActTargets *ebpf.Map `ebpf:"act_targets"`
 	Closes     *ebpf.Map `ebpf:"closes"`
 	ConnectFds *ebpf.Map `ebpf:"connect_fds"`
 	Deltas     *ebpf.Map `ebpf:"deltas"`
@@ -429,6 +445,7 @@ type GhostconnMaps struct {
 
 func (m *GhostconnMaps) Close() error {
 	return _GhostconnClose(
+		m.ActTargets,
 		m.Closes,
 		m.ConnectFds,
 		m.Deltas,
@@ -445,6 +462,7 @@ func (m *GhostconnMaps) Close() error {
 type GhostconnVariables struct {
 	KeepaliveTimerFn *ebpf.Variable `ebpf:"keepalive_timer_fn"`
 	SockCloseFn      *ebpf.Variable `ebpf:"sock_close_fn"`
+	UnusedActReq     *ebpf.Variable `ebpf:"unused_act_req"`
 	UnusedCloseKey   *ebpf.Variable `ebpf:"unused_close_key"`
 	UnusedCloseOp    *ebpf.Variable `ebpf:"unused_close_op"`
 	UnusedCloseRec   *ebpf.Variable `ebpf:"unused_close_rec"`
@@ -468,6 +486,7 @@ type GhostconnVariables struct {
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnPrograms struct {
 	InetSockSetState   *ebpf.Program `ebpf:"inet_sock_set_state"`
+	IterDestroy        *ebpf.Program `ebpf:"iter_destroy"`
 	IterTaskFile       *ebpf.Program `ebpf:"iter_task_file"`
 	IterTcp            *ebpf.Program `ebpf:"iter_tcp"`
 	SchedProcessExit   *ebpf.Program `ebpf:"sched_process_exit"`
@@ -487,6 +506,7 @@ type GhostconnPrograms struct {
 func (p *GhostconnPrograms) Close() error {
 	return _GhostconnClose(
 		p.InetSockSetState,
+		p.IterDestroy,
 		p.IterTaskFile,
 		p.IterTcp,
 		p.SchedProcessExit,

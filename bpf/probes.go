@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -39,6 +40,7 @@ const (
 	ProgAccept4     = "sys_exit_accept4"
 	ProgIterTCP     = "iter_tcp"
 	ProgIterFiles   = "iter_task_file"
+	ProgIterDestroy = "iter_destroy"
 )
 
 // program describes how one program attaches and whether the agent can run
@@ -69,6 +71,9 @@ var programs = []program{
 	{name: ProgConnectExit, group: "syscalls", kind: "tracepoint"},
 	{name: ProgAccept, group: "syscalls", kind: "tracepoint"},
 	{name: ProgAccept4, group: "syscalls", kind: "tracepoint"},
+	// ghostconn kill's abort: bpf_sock_destroy (6.5+). Without it the
+	// agent aborts through sock_diag.
+	{name: ProgIterDestroy, kind: "iter"},
 }
 
 // Required reports whether the agent cannot run without the program.
@@ -125,6 +130,9 @@ type Probes struct {
 	connectFds *ebpf.Map
 	// watch, deltas and sysDeltas: see SetWatching and DrainDeltas.
 	watch, deltas, sysDeltas *ebpf.Map
+	// actTargets and actMu: see Destroy.
+	actTargets *ebpf.Map
+	actMu      sync.Mutex
 	// hostSockets and holders are how many records the last snapshot of
 	// the host's sockets and of the holders read (see readRecords).
 	hostSockets, holders atomic.Int64
@@ -134,8 +142,9 @@ type Probes struct {
 	// percpu is DeltasCreated's buffer.
 	percpu []uint64
 
-	iterTCP   *link.Iter
-	iterFiles *link.Iter
+	iterTCP     *link.Iter
+	iterFiles   *link.Iter
+	iterDestroy *link.Iter
 	links     []link.Link
 	progs     []*ebpf.Program
 	// byName holds the loaded programs by name, for RecursionMisses;
@@ -197,10 +206,11 @@ func Load(opts Options) (*Probes, error) {
 		return nil, fmt.Errorf("create bpf maps: %w", err)
 	}
 	p := &Probes{Events: maps.Events, Stats: maps.Stats, Closes: maps.Closes, connectFds: maps.ConnectFds,
-		watch: maps.Watch, deltas: maps.Deltas, sysDeltas: maps.SysDeltas, PinReset: pinReset,
+		watch: maps.Watch, deltas: maps.Deltas, sysDeltas: maps.SysDeltas, actTargets: maps.ActTargets, PinReset: pinReset,
 		Attached: map[string]error{}, ProgramIDs: map[string]uint32{}, byName: map[string]*ebpf.Program{}, byLink: map[string]link.Link{}}
 	replacements := map[string]*ebpf.Map{"events": maps.Events, "stats": maps.Stats, "closes": maps.Closes,
-		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "deltas": maps.Deltas, "sys_deltas": maps.SysDeltas}
+		"connect_fds": maps.ConnectFds, "watch": maps.Watch, "deltas": maps.Deltas, "sys_deltas": maps.SysDeltas,
+		"act_targets": maps.ActTargets}
 
 	// Only the syscall hooks need tracefs, and they are optional: without
 	// it they stay detached, with the reason.
@@ -292,10 +302,13 @@ func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]
 			return fmt.Errorf("attach iter %s: %w", def.name, err)
 		}
 		p.links = append(p.links, it)
-		if def.name == ProgIterTCP {
+		switch def.name {
+		case ProgIterTCP:
 			p.iterTCP = it
-		} else {
+		case ProgIterFiles:
 			p.iterFiles = it
+		case ProgIterDestroy:
+			p.iterDestroy = it
 		}
 	}
 	return nil
@@ -328,7 +341,7 @@ func (p *Probes) Close() error {
 		errs = append(errs, prog.Close())
 	}
 	errs = append(errs, p.Events.Close(), p.Stats.Close(), p.Closes.Close(), p.connectFds.Close(),
-		p.watch.Close(), p.deltas.Close(), p.sysDeltas.Close())
+		p.watch.Close(), p.deltas.Close(), p.sysDeltas.Close(), p.actTargets.Close())
 	return errors.Join(errs...)
 }
 

@@ -1,0 +1,118 @@
+package bpf
+
+import (
+	"errors"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ghostconn/ghostconn/internal/privtest"
+)
+
+// loopbackPair returns both ends of a loopback TCP connection.
+func loopbackPair(t *testing.T) (client, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// cookieOf returns the socket cookie of a connection's socket.
+func cookieOf(t *testing.T, c *net.TCPConn) uint64 {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie uint64
+	var gerr error
+	if err := raw.Control(func(fd uintptr) {
+		cookie, gerr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return cookie
+}
+
+// TestDestroyAbortsExactSocket: Destroy aborts the socket with the cookie
+// it is given and no other: the peer's blocked read gets ECONNRESET, the
+// holder's next write ECONNABORTED, and another connection on the same
+// loopback stays up. A cookie of no socket is reported unseen.
+func TestDestroyAbortsExactSocket(t *testing.T) {
+	privtest.Require(t)
+	p, err := Load(Options{IteratorsOnly: true})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer p.Close()
+	if !SockDestroyAvailable() {
+		if _, err := p.Destroy("", []uint64{1}); !errors.Is(err, ErrNoSockDestroy) {
+			t.Fatalf("Destroy on a kernel without bpf_sock_destroy: %v, want ErrNoSockDestroy", err)
+		}
+		return
+	}
+	victim, peer := loopbackPair(t)
+	other, otherPeer := loopbackPair(t)
+	read := make(chan error, 1)
+	go func() {
+		_, err := peer.Read(make([]byte, 1))
+		read <- err
+	}()
+	cookie := cookieOf(t, victim)
+	res, err := p.Destroy("", []uint64{cookie, 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res[cookie]; !r.Seen || !r.Full || r.Err != nil || r.State != 1 {
+		t.Errorf("victim: %+v, want seen ESTABLISHED full socket destroyed", r)
+	}
+	if r := res[1]; r.Seen {
+		t.Errorf("cookie 1: %+v, want unseen", r)
+	}
+	select {
+	case err := <-read:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("peer read: %v, want ECONNRESET", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("peer read still blocked 1s after the destroy")
+	}
+	if _, err := victim.Write([]byte("x")); !errors.Is(err, syscall.ECONNABORTED) {
+		t.Errorf("holder write: %v, want ECONNABORTED", err)
+	}
+	if _, err := other.Write([]byte("y")); err != nil {
+		t.Errorf("other connection: %v", err)
+	}
+	buf := make([]byte, 1)
+	otherPeer.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := otherPeer.Read(buf); err != nil || buf[0] != 'y' {
+		t.Errorf("other connection's peer read %q, %v", buf, err)
+	}
+	socks, err := p.Sockets("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range socks {
+		if s.Cookie == cookie {
+			t.Errorf("destroyed socket still in iter/tcp: %+v", s)
+		}
+	}
+}
