@@ -145,8 +145,8 @@ type Probes struct {
 	iterTCP     *link.Iter
 	iterFiles   *link.Iter
 	iterDestroy *link.Iter
-	links     []link.Link
-	progs     []*ebpf.Program
+	links       []link.Link
+	progs       []*ebpf.Program
 	// byName holds the loaded programs by name, for RecursionMisses;
 	// byLink their links.
 	byName map[string]*ebpf.Program
