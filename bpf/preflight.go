@@ -46,6 +46,12 @@ func EnsureTracefs() error {
 // users' processes.
 var RequiredCaps = []int{caps.BPF, caps.Perfmon, caps.SysAdmin, caps.SysPtrace, caps.Syslog}
 
+// ActionCaps are the capabilities the agent uses, when it has them, only to
+// act on connections: CAP_NET_ADMIN for kill through sock_diag. The
+// deployment grants them; an agent without them (or with --read-only)
+// still runs.
+var ActionCaps = []int{caps.NetAdmin}
+
 // checkCaps makes sure the effective set holds RequiredCaps.
 func checkCaps() error {
 	missing, err := caps.Missing(RequiredCaps...)

@@ -43,6 +43,11 @@ type Config struct {
 	// Zero means 30s.
 	ReaderGiveUp time.Duration
 	Logger       *slog.Logger
+	// ReadOnly refuses every action (kill): for hosts where only
+	// observation is allowed.
+	ReadOnly bool
+	// NoSockDestroy and NoSockDiag turn off a mechanism kill aborts with.
+	NoSockDestroy, NoSockDiag bool
 }
 
 func (c *Config) defaults() {
@@ -114,6 +119,10 @@ type Collector struct {
 
 	reconcileHist histogram
 	capsDropped   atomic.Bool
+
+	// killer carries out actions; actions counts them.
+	killer  *Killer
+	actions actionCounts
 }
 
 // ringReader is what readLoop needs of the ring-buffer reader; the seam
@@ -207,6 +216,7 @@ func New(cfg Config) (*Collector, error) {
 		dec:    Decoder{HZ: hz, MonoOffset: monoOffset()},
 		reader: rd,
 		ready:  make(chan struct{}),
+		killer: &Killer{Probes: probes, NoSockDestroy: cfg.NoSockDestroy, NoSockDiag: cfg.NoSockDiag},
 	}
 	// While a watch client is connected, the kernel streams the transitions
 	// and options it otherwise folds.
@@ -790,8 +800,12 @@ type Status struct {
 	ProgramIDs         map[string]uint32 `json:"program_ids"`
 	ClosesReplayed     uint64            `json:"closes_replayed"`
 	CapsDropped        bool              `json:"capabilities_dropped"`
-	KernelHZ           int               `json:"kernel_hz"`
-	CloseLastRef       uint64            `json:"close_last_ref"`
+	// ReadOnly says the agent refuses every action; Killed counts the
+	// kills it carried out and verified, by verdict and mode.
+	ReadOnly     bool          `json:"read_only"`
+	Killed       []KilledCount `json:"killed"`
+	KernelHZ     int           `json:"kernel_hz"`
+	CloseLastRef uint64        `json:"close_last_ref"`
 }
 
 // lostIndex maps the kernel's loss counters to event kinds.
@@ -848,6 +862,8 @@ func (c *Collector) Status() (Status, error) {
 		ProgramIDs:          c.probes.ProgramIDs,
 		ClosesReplayed:      c.replayed.Load(),
 		CapsDropped:         c.capsDropped.Load(),
+		ReadOnly:            c.cfg.ReadOnly,
+		Killed:              c.actions.snapshot(),
 		KernelHZ:            c.dec.HZ,
 		CloseLastRef:        kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
 	}

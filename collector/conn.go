@@ -51,8 +51,11 @@ type Transition struct {
 	To   State     `json:"to"`
 	Task *Task     `json:"task,omitempty"`
 	// Source is "kernel" for tracepoint events and "reconcile" for changes
-	// found by comparing with a snapshot.
+	// found by comparing with a snapshot; "ghostconn abort" and "ghostconn
+	// graceful" mark an action (From and To are the state it found).
 	Source string `json:"source"`
+	// Action is what ghostconn did, on an action's entry.
+	Action *Action `json:"action,omitempty"`
 }
 
 // maxTransitions bounds the per-connection history.

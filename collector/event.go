@@ -29,12 +29,13 @@ const (
 	KindEnd        = Kind(bpf.GhostconnEventTypeEVENT_END)
 	KindObserved   = Kind(100)
 	KindDelta      = Kind(101)
+	KindAction     = Kind(102)
 )
 
 var kindNames = map[Kind]string{
 	KindState: "state", KindRetransmit: "retransmit", KindKeepalive: "keepalive",
 	KindClose: "close", KindSockopt: "sockopt", KindEnd: "end", KindObserved: "observed",
-	KindDelta: "delta",
+	KindDelta: "delta", KindAction: "action",
 }
 
 // ringKinds are the kinds a ring-buffer record may have.
@@ -163,6 +164,9 @@ type Event struct {
 	Delta Delta
 	// Observed is set on KindObserved events.
 	Observed *Observation
+	// Action is set on KindAction events: what ghostconn did to the
+	// connection at a user's request.
+	Action *Action
 }
 
 // Family is an address family.

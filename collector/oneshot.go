@@ -47,3 +47,16 @@ func OneShot(hz int, vcfg VerdictConfig) ([]ConnView, error) {
 	t.Evaluate(now)
 	return t.List(now, ListOptions{}), nil
 }
+
+// OneShotKill acts on views as the agent's kill does, with probes of its
+// own (for the CLI when no agent runs). Nothing is logged or counted: the
+// CLI prints the results.
+func OneShotKill(views []ConnView, graceful, allowListen bool) ([]KillResult, error) {
+	probes, err := bpf.Load(bpf.Options{IteratorsOnly: true, RingBufferBytes: 4096})
+	if err != nil {
+		return nil, err
+	}
+	defer probes.Close()
+	k := &Killer{Probes: probes}
+	return k.Kill(views, graceful, allowListen), nil
+}

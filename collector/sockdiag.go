@@ -107,10 +107,12 @@ func DiagDestroy(nsPath string, family Family, local, remote netip.AddrPort, coo
 	}
 	err = parseDiagAck(buf[:n], seq)
 	switch {
-	case errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EINVAL):
+	case errors.Is(err, syscall.EOPNOTSUPP):
 		return fmt.Errorf("%w: %w", ErrNoDiagDestroy, err)
 	case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESTALE):
 		return fmt.Errorf("%w: %w", ErrDiagGone, err)
+	case errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("sock_diag SOCK_DESTROY needs CAP_NET_ADMIN in the socket's network namespace: %w", err)
 	}
 	return err
 }

@@ -291,6 +291,9 @@ func (t *Table) apply(ev *Event) {
 	case KindEnd:
 		t.applyEnd(ev, c)
 		return
+	case KindAction:
+		t.applyAction(ev, c)
+		return
 	}
 	if c == nil {
 		if ev.Kind == KindSockopt || ev.State == StateClose ||

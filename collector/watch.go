@@ -10,7 +10,7 @@ import (
 // raised or cleared.
 type Change struct {
 	Time   time.Time `json:"time"`
-	Type   string    `json:"type"` // "state", "verdict", "cleared" or "lost"
+	Type   string    `json:"type"` // "state", "verdict", "cleared", "action" or "lost"
 	Cookie uint64    `json:"cookie,omitempty"`
 	Family string    `json:"family,omitempty"`
 	Local  string    `json:"local,omitempty"`
@@ -22,6 +22,8 @@ type Change struct {
 	Task    *Task    `json:"task,omitempty"`
 	Holders []Holder `json:"holders,omitempty"`
 	Verdict *Verdict `json:"verdict,omitempty"`
+	// Action is what ghostconn did, on an "action" change.
+	Action *Action `json:"action,omitempty"`
 	// Lost counts changes this watcher missed because it read too slowly.
 	Lost uint64 `json:"lost,omitempty"`
 }

@@ -4,9 +4,11 @@
 package exporter
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -35,6 +37,7 @@ type Source interface {
 //	GET /v1/connections?FILTER   a JSON array of connections
 //	GET /v1/watch?FILTER         a stream of changes, one JSON object a line
 //	GET /v1/status               the agent's counters
+//	POST /v1/kill                act on connections (a collector.KillRequest)
 //	GET /debug/pprof/...         Go runtime profiles (net/http/pprof)
 //
 // The profiles are served only here, on the root-only unix socket, never
@@ -53,13 +56,14 @@ func NewAPI(src Source) *API {
 	a.mux.HandleFunc("GET /v1/connections", a.connections)
 	a.mux.HandleFunc("GET /v1/watch", a.watch)
 	a.mux.HandleFunc("GET /v1/status", a.status)
+	a.mux.HandleFunc("POST /v1/kill", a.kill)
 	a.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	a.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	a.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	a.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	a.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status, /debug/pprof/)", r.Method, r.URL.Path)})
+		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status, /debug/pprof/; POST /v1/kill)", r.Method, r.URL.Path)})
 	})
 	return a
 }
@@ -154,6 +158,70 @@ func (a *API) watch(w http.ResponseWriter, r *http.Request) {
 				flusher.Flush()
 			}
 		}
+	}
+}
+
+// Actor is a Source that can also act on connections; *collector.Collector
+// is one.
+type Actor interface {
+	Kill(collector.KillRequest, collector.Caller) ([]collector.KillResult, error)
+}
+
+// callerKey is the context key of an API client's peer credentials.
+type callerKey struct{}
+
+// ConnContext is for http.Server.ConnContext on the API socket: it keeps
+// each client's peer credentials (SO_PEERCRED), which actions are audited
+// with.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil || cerr != nil {
+		return ctx
+	}
+	return context.WithValue(ctx, callerKey{}, collector.Caller{UID: cred.Uid, PID: uint32(cred.Pid)})
+}
+
+// kill acts on the connections a KillRequest names, for a client whose
+// peer credentials are known, and answers what was done to each.
+func (a *API) kill(w http.ResponseWriter, r *http.Request) {
+	actor, ok := a.src.(Actor)
+	if !ok {
+		writeJSON(w, http.StatusNotImplemented, Error{Error: "this API cannot act on connections"})
+		return
+	}
+	caller, ok := r.Context().Value(callerKey{}).(collector.Caller)
+	if !ok {
+		writeJSON(w, http.StatusForbidden, Error{Error: "actions are served only on the agent's unix socket, to a client whose credentials it can read"})
+		return
+	}
+	var req collector.KillRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		badRequest(w, fmt.Errorf("kill request: %w", err))
+		return
+	}
+	if len(req.Cookies) == 0 {
+		badRequest(w, errors.New("kill request names no connection (cookies is empty)"))
+		return
+	}
+	res, err := actor.Kill(req, caller)
+	switch {
+	case errors.Is(err, collector.ErrReadOnly):
+		writeJSON(w, http.StatusForbidden, Error{Error: err.Error()})
+	case err != nil:
+		writeJSON(w, http.StatusInternalServerError, Error{Error: err.Error()})
+	default:
+		writeJSON(w, http.StatusOK, res)
 	}
 }
 

@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,6 +51,12 @@ func (c *Client) open(ctx context.Context, hc *http.Client, path string, q url.V
 	if err != nil {
 		return nil, err
 	}
+	return c.do(hc, req)
+}
+
+// do sends req and returns the response of a 200 answer, or the agent's
+// error.
+func (c *Client) do(hc *http.Client, req *http.Request) (*http.Response, error) {
 	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, err
@@ -131,6 +139,37 @@ func (c *Client) Watch(ctx context.Context, f Filter, fn func(collector.Change) 
 			return err
 		}
 	}
+}
+
+// ErrAgentReadOnly is the answer of an agent started with --read-only to
+// an action.
+var ErrAgentReadOnly = errors.New("the agent runs with --read-only: it refuses every action")
+
+// Kill asks the agent to act on the connections of req and returns what it
+// did to each.
+func (c *Client) Kill(ctx context.Context, req collector.KillRequest) ([]collector.KillResult, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://ghostconn/v1/kill", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := c.do(c.hc, hreq)
+	if err != nil {
+		if strings.Contains(err.Error(), collector.ErrReadOnly.Error()) {
+			return nil, ErrAgentReadOnly
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out []collector.KillResult
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("decode agent answer: %w", err)
+	}
+	return out, nil
 }
 
 // Status returns the agent's account of itself.

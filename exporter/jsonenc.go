@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"encoding/json"
 	"io"
 	"math"
 	"strconv"
@@ -142,6 +143,15 @@ func AppendConnView(b []byte, v *collector.ConnView) []byte {
 			}
 			b = appendKey(b, "source")
 			b = appendString(b, tr.Source)
+			if tr.Action != nil {
+				// Rare (one per kill): encoding/json serves.
+				ab, err := json.Marshal(tr.Action)
+				if err != nil {
+					ab = []byte("null")
+				}
+				b = appendKey(b, "action")
+				b = append(b, ab...)
+			}
 			b = append(b, '}')
 		}
 		b = append(b, ']')

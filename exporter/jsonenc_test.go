@@ -34,7 +34,9 @@ func TestAppendConnViewMatchesEncodingJSON(t *testing.T) {
 			FirstSeen: at, StateSince: at.Add(time.Second), ClosedAt: &closed,
 			Verdicts: []collector.Verdict{{Kind: "ghost", Since: at, Detail: "x (pid 1, fd 3)"}, {Kind: "unresponsive", Since: at, Detail: "d", GiveUp: &giveUp}},
 			History: []collector.Transition{{At: at, From: 0, To: collector.StateSynSent, Task: &collector.Task{PID: 8, Comm: "curl"}, Source: "kernel"},
-				{At: at, From: collector.StateSynSent, To: collector.StateEstablished, Source: "snapshot"}},
+				{At: at, From: collector.StateSynSent, To: collector.StateEstablished, Source: "snapshot"},
+				{At: at, From: collector.StateCloseWait, To: collector.StateCloseWait, Source: "ghostconn abort",
+					Action: &collector.Action{Op: "abort", Mechanism: "sock_diag", UID: 0, PID: 77, Verdicts: []string{"close-wait"}, Error: "still <there>"}}},
 		},
 	}
 	for i := range views {

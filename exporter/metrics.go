@@ -73,7 +73,8 @@ var (
 	buildInfoDesc        = desc("build_info", "Build information; always 1.", "version", "revision", "goversion")
 	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
 	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
-	descsWithoutProcess  = []*prometheus.Desc{connectionsDesc, flaggedDesc, eventsReadDesc, deltasReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
+	killedDesc           = desc("sockets_killed_total", "Sockets ghostconn kill aborted (mode=abort) or shut down (mode=graceful), counted once the check afterwards saw it done, by the connection's verdict then (verdict=\"none\" for one without).", "verdict", "mode")
+	descsWithoutProcess  = []*prometheus.Desc{killedDesc, connectionsDesc, flaggedDesc, eventsReadDesc, deltasReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
 	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt", "delta"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
@@ -258,6 +259,15 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		dropped = 1
 	}
 	gauge(capsDroppedDesc, dropped)
+	killed := map[[2]string]uint64{}
+	for _, k := range st.Killed {
+		killed[[2]string{k.Verdict, k.Mode}] = k.Count
+	}
+	for _, v := range append(collector.VerdictKinds[:len(collector.VerdictKinds):len(collector.VerdictKinds)], "none") {
+		for _, mode := range []string{collector.ModeAbort, collector.ModeGraceful} {
+			counter(killedDesc, killed[[2]string{v, mode}], v, mode)
+		}
+	}
 	counter(tableFullDesc, st.TableFullDrops)
 	counter(unknownSocketDesc, st.UnknownSocket)
 	names := bpf.ProgramNames()

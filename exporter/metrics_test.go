@@ -101,6 +101,7 @@ func newFake(t *testing.T) *fakeSource {
 			VerdictsRaised:   map[string]uint64{"ghost": 3},
 			ReconcileAdded:   5,
 			Programs:         programs,
+			Killed:           []collector.KilledCount{{Verdict: "ghost", Mode: "graceful", Count: 2}, {Verdict: "none", Mode: "abort", Count: 1}},
 		},
 	}
 }
@@ -166,6 +167,7 @@ ghostconn_reconcile_duration_seconds_count 3
 # HELP ghostconn_program_attached Whether an eBPF program is loaded and attached (1) or not (0).
 # TYPE ghostconn_program_attached gauge
 ghostconn_program_attached{program="inet_sock_set_state"} 1
+ghostconn_program_attached{program="iter_destroy"} 1
 ghostconn_program_attached{program="iter_task_file"} 1
 ghostconn_program_attached{program="iter_tcp"} 1
 ghostconn_program_attached{program="sched_process_exit"} 1
@@ -180,6 +182,18 @@ ghostconn_program_attached{program="sys_exit_accept4"} 1
 ghostconn_program_attached{program="sys_exit_connect"} 1
 ghostconn_program_attached{program="tcp_retransmit_skb"} 1
 ghostconn_program_attached{program="timer_expire_entry"} 0
+# HELP ghostconn_sockets_killed_total Sockets ghostconn kill aborted (mode=abort) or shut down (mode=graceful), counted once the check afterwards saw it done, by the connection's verdict then (verdict="none" for one without).
+# TYPE ghostconn_sockets_killed_total counter
+ghostconn_sockets_killed_total{mode="abort",verdict="close-wait"} 0
+ghostconn_sockets_killed_total{mode="abort",verdict="ghost"} 0
+ghostconn_sockets_killed_total{mode="abort",verdict="none"} 1
+ghostconn_sockets_killed_total{mode="abort",verdict="silent"} 0
+ghostconn_sockets_killed_total{mode="abort",verdict="unresponsive"} 0
+ghostconn_sockets_killed_total{mode="graceful",verdict="close-wait"} 0
+ghostconn_sockets_killed_total{mode="graceful",verdict="ghost"} 2
+ghostconn_sockets_killed_total{mode="graceful",verdict="none"} 0
+ghostconn_sockets_killed_total{mode="graceful",verdict="silent"} 0
+ghostconn_sockets_killed_total{mode="graceful",verdict="unresponsive"} 0
 # HELP ghostconn_reader_errors_total Failed reads of the event ring buffer (retried; the agent exits when they persist).
 # TYPE ghostconn_reader_errors_total counter
 ghostconn_reader_errors_total 2

@@ -14,6 +14,7 @@ import (
 
 // Capability numbers from linux/capability.h.
 const (
+	NetAdmin  = 12
 	SysPtrace = 19
 	SysAdmin  = 21
 	Syslog    = 34
@@ -21,7 +22,7 @@ const (
 	BPF       = 39
 )
 
-var names = map[int]string{SysPtrace: "CAP_SYS_PTRACE", SysAdmin: "CAP_SYS_ADMIN", Syslog: "CAP_SYSLOG", Perfmon: "CAP_PERFMON", BPF: "CAP_BPF"}
+var names = map[int]string{NetAdmin: "CAP_NET_ADMIN", SysPtrace: "CAP_SYS_PTRACE", SysAdmin: "CAP_SYS_ADMIN", Syslog: "CAP_SYSLOG", Perfmon: "CAP_PERFMON", BPF: "CAP_BPF"}
 
 // Name returns the capability's name, such as CAP_BPF.
 func Name(c int) string {
@@ -92,6 +93,9 @@ func KeepOnly(keep ...int) error {
 	if err != nil {
 		return err
 	}
+	// A capability the process does not have stays without: capset
+	// cannot add it.
+	mask &= eff
 	if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); errno != 0 {
 		if errno == unix.ENOTSUP {
 			return ErrCgo

@@ -1,0 +1,322 @@
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ghostconn/ghostconn/bpf"
+)
+
+// Kill modes and the mechanisms that carry them out.
+const (
+	ModeAbort    = "abort"    // RST to the peer, ECONNABORTED to the holder
+	ModeGraceful = "graceful" // the FIN the application meant to send
+
+	MechSockDestroy = "bpf_sock_destroy"
+	MechSockDiag    = "sock_diag"
+	MechShutdown    = "shutdown"
+)
+
+// KillableStates are the states kill acts on; LISTEN only when asked for by
+// name, TIME_WAIT and closed sockets never.
+var KillableStates = map[State]bool{
+	StateEstablished: true, StateSynSent: true, StateSynRecv: true, StateCloseWait: true,
+	StateFinWait1: true, StateFinWait2: true, StateLastAck: true, StateClosing: true,
+}
+
+// Killable reports whether kill may act on a socket in state s.
+func Killable(s State, allowListen bool) bool {
+	return KillableStates[s] || (allowListen && s == StateListen)
+}
+
+// KillResult is what kill did to one connection, as verified afterwards.
+type KillResult struct {
+	Cookie   uint64   `json:"cookie"`
+	Family   string   `json:"family"`
+	Local    string   `json:"local"`
+	Remote   string   `json:"remote"`
+	Netns    uint32   `json:"netns"`
+	State    State    `json:"state"`
+	Verdicts []string `json:"verdicts"`
+	// Holders are the processes that still have an fd of the socket: a
+	// kill does not close it, so the application still has to.
+	Holders   []Holder `json:"holders"`
+	Mode      string   `json:"mode"`
+	Mechanism string   `json:"mechanism,omitempty"`
+	// Done is true only when the check after acting saw the effect: the
+	// socket gone (abort), or past its FIN (graceful).
+	Done bool `json:"done"`
+	// Gone is true when the socket had closed before kill came to act on
+	// it (the other end of a connection kill also aborted, often): there
+	// was nothing to do, and that is not a failure.
+	Gone bool `json:"gone"`
+	// After is the socket's state at that check, or "gone".
+	After string `json:"after,omitempty"`
+	Error string `json:"error,omitempty"`
+
+	// diagGone is set when sock_diag did not find the socket.
+	diagGone bool
+}
+
+// Killer aborts or shuts down sockets by cookie, in each socket's own
+// network namespace, and checks each one afterwards. The agent and the
+// CLI (without an agent) share it.
+type Killer struct {
+	Probes *bpf.Probes
+	// Namespaces maps a namespace inode to a path that opens it ("" for
+	// the caller's own); nil means Namespaces().
+	Namespaces func() (map[uint32]string, error)
+	// NoSockDestroy and NoSockDiag turn a mechanism off (tests, and
+	// --kill-via).
+	NoSockDestroy, NoSockDiag bool
+}
+
+// Kill acts on each connection in views: abort, or with graceful a
+// shutdown through a holder's fd. It never acts on a socket in a state
+// Killable refuses, and never on another socket than the one with the
+// view's cookie.
+func (k *Killer) Kill(views []ConnView, graceful, allowListen bool) []KillResult {
+	out := make([]KillResult, len(views))
+	byNS := map[uint32][]int{}
+	for i := range views {
+		v := &views[i]
+		r := &out[i]
+		*r = KillResult{Cookie: v.Cookie, Family: v.Family, Local: v.Local, Remote: v.Remote, Netns: v.Netns,
+			State: v.State, Holders: v.Holders, Mode: ModeAbort}
+		for _, vd := range v.Verdicts {
+			r.Verdicts = append(r.Verdicts, vd.Kind)
+		}
+		if graceful {
+			r.Mode = ModeGraceful
+		}
+		if !Killable(v.State, allowListen) {
+			r.Error = fmt.Sprintf("not acted on: %s sockets are never killed", v.State)
+			if v.State == StateListen {
+				r.Error = "not acted on: a LISTEN socket is killed only with --state LISTEN"
+			}
+			continue
+		}
+		byNS[v.Netns] = append(byNS[v.Netns], i)
+	}
+	if len(byNS) == 0 {
+		return out
+	}
+	nsFn := k.Namespaces
+	if nsFn == nil {
+		nsFn = Namespaces
+	}
+	paths, err := nsFn()
+	if err != nil {
+		for _, idx := range byNS {
+			for _, i := range idx {
+				out[i].Error = fmt.Sprintf("find network namespaces: %v", err)
+			}
+		}
+		return out
+	}
+	for ns, idx := range byNS {
+		path, ok := paths[ns]
+		if !ok {
+			for _, i := range idx {
+				out[i].Error = fmt.Sprintf("network namespace %d is gone (no process or bind mount opens it)", ns)
+			}
+			continue
+		}
+		if graceful {
+			for _, i := range idx {
+				k.shutdown(&views[i], &out[i])
+			}
+		} else {
+			k.abort(path, views, out, idx)
+		}
+		k.verify(path, out, idx)
+	}
+	return out
+}
+
+// abort destroys the sockets at idx in the namespace at path: with
+// bpf_sock_destroy where the kernel has it, else through sock_diag.
+func (k *Killer) abort(path string, views []ConnView, out []KillResult, idx []int) {
+	var viaDiag []int
+	if k.NoSockDestroy || k.Probes == nil {
+		viaDiag = idx
+	} else {
+		cookies := make([]uint64, len(idx))
+		for j, i := range idx {
+			cookies[j] = views[i].Cookie
+		}
+		res, err := k.Probes.Destroy(path, cookies)
+		switch {
+		case errors.Is(err, bpf.ErrNoSockDestroy):
+			viaDiag = idx
+		case err != nil:
+			for _, i := range idx {
+				out[i].Error = err.Error()
+			}
+			return
+		default:
+			for _, i := range idx {
+				r := res[views[i].Cookie]
+				out[i].Mechanism = MechSockDestroy
+				switch {
+				case !r.Seen:
+					out[i].Gone = true
+					out[i].Error = "already closed when kill came to it: nothing to do"
+				case !r.Full:
+					out[i].Error = fmt.Sprintf("a %s request or TIME_WAIT socket cannot be destroyed", State(r.State))
+				case r.Err != nil && !k.NoSockDiag:
+					// A socket it refuses (6.18 refuses LISTEN ones
+					// with EINVAL) may still go through sock_diag.
+					viaDiag = append(viaDiag, i)
+					out[i].Error = fmt.Sprintf("bpf_sock_destroy: %v", r.Err)
+				case r.Err != nil:
+					out[i].Error = fmt.Sprintf("bpf_sock_destroy: %v", r.Err)
+				}
+			}
+		}
+	}
+	for _, i := range viaDiag {
+		v := &views[i]
+		first := out[i].Error
+		out[i].Error = ""
+		out[i].Mechanism = MechSockDiag
+		if k.NoSockDiag {
+			out[i].Mechanism = ""
+			out[i].Error = noMechanism(k)
+			continue
+		}
+		fam := FamilyIPv4
+		if v.Family == FamilyIPv6.String() {
+			fam = FamilyIPv6
+		}
+		local, err1 := netip.ParseAddrPort(v.Local)
+		remote, err2 := netip.ParseAddrPort(v.Remote)
+		if err := errors.Join(err1, err2); err != nil {
+			out[i].Error = fmt.Sprintf("socket address: %v", err)
+			continue
+		}
+		if err := DiagDestroy(path, fam, local, remote, v.Cookie); err != nil {
+			out[i].Error = err.Error()
+			out[i].diagGone = errors.Is(err, ErrDiagGone)
+			if errors.Is(err, ErrNoDiagDestroy) {
+				out[i].Error = noMechanism(k) + ": " + err.Error()
+			}
+			if first != "" {
+				out[i].Error = first + "; then sock_diag: " + out[i].Error
+			}
+		}
+	}
+}
+
+// noMechanism says why no mechanism is left to abort a socket with.
+func noMechanism(k *Killer) string {
+	var why []string
+	switch {
+	case k.NoSockDestroy:
+		why = append(why, "bpf_sock_destroy is turned off")
+	case k.Probes == nil || !bpf.SockDestroyAvailable():
+		why = append(why, "this kernel has no bpf_sock_destroy() (Linux 6.5+)")
+	}
+	if k.NoSockDiag {
+		why = append(why, "sock_diag is turned off")
+	}
+	if len(why) == 0 {
+		why = append(why, "sock_diag cannot destroy sockets (CONFIG_INET_DIAG_DESTROY, tcp_diag)")
+	}
+	return "cannot abort sockets: " + strings.Join(why, ", and ")
+}
+
+// shutdown sends the socket's FIN by shutdown(SHUT_RDWR) on a copy of a
+// holder's fd taken with pidfd_getfd, after checking that the fd is still
+// this socket (an fd number can be reused).
+func (k *Killer) shutdown(v *ConnView, r *KillResult) {
+	r.Mechanism = MechShutdown
+	if len(v.Holders) == 0 {
+		r.Error = "--graceful needs a process that holds the socket, and none is known: nothing done (use kill without --graceful to abort it)"
+		return
+	}
+	var errs []string
+	for _, h := range v.Holders {
+		err := shutdownVia(h, v.Cookie)
+		if err == nil {
+			return
+		}
+		errs = append(errs, err.Error())
+	}
+	r.Error = strings.Join(errs, "; ")
+}
+
+func shutdownVia(h Holder, cookie uint64) error {
+	pidfd, err := unix.PidfdOpen(int(h.PID), 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open pid %d: %w", h.PID, err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, int(h.FD), 0)
+	if errors.Is(err, syscall.EPERM) {
+		return fmt.Errorf("take fd %d of pid %d: %w (it needs ptrace permission over the process: CAP_SYS_PTRACE)", h.FD, h.PID, err)
+	}
+	if err != nil {
+		return fmt.Errorf("take fd %d of pid %d: %w", h.FD, h.PID, err)
+	}
+	defer unix.Close(fd)
+	got, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		return fmt.Errorf("fd %d of pid %d is no longer a socket: %w", h.FD, h.PID, err)
+	}
+	if got != cookie {
+		return fmt.Errorf("fd %d of pid %d is another socket now (cookie %d): nothing done", h.FD, h.PID, got)
+	}
+	if err := unix.Shutdown(fd, unix.SHUT_RDWR); err != nil {
+		return fmt.Errorf("shutdown fd %d of pid %d: %w", h.FD, h.PID, err)
+	}
+	return nil
+}
+
+// verify looks at the namespace's sockets again and marks done the
+// results whose effect it sees.
+func (k *Killer) verify(path string, out []KillResult, idx []int) {
+	var recs []bpf.GhostconnSockRec
+	var err error
+	if k.Probes != nil {
+		recs, err = k.Probes.Sockets(path)
+	} else {
+		err = errors.New("no iterator to check with")
+	}
+	state := map[uint64]State{}
+	for _, r := range recs {
+		state[r.Cookie] = State(r.State)
+	}
+	for _, i := range idx {
+		r := &out[i]
+		if err != nil {
+			r.Error = strings.TrimPrefix(r.Error+"; ", "; ") + fmt.Sprintf("cannot check the result: %v", err)
+			continue
+		}
+		s, there := state[r.Cookie]
+		r.After = "gone"
+		if there {
+			r.After = s.String()
+		}
+		switch {
+		case there && s == StateListen && r.Mode == ModeAbort && strings.Contains(r.Error, syscall.EINVAL.Error()):
+			r.Error = "this kernel refuses to abort LISTEN sockets (" + r.Error + "): stop or reconfigure the listening process instead"
+		case r.diagGone && !there:
+			r.Gone = true
+			r.Error = "already closed when kill came to it: nothing to do"
+		case r.diagGone && there:
+			r.Error = "sock_diag did not find the socket although it is there: its TCP support (tcp_diag) is not loaded; run 'modprobe tcp_diag'"
+		case r.Mode == ModeAbort && there && r.Error == "":
+			r.Error = fmt.Sprintf("still there in %s after %s", s, r.Mechanism)
+		case r.Mode == ModeGraceful && there && (s == StateEstablished || s == StateCloseWait) && r.Error == "":
+			r.Error = fmt.Sprintf("still %s after shutdown: no FIN went out", s)
+		case r.Error == "":
+			r.Done = true
+		}
+	}
+}
