@@ -111,11 +111,12 @@ func readFile(t *testing.T, path string) []byte {
 	return b
 }
 
-// requiredCaps are the agent's start-up capabilities as Kubernetes spells
-// them (BPF, SYS_ADMIN, ...), from the agent's own list.
+// requiredCaps are the capabilities the deployment grants as Kubernetes
+// spells them (BPF, SYS_ADMIN, ...), from the agent's own lists: the
+// start-up set and the one used to act on connections.
 func requiredCaps() []string {
 	var out []string
-	for _, c := range bpf.RequiredCaps {
+	for _, c := range append(append([]int{}, bpf.RequiredCaps...), bpf.ActionCaps...) {
 		out = append(out, strings.TrimPrefix(caps.Name(c), "CAP_"))
 	}
 	return out

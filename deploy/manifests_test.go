@@ -296,7 +296,7 @@ func TestDaemonSet(t *testing.T) {
 		t.Error("no CPU limit: throttling the ring-buffer reader loses events")
 	}
 
-	// Security context: not privileged, exactly the five capabilities.
+	// Security context: not privileged, exactly the six capabilities.
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil {
 		t.Fatal("no securityContext.capabilities")
@@ -309,7 +309,7 @@ func TestDaemonSet(t *testing.T) {
 		add = append(add, string(cp))
 	}
 	if want := requiredCaps(); !sameSet(add, want) {
-		t.Errorf("capabilities.add %v, want exactly %v (bpf.RequiredCaps)", add, want)
+		t.Errorf("capabilities.add %v, want exactly %v (bpf.RequiredCaps and bpf.ActionCaps)", add, want)
 	}
 	if len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
 		t.Errorf("capabilities.drop %v, want [ALL]", sc.Capabilities.Drop)

@@ -99,7 +99,7 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	for _, key := range []string{"CapabilityBoundingSet", "AmbientCapabilities"} {
 		if got := unitCaps(t, u, key); !sameSet(got, requiredCaps()) {
-			t.Errorf("%s=%v, want exactly %v (bpf.RequiredCaps)", key, got, requiredCaps())
+			t.Errorf("%s=%v, want exactly %v (bpf.RequiredCaps and bpf.ActionCaps)", key, got, requiredCaps())
 		}
 	}
 	// RuntimeDirectory=ghostconn is /run/ghostconn: the agent's default
@@ -163,13 +163,13 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 }
 
 // TestAgentRunsConfinedAsDeployed runs the real agent as the unit and the
-// DaemonSet would: only the five capabilities (in the bounding, inheritable
+// DaemonSet would: only the six capabilities (in the bounding, inheritable
 // and ambient sets, as CapabilityBoundingSet= and AmbientCapabilities=
 // put them), no_new_privs from the start (NoNewPrivileges=yes,
 // allowPrivilegeEscalation: false), and every file system read-only except
 // /dev, /proc, /sys and the API socket's directory (ProtectSystem=strict
 // with RuntimeDirectory=, readOnlyRootFilesystem: true). It must become
-// ready with every program attached and drop to two capabilities.
+// ready with every program attached and drop to three capabilities.
 func TestAgentRunsConfinedAsDeployed(t *testing.T) {
 	privtest.Require(t)
 	requireTool(t, "setpriv", "util-linux")
@@ -229,7 +229,9 @@ exec setpriv --no-new-privs --bounding-set="$CAPS" --inh-caps="$CAPS" --ambient-
 	}
 	pid := a.cmd.Process.Pid // unshare, sh and setpriv exec, so this is the agent
 	status := string(readFile(t, fmt.Sprintf("/proc/%d/status", pid)))
-	for _, want := range []string{"CapEff:\t0000000000280000", "NoNewPrivs:\t1"} {
+	// CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_NET_ADMIN (kill through
+	// sock_diag).
+	for _, want := range []string{"CapEff:\t0000000000281000", "NoNewPrivs:\t1"} {
 		if !strings.Contains(status, want+"\n") {
 			t.Errorf("agent /proc/%d/status lacks %q:\n%s", pid, want, status)
 		}

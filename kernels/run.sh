@@ -36,7 +36,7 @@
 #                  warnings with their call traces and panics on a soft
 #                  lockup, which ends the run at once with the trace)
 #   MODULES        kernel modules loaded before the tests (default: veth
-#                  nf_tables, with their dependencies)
+#                  nf_tables tcp_diag, with their dependencies)
 #   KERNELS_CACHE  downloads, builds and console logs (default kernels/.cache)
 set -euo pipefail
 
@@ -50,7 +50,7 @@ TEST_TIMEOUT=${TEST_TIMEOUT:-15m}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-2400}
 QEMU_MEM=${QEMU_MEM:-2G}
 QEMU_SMP=${QEMU_SMP:-2}
-MODULES=${MODULES:-veth nf_tables}
+MODULES=${MODULES:-veth nf_tables tcp_diag}
 GO=${GO:-go}
 # sudo's PATH often lacks the Go toolchain.
 if ! command -v "$GO" >/dev/null && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi

@@ -63,6 +63,8 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 	maxProcesses := fs.Int("metrics-max-processes", exporter.DefaultMaxProcesses, "distinct process label values before the rest count as \"other\"")
 	podLabel := fs.Bool("metrics-pod-label", false, "add per-pod series (label pod_uid from the holder's cgroup, capped by --metrics-max-pods)")
 	maxPods := fs.Int("metrics-max-pods", exporter.DefaultMaxPods, "distinct pod_uid label values before the rest count as \"other\"")
+	readOnly := fs.Bool("read-only", false, "refuse every action (ghostconn kill): observe only")
+	killVia := fs.String("kill-via", "bpf_sock_destroy,sock_diag", "comma-separated mechanisms ghostconn kill may abort sockets with, in order: bpf_sock_destroy (Linux 6.5+), sock_diag; empty allows none")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
@@ -123,6 +125,15 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 			return nil, usagef("--web.config.file=%s: %v", *webConfig, err)
 		}
 	}
+	via := map[string]bool{}
+	if *killVia != "" {
+		for _, m := range strings.Split(*killVia, ",") {
+			if m != collector.MechSockDestroy && m != collector.MechSockDiag {
+				return nil, usagef("--kill-via: %q is not a mechanism (use bpf_sock_destroy, sock_diag, or both)", m)
+			}
+			via[m] = true
+		}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, usagef("--log-level=%q: use debug, info, warn or error", *logLevel)
@@ -142,6 +153,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 			KernelHZ:          *hz,
 			Skip:              skip,
 			PinDir:            *pinDir,
+			ReadOnly:          *readOnly,
+			NoSockDestroy:     !via[collector.MechSockDestroy],
+			NoSockDiag:        !via[collector.MechSockDiag],
 			Table: collector.TableConfig{
 				MaxConns: *maxConns, HistoryTTL: *history, MaxHistory: *maxHistory,
 				Verdicts: collector.VerdictConfig{GhostGrace: *ghostGrace, CloseWaitAfter: *closeWait, SilentAfter: *silent, UnresponsiveRTOs: *rtos},
@@ -188,7 +202,7 @@ func runAgent(args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer os.Remove(cfg.apiSocket)
-	srv := &http.Server{Handler: exporter.NewAPI(c), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: exporter.NewAPI(c), ReadHeaderTimeout: 10 * time.Second, ConnContext: exporter.ConnContext}
 	serve("api server on "+cfg.apiSocket, func() error { return srv.Serve(l) })
 	defer srv.Close()
 
@@ -219,11 +233,15 @@ func runAgent(args []string, _, stderr io.Writer) error {
 		}
 		// Everything is loaded, attached, mounted and listening: keep only
 		// what reconcile needs.
-		err := caps.KeepOnly(runtimeCaps...)
+		keep, kept := runtimeCaps, "CAP_SYS_ADMIN (enter network namespaces), CAP_SYS_PTRACE (read other processes' namespaces, take a holder's fd for kill --graceful)"
+		if !cfg.collector.ReadOnly {
+			keep, kept = append(keep, caps.NetAdmin), kept+", CAP_NET_ADMIN (kill through sock_diag)"
+		}
+		err := caps.KeepOnly(keep...)
 		switch {
 		case err == nil:
 			c.SetCapsDropped(true)
-			log.Info("dropped capabilities", "kept", "CAP_SYS_ADMIN (enter network namespaces), CAP_SYS_PTRACE (read other processes' namespaces)")
+			log.Info("dropped capabilities", "kept", kept)
 		case errors.Is(err, caps.ErrCgo):
 			log.Warn("capabilities not dropped", "err", err)
 		default:
@@ -261,7 +279,9 @@ func superviseServer(what string, run func() error, stopped func(error)) {
 
 // runtimeCaps are the capabilities the agent keeps once it is ready:
 // reconcile enters other network namespaces (setns needs CAP_SYS_ADMIN) and
-// finds them through /proc/PID/ns of any process (CAP_SYS_PTRACE).
+// finds them through /proc/PID/ns of any process (CAP_SYS_PTRACE, which
+// kill --graceful needs too, for pidfd_getfd). Unless --read-only it also
+// keeps CAP_NET_ADMIN, if it has it, for kill through sock_diag.
 var runtimeCaps = []int{caps.SysAdmin, caps.SysPtrace}
 
 // optionalPrograms lists the programs the agent can run without.

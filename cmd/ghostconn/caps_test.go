@@ -60,9 +60,21 @@ func TestRootAgentDropsBoundingSetToo(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the agent to drop capabilities", func() (bool, string) {
 		return status(t, a.sock).CapsDropped, "capabilities_dropped is false; agent log:\n" + a.logs.String()
 	})
-	const want = "0000000000280000"
+	// CAP_SYS_ADMIN, CAP_SYS_PTRACE and, for kill through sock_diag,
+	// CAP_NET_ADMIN (12).
+	const want = "0000000000281000"
 	if eff, bnd := procCaps(t, a.cmd.Process.Pid); eff != want || bnd != want {
 		t.Errorf("CapEff=%s CapBnd=%s, want both %s", eff, bnd, want)
+	}
+
+	// An agent that never acts keeps no CAP_NET_ADMIN.
+	ro := launchAgent(t, "", "", "--read-only")
+	defer ro.stop(t)
+	testutil.Eventually(t, 10*time.Second, "the --read-only agent to drop capabilities", func() (bool, string) {
+		return status(t, ro.sock).CapsDropped, "capabilities_dropped is false; agent log:\n" + ro.logs.String()
+	})
+	if eff, _ := procCaps(t, ro.cmd.Process.Pid); eff != "0000000000280000" {
+		t.Errorf("--read-only agent: CapEff=%s, want 0000000000280000", eff)
 	}
 }
 
@@ -90,7 +102,8 @@ func TestAgentRunsWithMinimalCapsAndDropsAfterAttach(t *testing.T) {
 			t.Errorf("with minimal caps, %s: %s", name, s)
 		}
 	}
-	// CAP_SYS_ADMIN (21) and CAP_SYS_PTRACE (19) only, and no execve can
+	// CAP_SYS_ADMIN (21) and CAP_SYS_PTRACE (19) only (it was not given
+	// CAP_NET_ADMIN, which it would keep for kill), and no execve can
 	// bring the others back. (Without CAP_SETPCAP the bounding set stays as
 	// setpriv limited it.)
 	const want = "0000000000280000"

@@ -6,6 +6,7 @@
 //	ghostconn who      everything about one connection
 //	ghostconn watch    a live stream of state and verdict changes
 //	ghostconn status   the agent's account of itself
+//	ghostconn kill     abort or close matching connections
 package main
 
 import (
@@ -46,6 +47,7 @@ var commands = []command{
 	{"who", "show everything about one connection: verdicts, holders, closer, history", runWho},
 	{"watch", "stream state and verdict changes as they happen", runWatch},
 	{"status", "show the agent's counters: events read and lost, programs attached", runStatus},
+	{"kill", "abort (or, with --graceful, close) the connections that match: exact, confirmed, audited", runKill},
 }
 
 func main() {

@@ -1,0 +1,344 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/internal/testnet"
+	"github.com/ghostconn/ghostconn/internal/testutil"
+)
+
+// killGhost makes a ghost on a fresh listener: the application closes its
+// connection while a TCPConn.File dup keeps the socket open. It returns
+// the listener, the dup (the holder) and the peer's end.
+func killGhost(t *testing.T) (ln net.Listener, dup *os.File, peer net.Conn, local, remote string) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peer, err = ln.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	if dup, err = c.(*net.TCPConn).File(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dup.Close() })
+	local, remote = c.LocalAddr().String(), c.RemoteAddr().String()
+	c.Close()
+	return ln, dup, peer, local, remote
+}
+
+// waitVerdict waits until ls shows the connection local -> remote with
+// the verdict, and returns it.
+func waitVerdict(t *testing.T, sock, local, remote, verdict string, timeout time.Duration) collector.ConnView {
+	t.Helper()
+	var v collector.ConnView
+	testutil.Eventually(t, timeout, local+" -> "+remote+" flagged "+verdict, func() (bool, string) {
+		c := find(lsJSON(t, "--api-socket", sock, "--verdict", verdict), local, remote)
+		if c == nil {
+			return false, "not flagged"
+		}
+		v = *c
+		return true, ""
+	})
+	return v
+}
+
+// readErr starts reading c (past any data already sent) and returns where
+// the read's error arrives.
+func readErr(c net.Conn) <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				ch <- err
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// TestKillGhost: a ghost aborted with `kill --verdict ghost --yes`: the
+// peer's blocked read gets ECONNRESET within 1s, the holder's next write
+// fails, and a bystander on the same listener and the listener itself stay
+// up. Before that, without --yes and without a terminal, and with
+// --dry-run, nothing changes. The action is in the agent's log with the
+// caller, in the connection's history, and in the metrics.
+func TestKillGhost(t *testing.T) {
+	metrics := freePort(t)
+	a := launchAgent(t, "", "", "--ghost-grace", "1s", "--metrics-address", metrics)
+	t.Cleanup(func() { a.stop(t) })
+	sock := a.sock
+	ln, dup, peer, local, remote := killGhost(t)
+	by, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer by.Close()
+	byPeer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer byPeer.Close()
+	v := waitVerdict(t, sock, local, remote, "ghost", 10*time.Second)
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	sel := []string{"kill", "--api-socket", sock, "--verdict", "ghost", "--port", port}
+
+	if _, stderr, code := ghostconn(t, "kill", "--api-socket", sock); code != 2 || !strings.Contains(stderr, "refusing to act on every connection") {
+		t.Errorf("kill with neither target nor filter: exit %d\n%s", code, stderr)
+	}
+	if out, stderr, code := ghostconn(t, sel...); code != 2 || !strings.Contains(stderr, "refusing to act without --yes") || !strings.Contains(out, local) {
+		t.Errorf("kill without --yes and without a terminal: exit %d\n%s\n%s", code, out, stderr)
+	}
+	if out, stderr, code := ghostconn(t, append(sel, "--dry-run")...); code != 0 || !strings.Contains(stderr, "dry run: nothing was done") || !strings.Contains(out, "ghost") {
+		t.Errorf("kill --dry-run: exit %d\n%s\n%s", code, out, stderr)
+	}
+	if c := find(lsJSON(t, "--api-socket", sock), local, remote); c == nil || c.State != collector.StateEstablished {
+		t.Fatalf("the ghost after the refused and dry runs: %+v", c)
+	}
+
+	read := readErr(peer)
+	out, stderr, code := ghostconn(t, append(sel, "--yes")...)
+	if code != 0 {
+		t.Fatalf("kill --yes: exit %d\n%s\n%s\nagent:\n%s", code, out, stderr, a.logs)
+	}
+	mustMatch(t, "kill output", out, `abort\s+`+regexpQuote(local)+` -> `+regexpQuote(remote)+` \(cookie \d+, was ESTABLISHED, via (bpf_sock_destroy|sock_diag), now gone\): done`,
+		`still held by pid `+strconv.Itoa(os.Getpid())+` \(\S+\) fd `+strconv.Itoa(int(dup.Fd())))
+	select {
+	case err := <-read:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("peer read: %v, want ECONNRESET", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("peer read still blocked 1s after kill")
+	}
+	if _, err := dup.Write([]byte("x")); err == nil {
+		t.Error("the holder's write after kill worked")
+	}
+	if _, err := by.Write([]byte("y")); err != nil {
+		t.Errorf("bystander write: %v", err)
+	}
+	byPeer.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := byPeer.Read(make([]byte, 1)); err != nil {
+		t.Errorf("bystander read: %v", err)
+	}
+	if c, err := net.Dial("tcp4", ln.Addr().String()); err != nil {
+		t.Errorf("listener after kill --port %s: %v", port, err)
+	} else {
+		c.Close()
+	}
+
+	// The audit: log line, history entry, metric.
+	testutil.Eventually(t, 2*time.Second, "the action in the agent's log", func() (bool, string) {
+		logs := a.logs.String()
+		return strings.Contains(logs, "msg=action op=abort cookie="+strconv.FormatUint(v.Cookie, 10)) &&
+			strings.Contains(logs, "verdicts=ghost") && strings.Contains(logs, "caller_uid=0") && strings.Contains(logs, "done=true"), logs
+	})
+	who, stderr, code := ghostconn(t, "who", "--api-socket", sock, "-o", "json", strconv.FormatUint(v.Cookie, 10))
+	var views []collector.ConnView
+	if err := json.Unmarshal([]byte(who), &views); err != nil || code != 0 || len(views) != 1 {
+		t.Fatalf("who: exit %d, %v\n%s\n%s", code, err, who, stderr)
+	}
+	var act *collector.Action
+	for _, tr := range views[0].History {
+		if tr.Action != nil {
+			act = tr.Action
+		}
+	}
+	if act == nil || act.Op != "abort" || !act.Done || act.UID != 0 || act.PID == 0 || len(act.Verdicts) != 1 || act.Verdicts[0] != "ghost" {
+		t.Errorf("history action %+v, want abort of a ghost, done, by uid 0", act)
+	}
+	if n := scrapeOr0(t, metrics, `ghostconn_sockets_killed_total{mode="abort",verdict="ghost"}`); n != 1 {
+		t.Errorf("ghostconn_sockets_killed_total{mode=abort,verdict=ghost} = %v, want 1", n)
+	}
+}
+
+// regexpQuote quotes the address characters mustMatch patterns meet.
+func regexpQuote(s string) string {
+	r := strings.NewReplacer(".", `\.`, "[", `\[`, "]", `\]`)
+	return r.Replace(s)
+}
+
+// TestKillGracefulGhost: with --graceful the ghost's FIN goes out through
+// the holder's fd, and the peer reads EOF, as it would have had the
+// application's close worked.
+func TestKillGracefulGhost(t *testing.T) {
+	sock := startAgent(t, "--ghost-grace", "1s")
+	_, _, peer, local, remote := killGhost(t)
+	v := waitVerdict(t, sock, local, remote, "ghost", 10*time.Second)
+	read := readErr(peer)
+	out, stderr, code := ghostconn(t, "kill", "--api-socket", sock, "--graceful", "--yes", strconv.FormatUint(v.Cookie, 10))
+	if code != 0 {
+		t.Fatalf("kill --graceful: exit %d\n%s\n%s", code, out, stderr)
+	}
+	mustMatch(t, "kill --graceful output", out, `graceful .* via shutdown, now FIN_WAIT[12]\): done`)
+	select {
+	case err := <-read:
+		if !errors.Is(err, io.EOF) {
+			t.Errorf("peer read: %v, want EOF", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("peer read still blocked 1s after kill --graceful")
+	}
+}
+
+// TestKillCloseWaitAndUnresponsive: a CLOSE_WAIT socket killed by target,
+// and a half-open connection in another network namespace (its peer's
+// namespace drops everything) killed from the host, after which its
+// unresponsive verdict is gone.
+func TestKillCloseWaitAndUnresponsive(t *testing.T) {
+	sock := startAgent(t, "--close-wait-after", "1s", "--unresponsive-after-rtos", "1")
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c.Close()
+	cw := waitVerdict(t, sock, srv.LocalAddr().String(), srv.RemoteAddr().String(), "close-wait", 10*time.Second)
+
+	const port = 18391
+	nsA, nsB := testnet.Netns(t), testnet.Netns(t)
+	testnet.Veth(t, nsA, nsB, "10.233.7.1/24", "10.233.7.2/24")
+	var uln net.Listener
+	testnet.In(t, nsB, func() {
+		if uln, err = net.Listen("tcp4", "10.233.7.2:"+strconv.Itoa(port)); err != nil {
+			t.Error(err)
+		}
+	})
+	if uln == nil {
+		t.FailNow()
+	}
+	defer uln.Close()
+	var sender net.Conn
+	testnet.In(t, nsA, func() {
+		if sender, err = net.Dial("tcp4", uln.Addr().String()); err != nil {
+			t.Error(err)
+		}
+	})
+	if sender == nil {
+		t.FailNow()
+	}
+	defer sender.Close()
+	gone, err := uln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliDropAll(t, nsB, port)
+	gone.(*net.TCPConn).SetLinger(0)
+	gone.Close()
+	if _, err := sender.Write([]byte("anyone there?")); err != nil {
+		t.Fatal(err)
+	}
+	un := waitVerdict(t, sock, sender.LocalAddr().String(), sender.RemoteAddr().String(), "unresponsive", 15*time.Second)
+	if un.Netns == cw.Netns {
+		t.Fatalf("the unresponsive connection is in the host's namespace %d", un.Netns)
+	}
+
+	out, stderr, code := ghostconn(t, "kill", "--api-socket", sock, "--yes", "-o", "json",
+		strconv.FormatUint(cw.Cookie, 10), strconv.FormatUint(un.Cookie, 10))
+	var res []collector.KillResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 || len(res) != 2 {
+		t.Fatalf("kill: exit %d, %v\n%s\n%s", code, err, out, stderr)
+	}
+	for _, r := range res {
+		if !r.Done || r.After != "gone" {
+			t.Errorf("kill result %+v, want done and gone", r)
+		}
+	}
+	if _, err := srv.Write([]byte("x")); !errors.Is(err, syscall.ECONNABORTED) {
+		t.Errorf("CLOSE_WAIT holder's write after kill: %v, want ECONNABORTED", err)
+	}
+	testutil.Eventually(t, 3*time.Second, "the unresponsive verdict gone", func() (bool, string) {
+		for _, v := range lsJSON(t, "--api-socket", sock, "--verdict", "unresponsive") {
+			if v.Cookie == un.Cookie {
+				return false, "still flagged"
+			}
+		}
+		return true, ""
+	})
+}
+
+// TestKillRefusals: an agent with --read-only refuses (exit 2, nothing
+// changed); one whose mechanisms are all turned off names what is missing
+// and claims nothing; without an agent, kill acts itself.
+func TestKillRefusals(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	target := c.LocalAddr().String()
+	alive := func(what string) {
+		t.Helper()
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatalf("%s: the connection is gone: %v", what, err)
+		}
+	}
+
+	ro := startAgent(t, "--read-only")
+	if out, stderr, code := ghostconn(t, "kill", "--api-socket", ro, "--yes", target); code != 2 || !strings.Contains(stderr, "--read-only") {
+		t.Errorf("kill on a --read-only agent: exit %d\n%s\n%s", code, out, stderr)
+	}
+	alive("after a --read-only agent refused")
+
+	none := startAgent(t, "--kill-via", "")
+	out, stderr, code := ghostconn(t, "kill", "--api-socket", none, "--yes", target)
+	if code != 2 || !strings.Contains(out, "FAILED: cannot abort sockets: bpf_sock_destroy is turned off, and sock_diag is turned off") {
+		t.Errorf("kill with every mechanism off: exit %d\n%s\n%s", code, out, stderr)
+	}
+	if strings.Contains(out, "): done") {
+		t.Errorf("kill with every mechanism off claims success:\n%s", out)
+	}
+	alive("after a kill with every mechanism off")
+
+	read := readErr(s)
+	out, stderr, code = ghostconn(t, "kill", "--api-socket", t.TempDir()+"/none.sock", "--yes", target)
+	if code != 0 || !strings.Contains(stderr, "kill acts itself") || !strings.Contains(out, "): done") {
+		t.Fatalf("kill without an agent: exit %d\n%s\n%s", code, out, stderr)
+	}
+	select {
+	case err := <-read:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("peer read after kill without an agent: %v, want ECONNRESET", err)
+		}
+	case <-time.After(time.Second):
+		t.Error("peer read still blocked 1s after kill without an agent")
+	}
+}
