@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 )
 
 // ErrNoSockDestroy marks a kernel on which the agent cannot abort a socket
@@ -53,8 +54,66 @@ func (p *Probes) Destroy(nsPath string, cookies []uint64) (map[uint64]ActResult,
 	if p.iterDestroy == nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoSockDestroy, p.Attached[ProgIterDestroy])
 	}
-	if len(cookies) > MaxActTargets {
-		return nil, fmt.Errorf("destroy %d sockets at once: at most %d", len(cookies), MaxActTargets)
+	reqs := make(map[uint64]GhostconnActReq, len(cookies))
+	for _, c := range cookies {
+		reqs[c] = GhostconnActReq{}
+	}
+	return p.runAct(p.iterDestroy, ProgIterDestroy, nsPath, reqs)
+}
+
+// KeepaliveOptions are the options SetKeepalive sets; a zero field is left
+// as the socket has it (Keepalive always turns SO_KEEPALIVE on).
+type KeepaliveOptions struct {
+	IdleSeconds, IntervalSeconds, Count int32
+	UserTimeoutMs                       int32
+}
+
+// SetKeepalive turns on TCP keepalive, with the given idle time, interval
+// and count (and TCP_USER_TIMEOUT when set), on the sockets with the given
+// cookies in the network namespace at nsPath, with bpf_setsockopt() from
+// iter/tcp: the application's own getsockopt sees the new values. A
+// refusal names the option in ActResult.Err.
+func (p *Probes) SetKeepalive(nsPath string, cookies []uint64, o KeepaliveOptions) (map[uint64]ActResult, error) {
+	if p.iterKeepalive == nil {
+		return nil, fmt.Errorf("iter_keepalive is not loaded: %v", p.Attached[ProgIterKeepalive])
+	}
+	req := GhostconnActReq{Mask: uint32(GhostconnSockoptBitSOCKOPT_KEEPALIVE)}
+	for _, f := range []struct {
+		bit GhostconnSockoptBit
+		v   int32
+		dst *int32
+	}{
+		{GhostconnSockoptBitSOCKOPT_KEEPIDLE, o.IdleSeconds, &req.KeepIdle},
+		{GhostconnSockoptBitSOCKOPT_KEEPINTVL, o.IntervalSeconds, &req.KeepIntvl},
+		{GhostconnSockoptBitSOCKOPT_KEEPCNT, o.Count, &req.KeepCnt},
+		{GhostconnSockoptBitSOCKOPT_USER_TIMEOUT, o.UserTimeoutMs, &req.UserTimeoutMs},
+	} {
+		if f.v > 0 {
+			req.Mask |= uint32(f.bit)
+			*f.dst = f.v
+		}
+	}
+	reqs := make(map[uint64]GhostconnActReq, len(cookies))
+	for _, c := range cookies {
+		reqs[c] = req
+	}
+	return p.runAct(p.iterKeepalive, ProgIterKeepalive, nsPath, reqs)
+}
+
+// sockoptNames name the options of an act_req's failed bit.
+var sockoptNames = map[uint32]string{
+	uint32(GhostconnSockoptBitSOCKOPT_KEEPALIVE):    "SO_KEEPALIVE",
+	uint32(GhostconnSockoptBitSOCKOPT_KEEPIDLE):     "TCP_KEEPIDLE",
+	uint32(GhostconnSockoptBitSOCKOPT_KEEPINTVL):    "TCP_KEEPINTVL",
+	uint32(GhostconnSockoptBitSOCKOPT_KEEPCNT):      "TCP_KEEPCNT",
+	uint32(GhostconnSockoptBitSOCKOPT_USER_TIMEOUT): "TCP_USER_TIMEOUT",
+}
+
+// runAct writes reqs into act_targets, runs the action iterator it in the
+// namespace at nsPath, and returns what it found of each socket.
+func (p *Probes) runAct(it *link.Iter, name, nsPath string, reqs map[uint64]GhostconnActReq) (map[uint64]ActResult, error) {
+	if len(reqs) > MaxActTargets {
+		return nil, fmt.Errorf("act on %d sockets at once: at most %d", len(reqs), MaxActTargets)
 	}
 	p.actMu.Lock()
 	defer p.actMu.Unlock()
@@ -62,22 +121,22 @@ func (p *Probes) Destroy(nsPath string, cookies []uint64) (map[uint64]ActResult,
 		return nil, err
 	}
 	defer p.clearActTargets()
-	for _, c := range cookies {
-		if err := p.actTargets.Update(c, GhostconnActReq{}, ebpf.UpdateAny); err != nil {
+	for c, req := range reqs {
+		if err := p.actTargets.Update(c, req, ebpf.UpdateAny); err != nil {
 			return nil, fmt.Errorf("write act_targets: %w", err)
 		}
 	}
-	r, err := openIn(p.iterDestroy, nsPath)
+	r, err := openIn(it, nsPath)
 	if err != nil {
 		return nil, err
 	}
 	_, err = io.Copy(io.Discard, r)
 	r.Close()
 	if err != nil {
-		return nil, fmt.Errorf("run iter_destroy: %w", err)
+		return nil, fmt.Errorf("run %s: %w", name, err)
 	}
-	out := make(map[uint64]ActResult, len(cookies))
-	for _, c := range cookies {
+	out := make(map[uint64]ActResult, len(reqs))
+	for c := range reqs {
 		var v GhostconnActReq
 		if err := p.actTargets.Lookup(c, &v); err != nil {
 			return nil, fmt.Errorf("read act_targets: %w", err)
@@ -85,6 +144,9 @@ func (p *Probes) Destroy(nsPath string, cookies []uint64) (map[uint64]ActResult,
 		res := ActResult{Seen: v.Seen != 0, State: v.State, Full: v.Full != 0}
 		if v.Result < 0 {
 			res.Err = syscall.Errno(-v.Result)
+			if opt, ok := sockoptNames[v.Failed]; ok {
+				res.Err = fmt.Errorf("%s: %w", opt, res.Err)
+			}
 		}
 		out[c] = res
 	}

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -114,5 +115,79 @@ func TestDestroyAbortsExactSocket(t *testing.T) {
 		if s.Cookie == cookie {
 			t.Errorf("destroyed socket still in iter/tcp: %+v", s)
 		}
+	}
+}
+
+// sockopt reads an integer option of a connection's socket.
+func sockopt(t *testing.T, c *net.TCPConn, level, name int) int {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := raw.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), level, name) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return v
+}
+
+// TestSetKeepaliveArmsSocket: SetKeepalive sets keepalive and the give-up
+// time on the socket with the cookie, as the application's getsockopt sees
+// them, and on no other.
+func TestSetKeepaliveArmsSocket(t *testing.T) {
+	privtest.Require(t)
+	p, err := Load(Options{IteratorsOnly: true})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer p.Close()
+	target, _ := loopbackPair(t)
+	other, _ := loopbackPair(t)
+	for _, c := range []*net.TCPConn{target, other} {
+		if err := c.SetKeepAlive(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cookie := cookieOf(t, target)
+	res, err := p.SetKeepalive("", []uint64{cookie}, KeepaliveOptions{IdleSeconds: 7, IntervalSeconds: 3, Count: 4, UserTimeoutMs: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res[cookie]; !r.Seen || !r.Full || r.Err != nil {
+		t.Fatalf("SetKeepalive: %+v", r)
+	}
+	for _, o := range []struct {
+		name        string
+		level, opt  int
+		want, other int
+	}{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, 0},
+		{"TCP_KEEPIDLE", unix.SOL_TCP, unix.TCP_KEEPIDLE, 7, -1},
+		{"TCP_KEEPINTVL", unix.SOL_TCP, unix.TCP_KEEPINTVL, 3, -1},
+		{"TCP_KEEPCNT", unix.SOL_TCP, unix.TCP_KEEPCNT, 4, -1},
+		{"TCP_USER_TIMEOUT", unix.SOL_TCP, unix.TCP_USER_TIMEOUT, 5000, 0},
+	} {
+		if got := sockopt(t, target, o.level, o.opt); got != o.want {
+			t.Errorf("%s = %d, want %d", o.name, got, o.want)
+		}
+		if o.other >= 0 {
+			if got := sockopt(t, other, o.level, o.opt); got != o.other {
+				t.Errorf("the other connection's %s = %d, want %d", o.name, got, o.other)
+			}
+		}
+	}
+	// The kernel's limit (MAX_TCP_KEEPIDLE, 32767 s) is the kernel's to
+	// enforce; the refusal names the option.
+	res, err = p.SetKeepalive("", []uint64{cookie}, KeepaliveOptions{IdleSeconds: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res[cookie]; r.Err == nil || !strings.Contains(r.Err.Error(), "TCP_KEEPIDLE") {
+		t.Errorf("an idle time above the kernel's limit: %+v, want a TCP_KEEPIDLE refusal", r)
 	}
 }

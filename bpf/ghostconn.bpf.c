@@ -1353,6 +1353,14 @@ struct act_req {
 	__u8 state;   // the socket's state then
 	__u8 full;    // 1 for a full socket (not a request or TIME_WAIT one)
 	__u8 pad;
+	// For iter_keepalive: the options to set (enum sockopt_bit), and
+	// which one the kernel refused (result).
+	__u32 mask;
+	__u32 failed; // enum sockopt_bit
+	__s32 keep_idle;  // seconds
+	__s32 keep_intvl; // seconds
+	__s32 keep_cnt;
+	__s32 user_timeout_ms;
 };
 
 // act_targets holds the sockets, by cookie, that the next action iterator
@@ -1398,5 +1406,53 @@ int iter_destroy(struct bpf_iter__tcp *ctx)
 	}
 	req->full = 1;
 	req->result = bpf_sock_destroy(skc);
+	return 0;
+}
+
+// set_opt sets one option with bpf_setsockopt and records a refusal.
+static __always_inline bool set_opt(struct sock *sk, struct act_req *req, __u32 bit, int level, int name, __s32 val)
+{
+	if (!(req->mask & bit))
+		return true;
+	long err = bpf_setsockopt(sk, level, name, &val, sizeof(val));
+	if (err) {
+		req->result = err;
+		req->failed = bit;
+		return false;
+	}
+	return true;
+}
+
+// iter_keepalive arms TCP keepalive (and optionally TCP_USER_TIMEOUT) on
+// each socket of act_targets that it meets in the network namespace of
+// the process that opens it, with bpf_setsockopt as the application's own
+// setsockopt would: its getsockopt sees the new values.
+SEC("iter/tcp")
+int iter_keepalive(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(skc);
+	struct act_req *req = bpf_map_lookup_elem(&act_targets, &cookie);
+	if (!req)
+		return 0;
+	req->seen = 1;
+	req->state = skc->skc_state;
+	struct sock *sk = (struct sock *)bpf_skc_to_tcp_sock(skc);
+	if (!sk) {
+		req->result = -EOPNOTSUPP;
+		return 0;
+	}
+	req->full = 1;
+	// The idle time, interval and count first: SO_KEEPALIVE arms the timer
+	// with the idle time it finds.
+	if (!set_opt(sk, req, SOCKOPT_KEEPIDLE, SOL_TCP, TCP_KEEPIDLE, req->keep_idle) ||
+	    !set_opt(sk, req, SOCKOPT_KEEPINTVL, SOL_TCP, TCP_KEEPINTVL, req->keep_intvl) ||
+	    !set_opt(sk, req, SOCKOPT_KEEPCNT, SOL_TCP, TCP_KEEPCNT, req->keep_cnt) ||
+	    !set_opt(sk, req, SOCKOPT_USER_TIMEOUT, SOL_TCP, TCP_USER_TIMEOUT, req->user_timeout_ms) ||
+	    !set_opt(sk, req, SOCKOPT_KEEPALIVE, SOL_SOCKET, SO_KEEPALIVE, 1))
+		return 0;
+	req->result = 0;
 	return 0;
 }

@@ -14,12 +14,18 @@ import (
 )
 
 type GhostconnActReq struct {
-	_      structs.HostLayout
-	Result int32
-	Seen   uint8
-	State  uint8
-	Full   uint8
-	Pad    uint8
+	_             structs.HostLayout
+	Result        int32
+	Seen          uint8
+	State         uint8
+	Full          uint8
+	Pad           uint8
+	Mask          uint32
+	Failed        uint32
+	KeepIdle      int32
+	KeepIntvl     int32
+	KeepCnt       int32
+	UserTimeoutMs int32
 }
 
 type GhostconnCloseKey struct {
@@ -279,6 +285,7 @@ const (
 	GhostconnMapWatch               = "watch"
 	GhostconnProgInetSockSetState   = "inet_sock_set_state"
 	GhostconnProgIterDestroy        = "iter_destroy"
+	GhostconnProgIterKeepalive      = "iter_keepalive"
 	GhostconnProgIterTaskFile       = "iter_task_file"
 	GhostconnProgIterTcp            = "iter_tcp"
 	GhostconnProgSchedProcessExit   = "sched_process_exit"
@@ -358,6 +365,7 @@ type GhostconnSpecs struct {
 type GhostconnProgramSpecs struct {
 	InetSockSetState   *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
 	IterDestroy        *ebpf.ProgramSpec `ebpf:"iter_destroy"`
+	IterKeepalive      *ebpf.ProgramSpec `ebpf:"iter_keepalive"`
 	IterTaskFile       *ebpf.ProgramSpec `ebpf:"iter_task_file"`
 	IterTcp            *ebpf.ProgramSpec `ebpf:"iter_tcp"`
 	SchedProcessExit   *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
@@ -487,6 +495,7 @@ type GhostconnVariables struct {
 type GhostconnPrograms struct {
 	InetSockSetState   *ebpf.Program `ebpf:"inet_sock_set_state"`
 	IterDestroy        *ebpf.Program `ebpf:"iter_destroy"`
+	IterKeepalive      *ebpf.Program `ebpf:"iter_keepalive"`
 	IterTaskFile       *ebpf.Program `ebpf:"iter_task_file"`
 	IterTcp            *ebpf.Program `ebpf:"iter_tcp"`
 	SchedProcessExit   *ebpf.Program `ebpf:"sched_process_exit"`
@@ -507,6 +516,7 @@ func (p *GhostconnPrograms) Close() error {
 	return _GhostconnClose(
 		p.InetSockSetState,
 		p.IterDestroy,
+		p.IterKeepalive,
 		p.IterTaskFile,
 		p.IterTcp,
 		p.SchedProcessExit,

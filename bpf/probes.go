@@ -25,22 +25,23 @@ import (
 
 // Program names, as they appear in ghostconn_program_attached{program}.
 const (
-	ProgStateChange = "inet_sock_set_state"
-	ProgRetransmit  = "tcp_retransmit_skb"
-	ProgKeepalive   = "timer_expire_entry"
-	ProgClose       = "sys_enter_close"
-	ProgCloseRange  = "sys_enter_close_range"
-	ProgDup2        = "sys_enter_dup2"
-	ProgDup3        = "sys_enter_dup3"
-	ProgSetsockopt  = "sys_enter_setsockopt"
-	ProgExit        = "sched_process_exit"
-	ProgConnect     = "sys_enter_connect"
-	ProgConnectExit = "sys_exit_connect"
-	ProgAccept      = "sys_exit_accept"
-	ProgAccept4     = "sys_exit_accept4"
-	ProgIterTCP     = "iter_tcp"
-	ProgIterFiles   = "iter_task_file"
-	ProgIterDestroy = "iter_destroy"
+	ProgStateChange   = "inet_sock_set_state"
+	ProgRetransmit    = "tcp_retransmit_skb"
+	ProgKeepalive     = "timer_expire_entry"
+	ProgClose         = "sys_enter_close"
+	ProgCloseRange    = "sys_enter_close_range"
+	ProgDup2          = "sys_enter_dup2"
+	ProgDup3          = "sys_enter_dup3"
+	ProgSetsockopt    = "sys_enter_setsockopt"
+	ProgExit          = "sched_process_exit"
+	ProgConnect       = "sys_enter_connect"
+	ProgConnectExit   = "sys_exit_connect"
+	ProgAccept        = "sys_exit_accept"
+	ProgAccept4       = "sys_exit_accept4"
+	ProgIterTCP       = "iter_tcp"
+	ProgIterFiles     = "iter_task_file"
+	ProgIterDestroy   = "iter_destroy"
+	ProgIterKeepalive = "iter_keepalive"
 )
 
 // program describes how one program attaches and whether the agent can run
@@ -74,6 +75,8 @@ var programs = []program{
 	// ghostconn kill's abort: bpf_sock_destroy (6.5+). Without it the
 	// agent aborts through sock_diag.
 	{name: ProgIterDestroy, kind: "iter"},
+	// ghostconn keepalive: bpf_setsockopt from iter/tcp.
+	{name: ProgIterKeepalive, kind: "iter"},
 }
 
 // Required reports whether the agent cannot run without the program.
@@ -142,11 +145,12 @@ type Probes struct {
 	// percpu is DeltasCreated's buffer.
 	percpu []uint64
 
-	iterTCP     *link.Iter
-	iterFiles   *link.Iter
-	iterDestroy *link.Iter
-	links       []link.Link
-	progs       []*ebpf.Program
+	iterTCP       *link.Iter
+	iterFiles     *link.Iter
+	iterDestroy   *link.Iter
+	iterKeepalive *link.Iter
+	links         []link.Link
+	progs         []*ebpf.Program
 	// byName holds the loaded programs by name, for RecursionMisses;
 	// byLink their links.
 	byName map[string]*ebpf.Program
@@ -309,6 +313,8 @@ func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]
 			p.iterFiles = it
 		case ProgIterDestroy:
 			p.iterDestroy = it
+		case ProgIterKeepalive:
+			p.iterKeepalive = it
 		}
 	}
 	return nil
