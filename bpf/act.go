@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -35,14 +36,16 @@ type ActResult struct {
 
 // SockDestroyAvailable reports whether the running kernel has the
 // bpf_sock_destroy kfunc, from its BTF.
-func SockDestroyAvailable() bool {
+func SockDestroyAvailable() bool { return sockDestroyAvailable() }
+
+var sockDestroyAvailable = sync.OnceValue(func() bool {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
 		return false
 	}
 	var fn *btf.Func
 	return spec.TypeByName("bpf_sock_destroy", &fn) == nil
-}
+})
 
 // Destroy aborts the sockets with the given cookies in the network
 // namespace at nsPath ("" for the agent's own) with bpf_sock_destroy(),
@@ -171,4 +174,15 @@ func (p *Probes) clearActTargets() error {
 		}
 	}
 	return nil
+}
+
+// KernelLacks names what the running kernel lacks for the program, or ""
+// when it has what the program needs as far as the agent knows: a test (or
+// status) can then tell a program this kernel cannot load from one that
+// failed.
+func KernelLacks(name string) string {
+	if name == ProgIterDestroy && !SockDestroyAvailable() {
+		return "bpf_sock_destroy() (Linux 6.5+)"
+	}
+	return ""
 }

@@ -124,21 +124,26 @@ struct tcp_part {
 
 // One ring-buffer record. Which fields are meaningful depends on type; the
 // Go side decodes this layout through the type bpf2go generates from it.
-struct event {
-	__u64 ts_ns;  // bpf_ktime_get_ns(), CLOCK_MONOTONIC
-	__u64 cookie; // socket cookie; 0 when the socket never had one
-	__u64 ino;    // socket inode (close and sockopt events)
-	__u32 pid;    // tgid of the task, when EVENT_FLAG_TASK is set
-	__u32 ppid;   // parent tgid of the task (close events)
-	__s32 fd;     // close and sockopt events
-	__u8 type;    // enum event_type
-	__u8 old_state;
-	__u8 state; // new state for state and end events, current state otherwise
-	__u8 flags; // EVENT_FLAG_*
-	__u8 op;    // enum close_op for close events
-	__u8 pad[3];
-	struct tuple tuple;
+//
+// EVENT_HEAD is how every record starts, struct event and struct end_event
+// alike: the reader finds the type at the same place in both.
+#define EVENT_HEAD                                                                                   \
+	__u64 ts_ns;  /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */                                      \
+	__u64 cookie; /* socket cookie; 0 when the socket never had one */                          \
+	__u64 ino;    /* socket inode (close and sockopt events) */                                  \
+	__u32 pid;    /* tgid of the task, when EVENT_FLAG_TASK is set */                            \
+	__u32 ppid;   /* parent tgid of the task (close events) */                                   \
+	__s32 fd;     /* close and sockopt events */                                                 \
+	__u8 type;    /* enum event_type */                                                          \
+	__u8 old_state;                                                                              \
+	__u8 state; /* new state for state and end events, current state otherwise */               \
+	__u8 flags; /* EVENT_FLAG_* */                                                               \
+	__u8 op;    /* enum close_op for close events */                                             \
+	__u8 pad[3];                                                                                 \
+	struct tuple tuple;                                                                          \
 	char comm[16];
+struct event {
+	EVENT_HEAD
 	struct tcp_part tcp;
 	__u32 refs;         // close: references to the file before this close
 	__u32 idle_jiffies; // keepalive: jiffies since the last data received
@@ -153,7 +158,7 @@ struct event {
 	__u32 pad2;
 };
 
-// delta_part says which parts of a sock_delta hold news.
+// delta_part says which parts of a state_delta or sys_delta hold news.
 enum delta_part {
 	DELTA_STATE = 1,   // state was entered at state_ns (est_ns: ESTABLISHED)
 	DELTA_OWNER = 2,   // owner_*: a connect or accept returned an fd of it
@@ -161,29 +166,40 @@ enum delta_part {
 	DELTA_TCP = 8,     // tcp was read at the state change
 };
 
-// sock_delta is what the kernel learnt of one socket since the agent last
-// drained it: in deltas, its state changes (DELTA_STATE, DELTA_TCP); in
-// sys_deltas, the process whose connect or accept returned it
-// (DELTA_OWNER) and the options it set (DELTA_SOCKOPT); each the latest of
-// its kind.
-struct sock_delta {
+// state_delta is what the state hook learnt of one socket since the agent
+// last drained the deltas map: the latest state it entered, when, and the
+// tuple and TCP fields read then.
+struct state_delta {
 	__u64 first_ns; // the first change kept in this entry
 	__u64 state_ns; // when the socket entered state (DELTA_STATE)
 	__u64 est_ns;   // when it became ESTABLISHED, if within this entry
+	struct tuple tuple;
+	struct tcp_part tcp;
+	__u32 parts;   // enum delta_part: DELTA_STATE, DELTA_TCP
+	__u8 state;    // the state entered at state_ns
+	__u8 est_from; // SYN_SENT or SYN_RECV, with est_ns
+	__u8 pad[2];
+};
+
+// sys_delta is what the syscall hooks learnt of one socket since the agent
+// last drained the sys_deltas map: the process whose connect or accept
+// returned it (DELTA_OWNER) and the options it set (DELTA_SOCKOPT), each
+// the latest of its kind, with the tuple and state the hook read (they
+// announce a connection the agent does not know yet).
+struct sys_delta {
+	__u64 first_ns; // the first change kept in this entry
 	__u64 owner_ns;
 	__u64 opt_ns; // the latest setsockopt
 	__u64 ino;    // socket inode, from the owner's fd
 	struct tuple tuple;
-	struct tcp_part tcp;
-	__u32 parts;   // enum delta_part
-	__u8 state;    // with DELTA_STATE the state entered at state_ns, else as a syscall hook read it
-	__u8 est_from; // SYN_SENT or SYN_RECV, with est_ns
+	__u32 parts;   // enum delta_part: DELTA_OWNER, DELTA_SOCKOPT
+	__u8 state;    // as the hook read it
 	__u8 owner_op; // enum owner_op
-	__u8 pad;
+	__u8 pad[2];
 	__u32 owner_pid; // tgid
 	__u32 owner_ppid;
 	__s32 owner_fd;
-	__u32 opt_pid; // tgid of the latest setsockopt
+	__u32 opt_pid;  // tgid of the latest setsockopt
 	__u32 opt_mask; // enum sockopt_bit: which opt_ values were set
 	__s32 opt_keepalive;
 	__s32 opt_keep_idle;  // seconds
@@ -196,12 +212,15 @@ struct sock_delta {
 // end_event is the record of a socket's CLOSE: its final state change and,
 // when the agent had not drained them yet, the socket's deltas (the state
 // hook's and the syscall hooks'), so that a short-lived connection costs
-// this one record.
+// this one record. It starts as struct event does, without the fields an
+// end does not use.
 struct end_event {
-	struct event e;
-	struct sock_delta d; // from deltas; all zero (parts 0) when none was pending
-	struct sock_delta s; // from sys_deltas, likewise
+	EVENT_HEAD
+	struct state_delta d; // from deltas; all zero (parts 0) when none was pending
+	struct sys_delta s;   // from sys_deltas, likewise
 };
+_Static_assert(__builtin_offsetof(struct end_event, comm) == __builtin_offsetof(struct event, comm),
+	       "an end record starts as every record does");
 
 // events carries struct event records to user space.
 // Writers: every tracepoint program. Reader: the Go collector. Records are
@@ -289,7 +308,7 @@ struct {
 	__type(value, __u32);
 } watch SEC(".maps");
 
-// sockopt_bit names the options a sock_delta holds.
+// sockopt_bit names the options a sys_delta holds.
 enum sockopt_bit {
 	SOCKOPT_KEEPALIVE = 1,
 	SOCKOPT_KEEPIDLE = 2,
@@ -313,7 +332,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 32768);
 	__type(key, __u64); // socket cookie
-	__type(value, struct sock_delta);
+	__type(value, struct state_delta);
 } deltas SEC(".maps");
 
 // sys_deltas is deltas for the syscall hooks, which hold no socket lock:
@@ -329,7 +348,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 32768);
 	__type(key, __u64); // socket cookie
-	__type(value, struct sock_delta);
+	__type(value, struct sys_delta);
 } sys_deltas SEC(".maps");
 
 // Force the generated Go types.
@@ -343,7 +362,8 @@ const enum close_op *unused_close_op __attribute__((unused));
 const enum owner_op *unused_owner_op __attribute__((unused));
 const enum sockopt_bit *unused_sockopt_bit __attribute__((unused));
 const enum watch_flag *unused_watch_flag __attribute__((unused));
-const struct sock_delta *unused_sock_delta __attribute__((unused));
+const struct state_delta *unused_state_delta __attribute__((unused));
+const struct sys_delta *unused_sys_delta __attribute__((unused));
 const struct end_event *unused_end_event __attribute__((unused));
 const enum event_flag *unused_event_flag __attribute__((unused));
 const enum delta_part *unused_delta_part __attribute__((unused));
@@ -388,12 +408,14 @@ static __always_inline void submit(struct event *e)
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline void set_task(struct event *e)
-{
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->flags |= EVENT_FLAG_TASK;
-}
+// set_task names the current task in a record (struct event or struct
+// end_event: both start with EVENT_HEAD).
+#define set_task(e)                                                    \
+	do {                                                           \
+		(e)->pid = bpf_get_current_pid_tgid() >> 32;           \
+		bpf_get_current_comm((e)->comm, sizeof((e)->comm));    \
+		(e)->flags |= EVENT_FLAG_TASK;                         \
+	} while (0)
 
 // read_addrs copies the local and remote address of a socket. (Not
 // BPF_CORE_READ_INTO: it sizes the read by the destination's element.)
@@ -502,13 +524,12 @@ static __always_inline bool state_folded(int old, int new)
 	return new == TCP_ESTABLISHED || new == TCP_CLOSE_WAIT || old == TCP_ESTABLISHED;
 }
 
-// delta_load copies the socket's pending delta in map (deltas or
-// sys_deltas) into d, or starts an empty
-// one; the caller changes it and stores it with delta_store. It reports
-// whether the socket had one.
-static __always_inline bool delta_load(void *map, __u64 cookie, struct sock_delta *d, __u64 now)
+// state_load and sys_load copy the socket's pending delta (in deltas or
+// sys_deltas) into d, or start an empty one; the caller changes it and
+// stores it with delta_store. They report whether the socket had one.
+static __always_inline bool state_load(__u64 cookie, struct state_delta *d, __u64 now)
 {
-	struct sock_delta *old = bpf_map_lookup_elem(map, &cookie);
+	struct state_delta *old = bpf_map_lookup_elem(&deltas, &cookie);
 	if (old) {
 		__builtin_memcpy(d, old, sizeof(*d));
 		return true;
@@ -518,12 +539,24 @@ static __always_inline bool delta_load(void *map, __u64 cookie, struct sock_delt
 	return false;
 }
 
-// delta_store writes d back whole (see the deltas map). An entry it
-// creates (a new one, or one the agent drained since delta_load) is
+static __always_inline bool sys_load(__u64 cookie, struct sys_delta *d, __u64 now)
+{
+	struct sys_delta *old = bpf_map_lookup_elem(&sys_deltas, &cookie);
+	if (old) {
+		__builtin_memcpy(d, old, sizeof(*d));
+		return true;
+	}
+	__builtin_memset(d, 0, sizeof(*d));
+	d->first_ns = now;
+	return false;
+}
+
+// delta_store writes d back whole into map (see the deltas map). An entry
+// it creates (a new one, or one the agent drained since the load) is
 // counted in STAT_DELTA_NEW once it is in the map: the agent skips a
 // drain when that count has not moved since the last one, so a count
 // before the entry could let a drain begun in between miss it.
-static __always_inline void delta_store(void *map, __u64 cookie, struct sock_delta *d, bool existed)
+static __always_inline void delta_store(void *map, __u64 cookie, void *d, bool existed)
 {
 	if (existed && !bpf_map_update_elem(map, &cookie, d, BPF_EXIST))
 		return;
@@ -667,16 +700,26 @@ static __always_inline struct sock *tcp_sock_of(struct file *f)
 	return sk;
 }
 
-// take_delta moves the socket's pending delta in map, if any, into d.
-static __always_inline void take_delta(void *map, __u64 cookie, struct sock_delta *d)
+// take_state and take_sys move the socket's pending delta, if any, into
+// d. When the agent's drain took the entry meanwhile, it has the delta, and
+// the copy may be of the element reused for another socket: d is cleared.
+static __always_inline void take_state(__u64 cookie, struct state_delta *d)
 {
-	struct sock_delta *p = bpf_map_lookup_elem(map, &cookie);
+	struct state_delta *p = bpf_map_lookup_elem(&deltas, &cookie);
 	if (!p)
 		return;
 	__builtin_memcpy(d, p, sizeof(*d));
-	// The agent's drain took the entry meanwhile: it has the delta, and
-	// the copy may be of the element reused for another socket.
-	if (bpf_map_delete_elem(map, &cookie))
+	if (bpf_map_delete_elem(&deltas, &cookie))
+		d->parts = 0;
+}
+
+static __always_inline void take_sys(__u64 cookie, struct sys_delta *d)
+{
+	struct sys_delta *p = bpf_map_lookup_elem(&sys_deltas, &cookie);
+	if (!p)
+		return;
+	__builtin_memcpy(d, p, sizeof(*d));
+	if (bpf_map_delete_elem(&sys_deltas, &cookie))
 		d->parts = 0;
 }
 
@@ -693,16 +736,16 @@ static __always_inline void emit_end(struct sock *sk, __u64 cookie, int oldstate
 		return;
 	}
 	__builtin_memset(r, 0, sizeof(*r));
-	r->e.ts_ns = bpf_ktime_get_ns();
-	r->e.type = EVENT_END;
-	r->e.cookie = cookie;
-	r->e.old_state = oldstate;
-	r->e.state = TCP_CLOSE;
-	fill_tuple_btf(&r->e.tuple, sk);
+	r->ts_ns = bpf_ktime_get_ns();
+	r->type = EVENT_END;
+	r->cookie = cookie;
+	r->old_state = oldstate;
+	r->state = TCP_CLOSE;
+	fill_tuple_btf(&r->tuple, sk);
 	if (state_by_syscall(oldstate, TCP_CLOSE))
-		set_task(&r->e);
-	take_delta(&deltas, cookie, &r->d);
-	take_delta(&sys_deltas, cookie, &r->s);
+		set_task(r);
+	take_state(cookie, &r->d);
+	take_sys(cookie, &r->s);
 	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
 }
 
@@ -729,8 +772,8 @@ static __always_inline void stream_state(struct sock *sk, __u64 cookie, int olds
 static __always_inline void fold_state(struct sock *sk, __u64 cookie, int oldstate, int newstate)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct sock_delta d;
-	bool existed = delta_load(&deltas, cookie, &d, now);
+	struct state_delta d;
+	bool existed = state_load(cookie, &d, now);
 	d.parts |= DELTA_STATE;
 	d.state = newstate;
 	d.state_ns = now;
@@ -1026,8 +1069,8 @@ static __always_inline void fold_sockopt(struct sock *sk, int level, int optname
 	__s32 val = 0;
 	bpf_probe_read_user(&val, sizeof(val), uval);
 	__u64 now = bpf_ktime_get_ns();
-	struct sock_delta d;
-	bool existed = delta_load(&sys_deltas, cookie, &d, now);
+	struct sys_delta d;
+	bool existed = sys_load(cookie, &d, now);
 	if (level == SOL_SOCKET) {
 		d.opt_keepalive = val;
 		d.opt_mask |= SOCKOPT_KEEPALIVE;
@@ -1117,8 +1160,8 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 	if (!cookie)
 		return;
 	__u64 now = bpf_ktime_get_ns();
-	struct sock_delta d;
-	bool existed = delta_load(&sys_deltas, cookie, &d, now);
+	struct sys_delta d;
+	bool existed = sys_load(cookie, &d, now);
 	d.parts |= DELTA_OWNER;
 	d.owner_ns = now;
 	d.owner_op = op;

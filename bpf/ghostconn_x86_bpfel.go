@@ -76,10 +76,23 @@ const (
 )
 
 type GhostconnEndEvent struct {
-	_ structs.HostLayout
-	E GhostconnEvent
-	D GhostconnSockDelta
-	S GhostconnSockDelta
+	_        structs.HostLayout
+	TsNs     uint64
+	Cookie   uint64
+	Ino      uint64
+	Pid      uint32
+	Ppid     uint32
+	Fd       int32
+	Type     uint8
+	OldState uint8
+	State    uint8
+	Flags    uint8
+	Op       uint8
+	Pad      [3]uint8
+	Tuple    GhostconnTuple
+	Comm     [16]int8
+	D        GhostconnStateDelta
+	S        GhostconnSysDelta
 }
 
 type GhostconnEvent struct {
@@ -147,35 +160,6 @@ const (
 	GhostconnOwnerOpOWNER_OP_ACCEPT  GhostconnOwnerOp = 2
 )
 
-type GhostconnSockDelta struct {
-	_                structs.HostLayout
-	FirstNs          uint64
-	StateNs          uint64
-	EstNs            uint64
-	OwnerNs          uint64
-	OptNs            uint64
-	Ino              uint64
-	Tuple            GhostconnTuple
-	Tcp              GhostconnTcpPart
-	Parts            uint32
-	State            uint8
-	EstFrom          uint8
-	OwnerOp          uint8
-	Pad              uint8
-	OwnerPid         uint32
-	OwnerPpid        uint32
-	OwnerFd          int32
-	OptPid           uint32
-	OptMask          uint32
-	OptKeepalive     int32
-	OptKeepIdle      int32
-	OptKeepIntvl     int32
-	OptKeepCnt       int32
-	OptUserTimeoutMs int32
-	OwnerComm        [16]int8
-	_                [4]byte
-}
-
 type GhostconnSockRec struct {
 	_              structs.HostLayout
 	Cookie         uint64
@@ -236,6 +220,45 @@ const (
 	GhostconnStatIndexSTAT_DELTA_NEW       GhostconnStatIndex = 10
 	GhostconnStatIndexSTAT_MAX             GhostconnStatIndex = 11
 )
+
+type GhostconnStateDelta struct {
+	_       structs.HostLayout
+	FirstNs uint64
+	StateNs uint64
+	EstNs   uint64
+	Tuple   GhostconnTuple
+	Tcp     GhostconnTcpPart
+	Parts   uint32
+	State   uint8
+	EstFrom uint8
+	Pad     [2]uint8
+	_       [4]byte
+}
+
+type GhostconnSysDelta struct {
+	_                structs.HostLayout
+	FirstNs          uint64
+	OwnerNs          uint64
+	OptNs            uint64
+	Ino              uint64
+	Tuple            GhostconnTuple
+	Parts            uint32
+	State            uint8
+	OwnerOp          uint8
+	Pad              [2]uint8
+	OwnerPid         uint32
+	OwnerPpid        uint32
+	OwnerFd          int32
+	OptPid           uint32
+	OptMask          uint32
+	OptKeepalive     int32
+	OptKeepIdle      int32
+	OptKeepIntvl     int32
+	OptKeepCnt       int32
+	OptUserTimeoutMs int32
+	OwnerComm        [16]int8
+	_                [4]byte
+}
 
 type GhostconnTcpPart struct {
 	_             structs.HostLayout
@@ -314,10 +337,11 @@ const (
 	GhostconnVarUnusedEventType     = "unused_event_type"
 	GhostconnVarUnusedHolderRec     = "unused_holder_rec"
 	GhostconnVarUnusedOwnerOp       = "unused_owner_op"
-	GhostconnVarUnusedSockDelta     = "unused_sock_delta"
 	GhostconnVarUnusedSockRec       = "unused_sock_rec"
 	GhostconnVarUnusedSockoptBit    = "unused_sockopt_bit"
 	GhostconnVarUnusedStatIndex     = "unused_stat_index"
+	GhostconnVarUnusedStateDelta    = "unused_state_delta"
+	GhostconnVarUnusedSysDelta      = "unused_sys_delta"
 	GhostconnVarUnusedWatchFlag     = "unused_watch_flag"
 )
 
@@ -414,10 +438,11 @@ type GhostconnVariableSpecs struct {
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
 	UnusedOwnerOp    *ebpf.VariableSpec `ebpf:"unused_owner_op"`
-	UnusedSockDelta  *ebpf.VariableSpec `ebpf:"unused_sock_delta"`
 	UnusedSockRec    *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
 	UnusedSockoptBit *ebpf.VariableSpec `ebpf:"unused_sockopt_bit"`
 	UnusedStatIndex  *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	UnusedStateDelta *ebpf.VariableSpec `ebpf:"unused_state_delta"`
+	UnusedSysDelta   *ebpf.VariableSpec `ebpf:"unused_sys_delta"`
 	UnusedWatchFlag  *ebpf.VariableSpec `ebpf:"unused_watch_flag"`
 }
 
@@ -482,10 +507,11 @@ type GhostconnVariables struct {
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedHolderRec  *ebpf.Variable `ebpf:"unused_holder_rec"`
 	UnusedOwnerOp    *ebpf.Variable `ebpf:"unused_owner_op"`
-	UnusedSockDelta  *ebpf.Variable `ebpf:"unused_sock_delta"`
 	UnusedSockRec    *ebpf.Variable `ebpf:"unused_sock_rec"`
 	UnusedSockoptBit *ebpf.Variable `ebpf:"unused_sockopt_bit"`
 	UnusedStatIndex  *ebpf.Variable `ebpf:"unused_stat_index"`
+	UnusedStateDelta *ebpf.Variable `ebpf:"unused_state_delta"`
+	UnusedSysDelta   *ebpf.Variable `ebpf:"unused_sys_delta"`
 	UnusedWatchFlag  *ebpf.Variable `ebpf:"unused_watch_flag"`
 }
 

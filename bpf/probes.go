@@ -139,9 +139,10 @@ type Probes struct {
 	// hostSockets and holders are how many records the last snapshot of
 	// the host's sockets and of the holders read (see readRecords).
 	hostSockets, holders atomic.Int64
-	// drainKeys and drainVals are DrainDeltas' batch buffers.
-	drainKeys []uint64
-	drainVals []GhostconnSockDelta
+	// drainKeys, drainState and drainSys are DrainDeltas' batch buffers.
+	drainKeys  []uint64
+	drainState []GhostconnStateDelta
+	drainSys   []GhostconnSysDelta
 	// percpu is DeltasCreated's buffer.
 	percpu []uint64
 
@@ -230,7 +231,13 @@ func Load(opts Options) (*Probes, error) {
 		if def.kind == "tracepoint" && tracefsErr != nil && !opts.Skip[def.name] {
 			err = tracefsErr
 		} else {
-			err = p.attach(spec, def, replacements, opts.Skip[def.name])
+			if lacks := KernelLacks(def.name); lacks != "" && !opts.Skip[def.name] {
+				// Not tried: the loader would look for the kfunc in
+				// every module's BTF first (seconds under TCG).
+				err = fmt.Errorf("this kernel has no %s: ghostconn kill aborts through sock_diag instead", lacks)
+			} else {
+				err = p.attach(spec, def, replacements, opts.Skip[def.name])
+			}
 		}
 		p.Attached[def.name] = err
 		if err != nil && def.required {
@@ -388,36 +395,42 @@ func (p *Probes) SetWatching(on bool) error {
 const drainBatch = 256
 
 // DrainDeltas takes what the kernel folded into the deltas maps since the
-// last drain, deleting it from the maps, and calls fn for each entry: the
-// state hook's (deltas) first, then the syscall hooks' (sys_deltas), so a
-// socket in both gets its state before its owner. fn must not keep the
-// delta past its call.
-func (p *Probes) DrainDeltas(fn func(cookie uint64, d *GhostconnSockDelta)) (int, error) {
+// last drain, deleting it from the maps, and calls state for each entry of
+// the state hook's (deltas), then sys for each of the syscall hooks'
+// (sys_deltas), so a socket in both gets its state before its owner. The
+// callbacks must not keep the delta past their call.
+func (p *Probes) DrainDeltas(state func(cookie uint64, d *GhostconnStateDelta), sys func(cookie uint64, d *GhostconnSysDelta)) (int, error) {
 	if p.drainKeys == nil {
 		p.drainKeys = make([]uint64, drainBatch)
-		p.drainVals = make([]GhostconnSockDelta, drainBatch)
+		p.drainState = make([]GhostconnStateDelta, drainBatch)
+		p.drainSys = make([]GhostconnSysDelta, drainBatch)
 	}
+	n1, err := drainMap(p.deltas, "deltas", p.drainKeys, p.drainState, state)
+	if err != nil {
+		return n1, err
+	}
+	n2, err := drainMap(p.sysDeltas, "sys_deltas", p.drainKeys, p.drainSys, sys)
+	return n1 + n2, err
+}
+
+// drainMap takes every entry of m, in batches of len(keys), calling fn for
+// each.
+func drainMap[V any](m *ebpf.Map, name string, keys []uint64, vals []V, fn func(uint64, *V)) (int, error) {
+	var cursor ebpf.MapBatchCursor
 	total := 0
-	for _, m := range []struct {
-		name string
-		m    *ebpf.Map
-	}{{"deltas", p.deltas}, {"sys_deltas", p.sysDeltas}} {
-		var cursor ebpf.MapBatchCursor
-		for {
-			n, err := m.m.BatchLookupAndDelete(&cursor, p.drainKeys, p.drainVals, nil)
-			for i := 0; i < n; i++ {
-				fn(p.drainKeys[i], &p.drainVals[i])
-			}
-			total += n
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				break
-			}
-			if err != nil {
-				return total, fmt.Errorf("drain the %s map: %w", m.name, err)
-			}
+	for {
+		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			fn(keys[i], &vals[i])
+		}
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("drain the %s map: %w", name, err)
 		}
 	}
-	return total, nil
 }
 
 // CloseRecords returns the close evidence kept in the kernel: for each

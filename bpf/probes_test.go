@@ -16,7 +16,7 @@ func TestLoadAttachesEveryProgram(t *testing.T) {
 	defer p.Close()
 	for _, name := range ProgramNames() {
 		err := p.Attached[name]
-		if name == ProgIterDestroy && !SockDestroyAvailable() {
+		if KernelLacks(name) != "" {
 			// Before 6.5: the kernel has no bpf_sock_destroy.
 			if err == nil {
 				t.Errorf("program %s attached on a kernel without bpf_sock_destroy", name)

@@ -39,14 +39,13 @@ func BenchmarkDecode(b *testing.B) {
 // connection's one record per end.
 func BenchmarkDecodeEnd(b *testing.B) {
 	d := Decoder{HZ: 250}
-	var r bpf.GhostconnEndEvent
-	r.E = bpf.GhostconnEvent{TsNs: 2e9, Cookie: 42, Type: uint8(KindEnd), Flags: flagTask, Pid: 7, Ppid: 1,
-		OldState: uint8(StateFinWait1), State: uint8(StateClose),
-		Tuple: bpf.GhostconnTuple{Family: uint8(FamilyIPv4), Sport: 5000, Dport: 80}}
-	r.D = bpf.GhostconnSockDelta{FirstNs: 1e9, StateNs: 1.5e9, EstNs: 1.1e9,
-		Parts: uint32(DeltaState), State: uint8(StateFinWait1), EstFrom: uint8(StateSynSent), Tuple: r.E.Tuple}
-	r.S = bpf.GhostconnSockDelta{FirstNs: 1.1e9, OwnerNs: 1.1e9, OwnerPid: 7, OwnerPpid: 1, OwnerFd: 5,
-		Parts: uint32(DeltaOwner), State: uint8(StateEstablished), OwnerOp: 1, Tuple: r.E.Tuple}
+	tuple := bpf.GhostconnTuple{Family: uint8(FamilyIPv4), Sport: 5000, Dport: 80}
+	r := bpf.GhostconnEndEvent{TsNs: 2e9, Cookie: 42, Type: uint8(KindEnd), Flags: flagTask, Pid: 7, Ppid: 1,
+		OldState: uint8(StateFinWait1), State: uint8(StateClose), Tuple: tuple}
+	r.D = bpf.GhostconnStateDelta{FirstNs: 1e9, StateNs: 1.5e9, EstNs: 1.1e9,
+		Parts: uint32(DeltaState), State: uint8(StateFinWait1), EstFrom: uint8(StateSynSent), Tuple: tuple}
+	r.S = bpf.GhostconnSysDelta{FirstNs: 1.1e9, OwnerNs: 1.1e9, OwnerPid: 7, OwnerPpid: 1, OwnerFd: 5,
+		Parts: uint32(DeltaOwner), State: uint8(StateEstablished), OwnerOp: 1, Tuple: tuple}
 	raw := make([]byte, EndSize)
 	copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&r)), EndSize))
 	var ev Event

@@ -120,8 +120,8 @@ type Collector struct {
 	reconcileHist histogram
 	capsDropped   atomic.Bool
 
-	// killer carries out actions; actions counts them.
-	killer  *Killer
+	// actor carries out actions; actions counts them.
+	actor   *Actor
 	actions actionCounts
 }
 
@@ -216,7 +216,7 @@ func New(cfg Config) (*Collector, error) {
 		dec:    Decoder{HZ: hz, MonoOffset: monoOffset()},
 		reader: rd,
 		ready:  make(chan struct{}),
-		killer: &Killer{Probes: probes, NoSockDestroy: cfg.NoSockDestroy, NoSockDiag: cfg.NoSockDiag},
+		actor:  &Actor{Probes: probes, NoSockDestroy: cfg.NoSockDestroy, NoSockDiag: cfg.NoSockDiag, HZ: hz},
 	}
 	// While a watch client is connected, the kernel streams the transitions
 	// and options it otherwise folds.
@@ -513,13 +513,19 @@ func (c *Collector) readLoop(ctx context.Context) error {
 		// it was read; otherwise the next poll drains again.
 		lastCreated, lastFullDrain = ^uint64(0), lastDrain
 		deltas = deltas[:0]
-		if _, err := c.probes.DrainDeltas(func(cookie uint64, d *bpf.GhostconnSockDelta) {
+		keep := func(err error) {
 			c.deltasRead.Add(1)
-			deltas = append(deltas, Event{})
-			if err := dec.DecodeDelta(cookie, d, &deltas[len(deltas)-1]); err != nil {
+			if err != nil {
 				c.decodeErrors.Add(1)
 				deltas = deltas[:len(deltas)-1]
 			}
+		}
+		if _, err := c.probes.DrainDeltas(func(cookie uint64, d *bpf.GhostconnStateDelta) {
+			deltas = append(deltas, Event{})
+			keep(dec.DecodeStateDelta(cookie, d, &deltas[len(deltas)-1]))
+		}, func(cookie uint64, d *bpf.GhostconnSysDelta) {
+			deltas = append(deltas, Event{})
+			keep(dec.DecodeSysDelta(cookie, d, &deltas[len(deltas)-1]))
 		}); err != nil {
 			c.drainErrors.Add(1)
 			c.lastDrainErr.Store(&TimedError{Time: lastDrain, Error: err.Error()})
@@ -800,10 +806,10 @@ type Status struct {
 	ProgramIDs         map[string]uint32 `json:"program_ids"`
 	ClosesReplayed     uint64            `json:"closes_replayed"`
 	CapsDropped        bool              `json:"capabilities_dropped"`
-	// ReadOnly says the agent refuses every action; Killed counts the
-	// kills it carried out and verified, by verdict and mode.
+	// ReadOnly says the agent refuses every action; Actions counts the
+	// actions it carried out and verified, by verdict and mode.
 	ReadOnly     bool          `json:"read_only"`
-	Killed       []KilledCount `json:"killed"`
+	Actions      []ActionCount `json:"actions"`
 	KernelHZ     int           `json:"kernel_hz"`
 	CloseLastRef uint64        `json:"close_last_ref"`
 }
@@ -863,7 +869,7 @@ func (c *Collector) Status() (Status, error) {
 		ClosesReplayed:      c.replayed.Load(),
 		CapsDropped:         c.capsDropped.Load(),
 		ReadOnly:            c.cfg.ReadOnly,
-		Killed:              c.actions.snapshot(),
+		Actions:             c.actions.snapshot(),
 		KernelHZ:            c.dec.HZ,
 		CloseLastRef:        kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
 	}

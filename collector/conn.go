@@ -92,6 +92,9 @@ type Conn struct {
 	// SettingsBy names the process whose setsockopt last changed the
 	// keepalive settings, if ghostconn saw it.
 	SettingsBy *Task
+	// ArmedByGhostconn says ghostconn keepalive set the keepalive
+	// settings, and the application has not set its own since.
+	ArmedByGhostconn bool
 
 	Counters         TCPCounters
 	RetransmitEvents uint64
@@ -209,6 +212,16 @@ func EffectiveKeepalive(s SockSettings, d NetDefaults) Keepalive {
 	return k
 }
 
+// keepalive is c's effective keepalive, with "ghostconn" as the source of
+// values ghostconn keepalive set.
+func (c *Conn) keepalive(d NetDefaults) Keepalive {
+	k := EffectiveKeepalive(c.Settings, d)
+	if c.ArmedByGhostconn && k.Source == "socket" {
+		k.Source = "ghostconn"
+	}
+	return k
+}
+
 // ConnView is the JSON form of a connection, as `ghostconn ls -o json` and
 // the API print it.
 type ConnView struct {
@@ -262,7 +275,7 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, lastWalk tim
 		Netns:              c.Netns,
 		Inode:              c.Inode,
 		Holders:            c.Holders,
-		Keepalive:          EffectiveKeepalive(c.Settings, d),
+		Keepalive:          c.keepalive(d),
 		UserTimeoutSeconds: c.Settings.UserTimeout.Seconds(),
 		Retransmits:        c.Counters.TotalRetrans,
 		RTORetransmits:     c.Counters.Retransmits,

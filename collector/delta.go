@@ -66,7 +66,7 @@ func (t *Table) applyDelta(ev *Event, c *Conn) {
 		for _, o := range d.Sockopts[:d.NSockopts] {
 			applySockopt(&c.Settings, o)
 		}
-		c.SettingsBy = t.taskOf(c, d)
+		c.SettingsBy, c.ArmedByGhostconn = t.taskOf(c, d), false
 	}
 	if d.Parts&DeltaState != 0 && liveState(d.State) {
 		// Only an end record ends a connection: a delta's state is a

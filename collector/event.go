@@ -206,7 +206,8 @@ type Decoder struct {
 	lastTask *Task
 	// delta and sysDelta are where an end record's deltas are copied to
 	// be decoded: a local escaped to the heap, one allocation per record.
-	delta, sysDelta bpf.GhostconnSockDelta
+	delta    bpf.GhostconnStateDelta
+	sysDelta bpf.GhostconnSysDelta
 }
 
 // ErrDecode marks a record that could not be decoded.
@@ -312,47 +313,25 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		dl, sys := &d.delta, &d.sysDelta
 		copy(unsafe.Slice((*byte)(unsafe.Pointer(dl)), unsafe.Sizeof(*dl)), raw[unsafe.Offsetof(bpf.GhostconnEndEvent{}.D):])
 		copy(unsafe.Slice((*byte)(unsafe.Pointer(sys)), unsafe.Sizeof(*sys)), raw[unsafe.Offsetof(bpf.GhostconnEndEvent{}.S):])
-		mergeSysDelta(dl, sys)
+		if dl.Parts == 0 && sys.Parts == 0 {
+			return nil
+		}
+		// A delta's tuple is the socket's before it was unhashed on its
+		// way to CLOSE.
+		end := *ev
+		var err error
 		if dl.Parts != 0 {
-			// The delta's tuple is the socket's before it was unhashed on
-			// its way to CLOSE.
-			end := *ev
-			if err := d.decodeDelta(dl, ev); err != nil {
-				*ev = end
-				return fmt.Errorf("%w: %w", ErrBadDelta, err)
-			}
+			err = d.decodeState(dl, ev)
+		}
+		if err == nil && sys.Parts != 0 {
+			err = d.decodeSys(sys, ev, dl.Parts == 0)
+		}
+		if err != nil {
+			*ev = end
+			return fmt.Errorf("%w: %w", ErrBadDelta, err)
 		}
 	}
 	return nil
-}
-
-// mergeSysDelta adds to dl, the state hook's delta of a socket, what the
-// syscall hooks' delta sys holds: the owner and the options. When dl holds
-// nothing, sys is the delta, with the state and tuple a syscall hook read.
-func mergeSysDelta(dl, sys *bpf.GhostconnSockDelta) {
-	if sys.Parts == 0 {
-		return
-	}
-	if dl.Parts == 0 {
-		*dl = *sys
-		return
-	}
-	if sys.Parts&uint32(DeltaOwner) != 0 {
-		dl.OwnerNs, dl.OwnerOp, dl.OwnerPid, dl.OwnerPpid, dl.OwnerFd, dl.OwnerComm =
-			sys.OwnerNs, sys.OwnerOp, sys.OwnerPid, sys.OwnerPpid, sys.OwnerFd, sys.OwnerComm
-	}
-	if sys.Parts&uint32(DeltaSockopt) != 0 {
-		dl.OptNs, dl.OptPid, dl.OptMask = sys.OptNs, sys.OptPid, sys.OptMask
-		dl.OptKeepalive, dl.OptKeepIdle, dl.OptKeepIntvl, dl.OptKeepCnt, dl.OptUserTimeoutMs =
-			sys.OptKeepalive, sys.OptKeepIdle, sys.OptKeepIntvl, sys.OptKeepCnt, sys.OptUserTimeoutMs
-	}
-	if dl.Ino == 0 {
-		dl.Ino = sys.Ino
-	}
-	if sys.FirstNs != 0 && (dl.FirstNs == 0 || sys.FirstNs < dl.FirstNs) {
-		dl.FirstNs = sys.FirstNs
-	}
-	dl.Parts |= sys.Parts
 }
 
 // flagTask says that pid and comm name the task that caused the record.
@@ -392,29 +371,43 @@ func (d *Decoder) setTCP(ev *Event, p *bpf.GhostconnTcpPart, have bool) {
 	}
 }
 
-// DecodeDelta fills ev with the KindDelta event of one entry drained from
-// the kernel's deltas map. It returns an error wrapping ErrDecode for an
-// entry that holds impossible values.
-func (d *Decoder) DecodeDelta(cookie uint64, dl *bpf.GhostconnSockDelta, ev *Event) error {
+// DecodeStateDelta fills ev with the KindDelta event of one entry drained
+// from the kernel's deltas map (the state hook's). It returns an error
+// wrapping ErrDecode for an entry that holds impossible values.
+func (d *Decoder) DecodeStateDelta(cookie uint64, dl *bpf.GhostconnStateDelta, ev *Event) error {
 	if cookie == 0 {
 		return fmt.Errorf("%w: delta without a cookie", ErrDecode)
 	}
-	latest := max(dl.StateNs, dl.OwnerNs, dl.OptNs, dl.FirstNs)
+	d.deltaEvent(cookie, max(dl.StateNs, dl.FirstNs), ev)
+	return d.decodeState(dl, ev)
+}
+
+// DecodeSysDelta fills ev with the KindDelta event of one entry drained
+// from the kernel's sys_deltas map (the syscall hooks').
+func (d *Decoder) DecodeSysDelta(cookie uint64, sl *bpf.GhostconnSysDelta, ev *Event) error {
+	if cookie == 0 {
+		return fmt.Errorf("%w: delta without a cookie", ErrDecode)
+	}
+	d.deltaEvent(cookie, max(sl.OwnerNs, sl.OptNs, sl.FirstNs), ev)
+	return d.decodeSys(sl, ev, true)
+}
+
+// deltaEvent starts ev as a delta placed at its latest change.
+func (d *Decoder) deltaEvent(cookie, latest uint64, ev *Event) {
 	*ev = Event{
 		Kind:   KindDelta,
 		Time:   time.Unix(0, int64(latest)+d.MonoOffset),
 		Mono:   int64(latest),
 		Cookie: cookie,
 	}
-	return d.decodeDelta(dl, ev)
 }
 
-// decodeDelta fills ev.Delta, and the event's tuple, inode, settings and
-// counters, from a kernel delta.
-func (d *Decoder) decodeDelta(dl *bpf.GhostconnSockDelta, ev *Event) error {
+// decodeState sets ev.Delta, and the event's tuple and counters, from the
+// state hook's delta.
+func (d *Decoder) decodeState(dl *bpf.GhostconnStateDelta, ev *Event) error {
 	parts := DeltaParts(dl.Parts)
-	if parts&^(DeltaState|DeltaOwner|DeltaSockopt|DeltaTCP) != 0 || parts == 0 {
-		return fmt.Errorf("%w: delta with parts %#x", ErrDecode, dl.Parts)
+	if parts&^(DeltaState|DeltaTCP) != 0 || parts&DeltaState == 0 {
+		return fmt.Errorf("%w: state delta with parts %#x", ErrDecode, dl.Parts)
 	}
 	if dl.State > uint8(maxState) || dl.EstFrom > uint8(maxState) {
 		return fmt.Errorf("%w: delta in impossible tcp state %d", ErrDecode, dl.State)
@@ -422,40 +415,59 @@ func (d *Decoder) decodeDelta(dl *bpf.GhostconnSockDelta, ev *Event) error {
 	if err := setTuple(ev, &dl.Tuple); err != nil {
 		return err
 	}
-	if dl.Ino != 0 {
-		ev.Inode = dl.Ino
-	}
-	ev.Delta = Delta{
-		Parts:     parts,
-		State:     State(dl.State),
-		FirstMono: int64(dl.FirstNs),
-	}
-	dt := &ev.Delta
-	if parts&DeltaState != 0 {
-		dt.StateMono = int64(dl.StateNs)
-		if dl.EstNs != 0 {
-			dt.EstMono, dt.EstFrom = int64(dl.EstNs), State(dl.EstFrom)
-		}
+	ev.Delta = Delta{Parts: parts, State: State(dl.State), FirstMono: int64(dl.FirstNs), StateMono: int64(dl.StateNs)}
+	if dl.EstNs != 0 {
+		ev.Delta.EstMono, ev.Delta.EstFrom = int64(dl.EstNs), State(dl.EstFrom)
 	}
 	if parts&DeltaTCP != 0 {
 		d.setTCP(ev, &dl.Tcp, true)
 	}
+	return nil
+}
+
+// decodeSys adds to ev the syscall hooks' delta: the owner and the
+// options. alone says ev holds no state delta of the socket: then the
+// delta's tuple and the state the hook read announce it.
+func (d *Decoder) decodeSys(sl *bpf.GhostconnSysDelta, ev *Event, alone bool) error {
+	parts := DeltaParts(sl.Parts)
+	if parts&^(DeltaOwner|DeltaSockopt) != 0 || parts == 0 {
+		return fmt.Errorf("%w: syscall delta with parts %#x", ErrDecode, sl.Parts)
+	}
+	if sl.State > uint8(maxState) {
+		return fmt.Errorf("%w: delta in impossible tcp state %d", ErrDecode, sl.State)
+	}
+	dt := &ev.Delta
+	if alone {
+		if err := setTuple(ev, &sl.Tuple); err != nil {
+			return err
+		}
+		*dt = Delta{Parts: parts, State: State(sl.State), FirstMono: int64(sl.FirstNs)}
+	} else {
+		dt.Parts |= parts
+		if sl.FirstNs != 0 && (dt.FirstMono == 0 || int64(sl.FirstNs) < dt.FirstMono) {
+			dt.FirstMono = int64(sl.FirstNs)
+		}
+	}
+	if sl.Ino != 0 {
+		ev.Inode = sl.Ino
+	}
 	if parts&DeltaOwner != 0 {
-		op, ok := ownerOps[dl.OwnerOp]
+		op, ok := ownerOps[sl.OwnerOp]
 		if !ok {
-			return fmt.Errorf("%w: unknown owner op %d", ErrDecode, dl.OwnerOp)
+			return fmt.Errorf("%w: unknown owner op %d", ErrDecode, sl.OwnerOp)
 		}
-		if dl.OwnerFd < 0 {
-			return fmt.Errorf("%w: owner with fd %d", ErrDecode, dl.OwnerFd)
+		if sl.OwnerFd < 0 {
+			return fmt.Errorf("%w: owner with fd %d", ErrDecode, sl.OwnerFd)
 		}
-		dt.Owner = Owner{Task: d.task(dl.OwnerPid, dl.OwnerPpid, &dl.OwnerComm), FD: dl.OwnerFd, Op: op}
-		dt.OwnerMono = int64(dl.OwnerNs)
+		dt.Owner = Owner{Task: d.task(sl.OwnerPid, sl.OwnerPpid, &sl.OwnerComm), FD: sl.OwnerFd, Op: op}
+		dt.OwnerMono = int64(sl.OwnerNs)
 	}
 	if parts&DeltaSockopt != 0 {
-		dt.SockoptBy, dt.SockoptMono = dl.OptPid, int64(dl.OptNs)
+		dt.SockoptBy, dt.SockoptMono = sl.OptPid, int64(sl.OptNs)
+		dt.NSockopts = 0
 		for _, b := range sockoptBits {
-			if dl.OptMask&uint32(b.bit) != 0 {
-				dt.Sockopts[dt.NSockopts] = Sockopt{Level: b.level, Name: b.name, Value: b.value(dl)}
+			if sl.OptMask&uint32(b.bit) != 0 {
+				dt.Sockopts[dt.NSockopts] = Sockopt{Level: b.level, Name: b.name, Value: b.value(sl)}
 				dt.NSockopts++
 			}
 		}
@@ -468,13 +480,13 @@ func (d *Decoder) decodeDelta(dl *bpf.GhostconnSockDelta, ev *Event) error {
 var sockoptBits = []struct {
 	bit         bpf.GhostconnSockoptBit
 	level, name int32
-	value       func(d *bpf.GhostconnSockDelta) int32
+	value       func(d *bpf.GhostconnSysDelta) int32
 }{
-	{bpf.GhostconnSockoptBitSOCKOPT_KEEPALIVE, solSocket, soKeepalive, func(d *bpf.GhostconnSockDelta) int32 { return d.OptKeepalive }},
-	{bpf.GhostconnSockoptBitSOCKOPT_KEEPIDLE, solTCP, tcpKeepIdle, func(d *bpf.GhostconnSockDelta) int32 { return d.OptKeepIdle }},
-	{bpf.GhostconnSockoptBitSOCKOPT_KEEPINTVL, solTCP, tcpKeepIntvl, func(d *bpf.GhostconnSockDelta) int32 { return d.OptKeepIntvl }},
-	{bpf.GhostconnSockoptBitSOCKOPT_KEEPCNT, solTCP, tcpKeepCnt, func(d *bpf.GhostconnSockDelta) int32 { return d.OptKeepCnt }},
-	{bpf.GhostconnSockoptBitSOCKOPT_USER_TIMEOUT, solTCP, tcpUserTimeout, func(d *bpf.GhostconnSockDelta) int32 { return d.OptUserTimeoutMs }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPALIVE, solSocket, soKeepalive, func(d *bpf.GhostconnSysDelta) int32 { return d.OptKeepalive }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPIDLE, solTCP, tcpKeepIdle, func(d *bpf.GhostconnSysDelta) int32 { return d.OptKeepIdle }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPINTVL, solTCP, tcpKeepIntvl, func(d *bpf.GhostconnSysDelta) int32 { return d.OptKeepIntvl }},
+	{bpf.GhostconnSockoptBitSOCKOPT_KEEPCNT, solTCP, tcpKeepCnt, func(d *bpf.GhostconnSysDelta) int32 { return d.OptKeepCnt }},
+	{bpf.GhostconnSockoptBitSOCKOPT_USER_TIMEOUT, solTCP, tcpUserTimeout, func(d *bpf.GhostconnSysDelta) int32 { return d.OptUserTimeoutMs }},
 }
 
 // task returns the Task of (pid, ppid, comm), the same one as last time

@@ -20,6 +20,9 @@ const (
 	MechSockDestroy = "bpf_sock_destroy"
 	MechSockDiag    = "sock_diag"
 	MechShutdown    = "shutdown"
+
+	ModeKeepalive  = "keepalive" // keepalive (and a give-up time) armed
+	MechSetsockopt = "bpf_setsockopt"
 )
 
 // KillableStates are the states kill acts on; LISTEN only when asked for by
@@ -34,8 +37,8 @@ func Killable(s State, allowListen bool) bool {
 	return KillableStates[s] || (allowListen && s == StateListen)
 }
 
-// KillResult is what kill did to one connection, as verified afterwards.
-type KillResult struct {
+// ActionResult is what kill did to one connection, as verified afterwards.
+type ActionResult struct {
 	Cookie   uint64   `json:"cookie"`
 	Family   string   `json:"family"`
 	Local    string   `json:"local"`
@@ -63,10 +66,10 @@ type KillResult struct {
 	diagGone bool
 }
 
-// Killer aborts or shuts down sockets by cookie, in each socket's own
+// Actor aborts or shuts down sockets by cookie, in each socket's own
 // network namespace, and checks each one afterwards. The agent and the
 // CLI (without an agent) share it.
-type Killer struct {
+type Actor struct {
 	Probes *bpf.Probes
 	// Namespaces maps a namespace inode to a path that opens it ("" for
 	// the caller's own); nil means Namespaces().
@@ -74,30 +77,111 @@ type Killer struct {
 	// NoSockDestroy and NoSockDiag turn a mechanism off (tests, and
 	// --kill-via).
 	NoSockDestroy, NoSockDiag bool
+	// HZ converts the socket's keepalive times (jiffies) for the check
+	// after Keepalive; Keep is what Keepalive was asked to set.
+	HZ   int
+	Keep *bpf.KeepaliveOptions
+}
+
+// keepaliveDiff compares a socket's options with k.Keep, naming what
+// differs.
+func (k *Actor) keepaliveDiff(p bpf.GhostconnTcpPart) string {
+	var diffs []string
+	o := k.Keep
+	if p.Keepalive == 0 {
+		diffs = append(diffs, "SO_KEEPALIVE is off")
+	}
+	hz := uint32(max(k.HZ, 1))
+	for _, f := range []struct {
+		name      string
+		want, got uint32
+	}{
+		{"TCP_KEEPIDLE", uint32(o.IdleSeconds) * hz, p.KaTime},
+		{"TCP_KEEPINTVL", uint32(o.IntervalSeconds) * hz, p.KaIntvl},
+		{"TCP_KEEPCNT", uint32(o.Count), p.KaProbes},
+		{"TCP_USER_TIMEOUT", uint32(o.UserTimeoutMs), p.UserTimeoutMs},
+	} {
+		if f.want != 0 && f.want != f.got {
+			diffs = append(diffs, fmt.Sprintf("%s is %d, not %d", f.name, f.got, f.want))
+		}
+	}
+	return strings.Join(diffs, ", ")
 }
 
 // Kill acts on each connection in views: abort, or with graceful a
 // shutdown through a holder's fd. It never acts on a socket in a state
 // Killable refuses, and never on another socket than the one with the
 // view's cookie.
-func (k *Killer) Kill(views []ConnView, graceful, allowListen bool) []KillResult {
-	out := make([]KillResult, len(views))
+func (k *Actor) Kill(views []ConnView, graceful, allowListen bool) []ActionResult {
+	mode := ModeAbort
+	if graceful {
+		mode = ModeGraceful
+	}
+	return k.act(views, mode, allowListen, func(path string, out []ActionResult, idx []int) {
+		if graceful {
+			for _, i := range idx {
+				k.shutdown(&views[i], &out[i])
+			}
+		} else {
+			k.abort(path, views, out, idx)
+		}
+	})
+}
+
+// Keepalive arms TCP keepalive with o (and TCP_USER_TIMEOUT when o sets
+// it) on each connection in views, and checks afterwards that the socket
+// has the new values.
+func (k *Actor) Keepalive(views []ConnView, o bpf.KeepaliveOptions) []ActionResult {
+	ka := *k
+	ka.Keep = &o
+	k = &ka
+	return k.act(views, ModeKeepalive, false, func(path string, out []ActionResult, idx []int) {
+		if k.Probes == nil {
+			for _, i := range idx {
+				out[i].Error = "no iterator to set options with"
+			}
+			return
+		}
+		cookies := make([]uint64, len(idx))
+		for j, i := range idx {
+			cookies[j] = views[i].Cookie
+		}
+		res, err := k.Probes.SetKeepalive(path, cookies, o)
+		for _, i := range idx {
+			out[i].Mechanism = MechSetsockopt
+			r := res[views[i].Cookie]
+			switch {
+			case err != nil:
+				out[i].Error = err.Error()
+			case !r.Seen:
+				out[i].Gone = true
+				out[i].Error = "already closed when keepalive came to it: nothing to do"
+			case !r.Full:
+				out[i].Error = fmt.Sprintf("a %s request or TIME_WAIT socket has no options to set", State(r.State))
+			case r.Err != nil:
+				out[i].Error = fmt.Sprintf("bpf_setsockopt %v", r.Err)
+			}
+		}
+	})
+}
+
+// act runs do for the connections of views whose state mode may act on,
+// grouped by network namespace, then checks each one.
+func (k *Actor) act(views []ConnView, mode string, allowListen bool, do func(path string, out []ActionResult, idx []int)) []ActionResult {
+	out := make([]ActionResult, len(views))
 	byNS := map[uint32][]int{}
 	for i := range views {
 		v := &views[i]
 		r := &out[i]
-		*r = KillResult{Cookie: v.Cookie, Family: v.Family, Local: v.Local, Remote: v.Remote, Netns: v.Netns,
-			State: v.State, Holders: v.Holders, Mode: ModeAbort}
+		*r = ActionResult{Cookie: v.Cookie, Family: v.Family, Local: v.Local, Remote: v.Remote, Netns: v.Netns,
+			State: v.State, Holders: v.Holders, Mode: mode}
 		for _, vd := range v.Verdicts {
 			r.Verdicts = append(r.Verdicts, vd.Kind)
 		}
-		if graceful {
-			r.Mode = ModeGraceful
-		}
 		if !Killable(v.State, allowListen) {
-			r.Error = fmt.Sprintf("not acted on: %s sockets are never killed", v.State)
+			r.Error = fmt.Sprintf("not acted on: %s sockets are never acted on", v.State)
 			if v.State == StateListen {
-				r.Error = "not acted on: a LISTEN socket is killed only with --state LISTEN"
+				r.Error = "not acted on: a LISTEN socket is acted on only with --state LISTEN"
 			}
 			continue
 		}
@@ -127,13 +211,7 @@ func (k *Killer) Kill(views []ConnView, graceful, allowListen bool) []KillResult
 			}
 			continue
 		}
-		if graceful {
-			for _, i := range idx {
-				k.shutdown(&views[i], &out[i])
-			}
-		} else {
-			k.abort(path, views, out, idx)
-		}
+		do(path, out, idx)
 		k.verify(path, out, idx)
 	}
 	return out
@@ -141,7 +219,7 @@ func (k *Killer) Kill(views []ConnView, graceful, allowListen bool) []KillResult
 
 // abort destroys the sockets at idx in the namespace at path: with
 // bpf_sock_destroy where the kernel has it, else through sock_diag.
-func (k *Killer) abort(path string, views []ConnView, out []KillResult, idx []int) {
+func (k *Actor) abort(path string, views []ConnView, out []ActionResult, idx []int) {
 	var viaDiag []int
 	if k.NoSockDestroy || k.Probes == nil {
 		viaDiag = idx
@@ -214,7 +292,7 @@ func (k *Killer) abort(path string, views []ConnView, out []KillResult, idx []in
 }
 
 // noMechanism says why no mechanism is left to abort a socket with.
-func noMechanism(k *Killer) string {
+func noMechanism(k *Actor) string {
 	var why []string
 	switch {
 	case k.NoSockDestroy:
@@ -234,7 +312,7 @@ func noMechanism(k *Killer) string {
 // shutdown sends the socket's FIN by shutdown(SHUT_RDWR) on a copy of a
 // holder's fd taken with pidfd_getfd, after checking that the fd is still
 // this socket (an fd number can be reused).
-func (k *Killer) shutdown(v *ConnView, r *KillResult) {
+func (k *Actor) shutdown(v *ConnView, r *ActionResult) {
 	r.Mechanism = MechShutdown
 	if len(v.Holders) == 0 {
 		r.Error = "--graceful needs a process that holds the socket, and none is known: nothing done (use kill without --graceful to abort it)"
@@ -280,7 +358,7 @@ func shutdownVia(h Holder, cookie uint64) error {
 
 // verify looks at the namespace's sockets again and marks done the
 // results whose effect it sees.
-func (k *Killer) verify(path string, out []KillResult, idx []int) {
+func (k *Actor) verify(path string, out []ActionResult, idx []int) {
 	var recs []bpf.GhostconnSockRec
 	var err error
 	if k.Probes != nil {
@@ -289,8 +367,10 @@ func (k *Killer) verify(path string, out []KillResult, idx []int) {
 		err = errors.New("no iterator to check with")
 	}
 	state := map[uint64]State{}
-	for _, r := range recs {
+	recIx := map[uint64]int{}
+	for i, r := range recs {
 		state[r.Cookie] = State(r.State)
+		recIx[r.Cookie] = i
 	}
 	for _, i := range idx {
 		r := &out[i]
@@ -315,6 +395,15 @@ func (k *Killer) verify(path string, out []KillResult, idx []int) {
 			r.Error = fmt.Sprintf("still there in %s after %s", s, r.Mechanism)
 		case r.Mode == ModeGraceful && there && (s == StateEstablished || s == StateCloseWait) && r.Error == "":
 			r.Error = fmt.Sprintf("still %s after shutdown: no FIN went out", s)
+		case r.Mode == ModeKeepalive && !there && r.Error == "":
+			r.Gone = true
+			r.Error = "closed before the check: the options cannot be confirmed"
+		case r.Mode == ModeKeepalive && there && r.Error == "" && k.Keep != nil:
+			if diff := k.keepaliveDiff(recs[recIx[r.Cookie]].Tcp); diff != "" {
+				r.Error = "the socket does not have the values asked for: " + diff
+			} else {
+				r.Done = true
+			}
 		case r.Error == "":
 			r.Done = true
 		}

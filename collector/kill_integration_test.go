@@ -32,7 +32,7 @@ func killPair(t *testing.T) (client, server net.Conn, v collector.ConnView) {
 	return
 }
 
-// TestKillerMechanisms: the Killer aborts through bpf_sock_destroy where
+// TestKillerMechanisms: the Actor aborts through bpf_sock_destroy where
 // the kernel has it and through sock_diag otherwise (or when told to);
 // with both turned off it names what is missing and does nothing; a
 // LISTEN socket is refused unless asked for.
@@ -49,11 +49,11 @@ func TestKillerMechanisms(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
-		killer collector.Killer
+		killer collector.Actor
 		mech   string
 	}{
-		{"default", collector.Killer{Probes: probes}, want},
-		{"sock_diag", collector.Killer{Probes: probes, NoSockDestroy: true}, collector.MechSockDiag},
+		{"default", collector.Actor{Probes: probes}, want},
+		{"sock_diag", collector.Actor{Probes: probes, NoSockDestroy: true}, collector.MechSockDiag},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			client, server, v := killPair(t)
@@ -72,7 +72,7 @@ func TestKillerMechanisms(t *testing.T) {
 	}
 	t.Run("none", func(t *testing.T) {
 		client, _, v := killPair(t)
-		k := collector.Killer{Probes: probes, NoSockDestroy: true, NoSockDiag: true}
+		k := collector.Actor{Probes: probes, NoSockDestroy: true, NoSockDiag: true}
 		res := k.Kill([]collector.ConnView{v}, false, false)
 		if len(res) != 1 || res[0].Done || !strings.Contains(res[0].Error, "bpf_sock_destroy is turned off, and sock_diag is turned off") {
 			t.Fatalf("kill with no mechanism: %+v", res)
@@ -100,7 +100,7 @@ func TestKillerMechanisms(t *testing.T) {
 		if v == nil {
 			t.Fatal("listener not in the snapshot")
 		}
-		k := collector.Killer{Probes: probes}
+		k := collector.Actor{Probes: probes}
 		if res := k.Kill([]collector.ConnView{*v}, false, false); res[0].Done || !strings.Contains(res[0].Error, "--state LISTEN") {
 			t.Errorf("kill of a LISTEN socket not asked for: %+v", res[0])
 		}

@@ -51,12 +51,31 @@ func OneShot(hz int, vcfg VerdictConfig) ([]ConnView, error) {
 // OneShotKill acts on views as the agent's kill does, with probes of its
 // own (for the CLI when no agent runs). Nothing is logged or counted: the
 // CLI prints the results.
-func OneShotKill(views []ConnView, graceful, allowListen bool) ([]KillResult, error) {
+func OneShotKill(views []ConnView, graceful, allowListen bool) ([]ActionResult, error) {
 	probes, err := bpf.Load(bpf.Options{IteratorsOnly: true, RingBufferBytes: 4096})
 	if err != nil {
 		return nil, err
 	}
 	defer probes.Close()
-	k := &Killer{Probes: probes}
+	k := &Actor{Probes: probes}
 	return k.Kill(views, graceful, allowListen), nil
+}
+
+// OneShotKeepalive arms keepalive on views as the agent's keepalive does,
+// with probes of its own.
+func OneShotKeepalive(views []ConnView, req KeepaliveRequest) ([]ActionResult, error) {
+	if err := req.Check(); err != nil {
+		return nil, err
+	}
+	hz, err := KernelHZ()
+	if err != nil {
+		return nil, err
+	}
+	probes, err := bpf.Load(bpf.Options{IteratorsOnly: true, RingBufferBytes: 4096})
+	if err != nil {
+		return nil, err
+	}
+	defer probes.Close()
+	k := &Actor{Probes: probes, HZ: hz}
+	return k.Keepalive(views, req.Options()), nil
 }

@@ -344,7 +344,7 @@ func (t *Table) apply(ev *Event) {
 	case KindSockopt:
 		t.setInode(c, ev.Inode)
 		applySockopt(&c.Settings, ev.Sockopt)
-		c.SettingsBy = ev.Task
+		c.SettingsBy, c.ArmedByGhostconn = ev.Task, false
 	}
 	if t.hook != nil {
 		t.hook(ev, c)

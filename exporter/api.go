@@ -37,7 +37,8 @@ type Source interface {
 //	GET /v1/connections?FILTER   a JSON array of connections
 //	GET /v1/watch?FILTER         a stream of changes, one JSON object a line
 //	GET /v1/status               the agent's counters
-//	POST /v1/kill                act on connections (a collector.KillRequest)
+//	POST /v1/kill                abort or close connections (a collector.KillRequest)
+//	POST /v1/keepalive           arm keepalive on connections (a collector.KeepaliveRequest)
 //	GET /debug/pprof/...         Go runtime profiles (net/http/pprof)
 //
 // The profiles are served only here, on the root-only unix socket, never
@@ -57,13 +58,14 @@ func NewAPI(src Source) *API {
 	a.mux.HandleFunc("GET /v1/watch", a.watch)
 	a.mux.HandleFunc("GET /v1/status", a.status)
 	a.mux.HandleFunc("POST /v1/kill", a.kill)
+	a.mux.HandleFunc("POST /v1/keepalive", a.keepalive)
 	a.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	a.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	a.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	a.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	a.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status, /debug/pprof/; POST /v1/kill)", r.Method, r.URL.Path)})
+		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status, /debug/pprof/; POST /v1/kill, /v1/keepalive)", r.Method, r.URL.Path)})
 	})
 	return a
 }
@@ -161,10 +163,11 @@ func (a *API) watch(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// Actor is a Source that can also act on connections; *collector.Collector
+// ActionSource is a Source that can also act on connections; *collector.Collector
 // is one.
-type Actor interface {
-	Kill(collector.KillRequest, collector.Caller) ([]collector.KillResult, error)
+type ActionSource interface {
+	Kill(collector.KillRequest, collector.Caller) ([]collector.ActionResult, error)
+	Keepalive(collector.KeepaliveRequest, collector.Caller) ([]collector.ActionResult, error)
 }
 
 // callerKey is the context key of an API client's peer credentials.
@@ -193,7 +196,36 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 // kill acts on the connections a KillRequest names, for a client whose
 // peer credentials are known, and answers what was done to each.
 func (a *API) kill(w http.ResponseWriter, r *http.Request) {
-	actor, ok := a.src.(Actor)
+	var req collector.KillRequest
+	serveAction(a, w, r, &req, func(src ActionSource, by collector.Caller) ([]collector.ActionResult, error) {
+		if len(req.Cookies) == 0 {
+			return nil, badRequestError{errors.New("kill request names no connection (cookies is empty)")}
+		}
+		return src.Kill(req, by)
+	})
+}
+
+// keepalive arms keepalive on the connections a KeepaliveRequest names.
+func (a *API) keepalive(w http.ResponseWriter, r *http.Request) {
+	var req collector.KeepaliveRequest
+	serveAction(a, w, r, &req, func(src ActionSource, by collector.Caller) ([]collector.ActionResult, error) {
+		if len(req.Cookies) == 0 {
+			return nil, badRequestError{errors.New("keepalive request names no connection (cookies is empty)")}
+		}
+		if err := req.Check(); err != nil {
+			return nil, badRequestError{err}
+		}
+		return src.Keepalive(req, by)
+	})
+}
+
+// badRequestError is an action request's fault: a 400.
+type badRequestError struct{ error }
+
+// serveAction decodes an action request into req, runs do for a client
+// whose peer credentials are known, and answers its results.
+func serveAction(a *API, w http.ResponseWriter, r *http.Request, req any, do func(ActionSource, collector.Caller) ([]collector.ActionResult, error)) {
+	src, ok := a.src.(ActionSource)
 	if !ok {
 		writeJSON(w, http.StatusNotImplemented, Error{Error: "this API cannot act on connections"})
 		return
@@ -203,19 +235,17 @@ func (a *API) kill(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusForbidden, Error{Error: "actions are served only on the agent's unix socket, to a client whose credentials it can read"})
 		return
 	}
-	var req collector.KillRequest
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		badRequest(w, fmt.Errorf("kill request: %w", err))
+	if err := dec.Decode(req); err != nil {
+		badRequest(w, fmt.Errorf("action request: %w", err))
 		return
 	}
-	if len(req.Cookies) == 0 {
-		badRequest(w, errors.New("kill request names no connection (cookies is empty)"))
-		return
-	}
-	res, err := actor.Kill(req, caller)
+	res, err := do(src, caller)
+	var bad badRequestError
 	switch {
+	case errors.As(err, &bad):
+		badRequest(w, bad.error)
 	case errors.Is(err, collector.ErrReadOnly):
 		writeJSON(w, http.StatusForbidden, Error{Error: err.Error()})
 	case err != nil:

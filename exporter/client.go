@@ -145,14 +145,25 @@ func (c *Client) Watch(ctx context.Context, f Filter, fn func(collector.Change) 
 // an action.
 var ErrAgentReadOnly = errors.New("the agent runs with --read-only: it refuses every action")
 
-// Kill asks the agent to act on the connections of req and returns what it
-// did to each.
-func (c *Client) Kill(ctx context.Context, req collector.KillRequest) ([]collector.KillResult, error) {
+// Kill asks the agent to abort (or close) the connections of req and
+// returns what it did to each.
+func (c *Client) Kill(ctx context.Context, req collector.KillRequest) ([]collector.ActionResult, error) {
+	return c.post(ctx, "/v1/kill", req)
+}
+
+// Keepalive asks the agent to arm keepalive on the connections of req and
+// returns what it did to each.
+func (c *Client) Keepalive(ctx context.Context, req collector.KeepaliveRequest) ([]collector.ActionResult, error) {
+	return c.post(ctx, "/v1/keepalive", req)
+}
+
+// post sends an action request and decodes its results.
+func (c *Client) post(ctx context.Context, path string, req any) ([]collector.ActionResult, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://ghostconn/v1/kill", bytes.NewReader(body))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://ghostconn"+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +176,7 @@ func (c *Client) Kill(ctx context.Context, req collector.KillRequest) ([]collect
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var out []collector.KillResult
+	var out []collector.ActionResult
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		return nil, fmt.Errorf("decode agent answer: %w", err)
 	}

@@ -74,7 +74,8 @@ var (
 	scrapeErrorDesc      = desc("scrape_error", "Whether reading the agent's own counters failed during this scrape (1) or not (0).")
 	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
 	killedDesc           = desc("sockets_killed_total", "Sockets ghostconn kill aborted (mode=abort) or shut down (mode=graceful), counted once the check afterwards saw it done, by the connection's verdict then (verdict=\"none\" for one without).", "verdict", "mode")
-	descsWithoutProcess  = []*prometheus.Desc{killedDesc, connectionsDesc, flaggedDesc, eventsReadDesc, deltasReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
+	armedDesc            = desc("keepalive_armed_total", "Connections ghostconn keepalive armed with TCP keepalive, counted once the check afterwards saw the values on the socket, by the connection's verdict then (verdict=\"none\" for one without).", "verdict")
+	descsWithoutProcess  = []*prometheus.Desc{killedDesc, armedDesc, connectionsDesc, flaggedDesc, eventsReadDesc, deltasReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
 	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt", "delta"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
@@ -260,13 +261,14 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(capsDroppedDesc, dropped)
 	killed := map[[2]string]uint64{}
-	for _, k := range st.Killed {
+	for _, k := range st.Actions {
 		killed[[2]string{k.Verdict, k.Mode}] = k.Count
 	}
 	for _, v := range append(collector.VerdictKinds[:len(collector.VerdictKinds):len(collector.VerdictKinds)], "none") {
 		for _, mode := range []string{collector.ModeAbort, collector.ModeGraceful} {
 			counter(killedDesc, killed[[2]string{v, mode}], v, mode)
 		}
+		counter(armedDesc, killed[[2]string{v, collector.ModeKeepalive}], v)
 	}
 	counter(tableFullDesc, st.TableFullDrops)
 	counter(unknownSocketDesc, st.UnknownSocket)

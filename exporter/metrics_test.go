@@ -101,7 +101,7 @@ func newFake(t *testing.T) *fakeSource {
 			VerdictsRaised:   map[string]uint64{"ghost": 3},
 			ReconcileAdded:   5,
 			Programs:         programs,
-			Killed:           []collector.KilledCount{{Verdict: "ghost", Mode: "graceful", Count: 2}, {Verdict: "none", Mode: "abort", Count: 1}},
+			Actions:          []collector.ActionCount{{Verdict: "ghost", Mode: "graceful", Count: 2}, {Verdict: "none", Mode: "abort", Count: 1}, {Verdict: "silent", Mode: "keepalive", Count: 4}},
 		},
 	}
 }
@@ -168,6 +168,7 @@ ghostconn_reconcile_duration_seconds_count 3
 # TYPE ghostconn_program_attached gauge
 ghostconn_program_attached{program="inet_sock_set_state"} 1
 ghostconn_program_attached{program="iter_destroy"} 1
+ghostconn_program_attached{program="iter_keepalive"} 1
 ghostconn_program_attached{program="iter_task_file"} 1
 ghostconn_program_attached{program="iter_tcp"} 1
 ghostconn_program_attached{program="sched_process_exit"} 1
@@ -182,6 +183,13 @@ ghostconn_program_attached{program="sys_exit_accept4"} 1
 ghostconn_program_attached{program="sys_exit_connect"} 1
 ghostconn_program_attached{program="tcp_retransmit_skb"} 1
 ghostconn_program_attached{program="timer_expire_entry"} 0
+# HELP ghostconn_keepalive_armed_total Connections ghostconn keepalive armed with TCP keepalive, counted once the check afterwards saw the values on the socket, by the connection's verdict then (verdict="none" for one without).
+# TYPE ghostconn_keepalive_armed_total counter
+ghostconn_keepalive_armed_total{verdict="close-wait"} 0
+ghostconn_keepalive_armed_total{verdict="ghost"} 0
+ghostconn_keepalive_armed_total{verdict="none"} 0
+ghostconn_keepalive_armed_total{verdict="silent"} 4
+ghostconn_keepalive_armed_total{verdict="unresponsive"} 0
 # HELP ghostconn_sockets_killed_total Sockets ghostconn kill aborted (mode=abort) or shut down (mode=graceful), counted once the check afterwards saw it done, by the connection's verdict then (verdict="none" for one without).
 # TYPE ghostconn_sockets_killed_total counter
 ghostconn_sockets_killed_total{mode="abort",verdict="close-wait"} 0

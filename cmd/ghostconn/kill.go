@@ -36,17 +36,112 @@ var stdinTerminal = func() bool {
 var confirmInput io.Reader = os.Stdin
 
 func runKill(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("kill", stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, `usage: ghostconn kill [TARGET...] [flags]
+	var graceful *bool
+	return runAction(actionCommand{
+		name: "kill",
+		usage: `usage: ghostconn kill [TARGET...] [flags]
 
 Aborts the connections that match, by socket cookie in each socket's own
 network namespace: the peer gets a RST, the holder ECONNABORTED. With
 --graceful it sends the FIN instead, through a holder's fd. The holder's
-fd stays open either way: the application still has to close it.
+fd stays open either way: the application still has to close it.`,
+		flags: func(fs *flag.FlagSet) func() error {
+			graceful = fs.Bool("graceful", false, "send a FIN through a holder's fd (shutdown) instead of aborting: the peer sees a normal close")
+			return func() error { return nil }
+		},
+		plan: func() string { return killEffect[*graceful] },
+		act: func(ctx context.Context, sock string, matched []collector.ConnView, snapshot, allowListen bool) ([]collector.ActionResult, error) {
+			if snapshot {
+				return collector.OneShotKill(matched, *graceful, allowListen)
+			}
+			req := collector.KillRequest{Graceful: *graceful, AllowListen: allowListen}
+			for _, v := range matched {
+				req.Cookies = append(req.Cookies, v.Cookie)
+			}
+			return exporter.NewClient(sock).Kill(ctx, req)
+		},
+	}, args, stdout, stderr)
+}
+
+func runKeepalive(args []string, stdout, stderr io.Writer) error {
+	var idle, interval, userTimeout *time.Duration
+	var count *int
+	var req collector.KeepaliveRequest
+	return runAction(actionCommand{
+		name: "keepalive",
+		usage: `usage: ghostconn keepalive [TARGET...] [flags] --idle D --interval D --count N [--user-timeout D]
+
+Arms TCP keepalive (and optionally TCP_USER_TIMEOUT) on the live
+connections that match, without restarting the application: a silent
+connection survives the NAT or load balancer, and a dead peer is found
+after idle + interval x count. The application's own getsockopt sees the
+new values.`,
+		flags: func(fs *flag.FlagSet) func() error {
+			idle = fs.Duration("idle", 0, "idle time before the first probe (TCP_KEEPIDLE; whole seconds, 1s to 32767s)")
+			interval = fs.Duration("interval", 0, "time between probes (TCP_KEEPINTVL; whole seconds)")
+			count = fs.Int("count", 0, "unanswered probes before the kernel gives up (TCP_KEEPCNT; 1 to 127)")
+			userTimeout = fs.Duration("user-timeout", 0, "also set TCP_USER_TIMEOUT: how long sent data may stay unacknowledged (0 leaves it)")
+			return func() error {
+				for _, d := range []struct {
+					name string
+					v    time.Duration
+				}{{"idle", *idle}, {"interval", *interval}} {
+					if d.v <= 0 || d.v%time.Second != 0 {
+						return usagef("--%s=%s: want a whole number of seconds, at least 1s", d.name, d.v)
+					}
+				}
+				if *userTimeout < 0 || *userTimeout%time.Millisecond != 0 {
+					return usagef("--user-timeout=%s: want a whole number of milliseconds, or 0", *userTimeout)
+				}
+				req = collector.KeepaliveRequest{IdleSeconds: int32(min(*idle/time.Second, 1<<30)), IntervalSeconds: int32(min(*interval/time.Second, 1<<30)),
+					Count: int32(min(max(*count, -1), 1<<30)), UserTimeoutMs: int32(min(*userTimeout/time.Millisecond, 1<<30))}
+				if err := req.Check(); err != nil {
+					return usageError{err.Error()}
+				}
+				return nil
+			}
+		},
+		plan: func() string {
+			p := fmt.Sprintf("keepalive: idle %s, interval %s, count %d (a dead peer is given up after %s)", *idle, *interval, *count, *idle+*interval*time.Duration(*count))
+			if *userTimeout > 0 {
+				p += fmt.Sprintf(", TCP_USER_TIMEOUT %s", *userTimeout)
+			}
+			return p
+		},
+		act: func(ctx context.Context, sock string, matched []collector.ConnView, snapshot, _ bool) ([]collector.ActionResult, error) {
+			r := req
+			for _, v := range matched {
+				r.Cookies = append(r.Cookies, v.Cookie)
+			}
+			if snapshot {
+				return collector.OneShotKeepalive(matched, r)
+			}
+			return exporter.NewClient(sock).Keepalive(ctx, r)
+		},
+	}, args, stdout, stderr)
+}
+
+// actionCommand is what kill and keepalive differ in.
+type actionCommand struct {
+	name, usage string
+	// flags registers the command's own flags and returns their check.
+	flags func(fs *flag.FlagSet) func() error
+	// plan says what will be done to each connection.
+	plan func() string
+	// act does it, through the agent or (snapshot) alone.
+	act func(ctx context.Context, sock string, matched []collector.ConnView, snapshot, allowListen bool) ([]collector.ActionResult, error)
+}
+
+// runAction selects connections as ls does, shows them with the plan,
+// asks (or takes --yes), acts, and prints what was done: the safety rules
+// kill and keepalive share.
+func runAction(cmd actionCommand, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags(cmd.name, stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, cmd.usage+`
 
 TARGET is what 'who' takes: an ip:port of either end, a socket inode or a
-socket cookie. With neither a TARGET nor a filter, kill refuses.
+socket cookie. With neither a TARGET nor a filter it refuses.
 
 flags:`)
 		fs.PrintDefaults()
@@ -55,7 +150,7 @@ flags:`)
 	output := fs.String("o", "table", "output format: table or json")
 	ff := addFilterFlags(fs, false)
 	olderThan := fs.Duration("older-than", 0, "only connections whose oldest verdict (or, without --verdict, the connection itself) is older than this")
-	graceful := fs.Bool("graceful", false, "send a FIN through a holder's fd (shutdown) instead of aborting: the peer sees a normal close")
+	check := cmd.flags(fs)
 	dryRun := fs.Bool("dry-run", false, "show what matches and what would be done, and do nothing")
 	yes := fs.Bool("yes", false, "act without asking")
 	pos, err := parseInterspersed(fs, args)
@@ -67,6 +162,9 @@ flags:`)
 	}
 	if *olderThan < 0 {
 		return usagef("--older-than=%s must not be negative", *olderThan)
+	}
+	if err := check(); err != nil {
+		return err
 	}
 	targets := make([]exporter.Target, 0, len(pos))
 	for _, p := range pos {
@@ -93,7 +191,7 @@ flags:`)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	matched, snapshot, err := killMatches(ctx, *apiSocket, f, targets, stderr)
+	matched, snapshot, err := killMatches(ctx, *apiSocket, f, targets, stderr, cmd.name)
 	if err != nil {
 		return err
 	}
@@ -110,7 +208,7 @@ flags:`)
 	}
 	matched = kept
 	if len(matched) == 0 {
-		fmt.Fprintln(stderr, "ghostconn kill: no connection matches (only ESTABLISHED, SYN_SENT, SYN_RECV, CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, LAST_ACK and CLOSING sockets are killed; LISTEN only with --state LISTEN)")
+		fmt.Fprintf(stderr, "ghostconn %s: no connection matches (only ESTABLISHED, SYN_SENT, SYN_RECV, CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, LAST_ACK and CLOSING sockets are acted on; LISTEN only with --state LISTEN)\n", cmd.name)
 		return errNoMatch
 	}
 	if *output == "table" {
@@ -118,8 +216,7 @@ flags:`)
 			return err
 		}
 	}
-	plan := fmt.Sprintf("%d connection(s) will be acted on: %s", len(matched), killEffect[*graceful])
-	fmt.Fprintf(stderr, "\n%s\n", plan)
+	fmt.Fprintf(stderr, "\n%d connection(s) will be acted on: %s\n", len(matched), cmd.plan())
 	if *dryRun {
 		fmt.Fprintln(stderr, "dry run: nothing was done")
 		if *output == "json" {
@@ -138,23 +235,13 @@ flags:`)
 			return errNoMatch
 		}
 	}
-	req := collector.KillRequest{Graceful: *graceful, AllowListen: allowListen}
-	for _, v := range matched {
-		req.Cookies = append(req.Cookies, v.Cookie)
-	}
-	var results []collector.KillResult
-	if snapshot {
-		results, err = collector.OneShotKill(matched, *graceful, allowListen)
-	} else {
-		results, err = exporter.NewClient(*apiSocket).Kill(ctx, req)
-		if errors.Is(err, exporter.ErrAgentReadOnly) {
-			return fmt.Errorf("the agent on %s runs with --read-only and refuses every action: nothing was done", *apiSocket)
-		}
-		if err != nil {
-			err = agentError(*apiSocket, err)
-		}
-	}
-	if err != nil {
+	results, err := cmd.act(ctx, *apiSocket, matched, snapshot, allowListen)
+	switch {
+	case errors.Is(err, exporter.ErrAgentReadOnly):
+		return fmt.Errorf("the agent on %s runs with --read-only and refuses every action: nothing was done", *apiSocket)
+	case err != nil && !snapshot:
+		return agentError(*apiSocket, err)
+	case err != nil:
 		return err
 	}
 	if *output == "json" {
@@ -162,7 +249,7 @@ flags:`)
 			return err
 		}
 	} else {
-		printKillResults(stdout, results)
+		printActionResults(stdout, results)
 	}
 	failed := 0
 	for _, r := range results {
@@ -178,7 +265,7 @@ flags:`)
 
 // killMatches returns the connections that pass f and match any of the
 // targets (all of them when there is none), each once.
-func killMatches(ctx context.Context, sock string, f exporter.Filter, targets []exporter.Target, stderr io.Writer) ([]collector.ConnView, bool, error) {
+func killMatches(ctx context.Context, sock string, f exporter.Filter, targets []exporter.Target, stderr io.Writer, name string) ([]collector.ConnView, bool, error) {
 	if len(targets) == 0 {
 		return connections(ctx, sock, f, stderr)
 	}
@@ -200,7 +287,7 @@ func killMatches(ctx context.Context, sock string, f exporter.Filter, targets []
 		}
 	}
 	if snapshot {
-		fmt.Fprintf(stderr, "ghostconn: no agent on %s; one-shot snapshot from the kernel iterators, and kill acts itself (ghost and close-wait verdicts need the agent)\n", sock)
+		fmt.Fprintf(stderr, "ghostconn: no agent on %s; one-shot snapshot from the kernel iterators, and %s acts itself (ghost and close-wait verdicts need the agent)\n", sock, name)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Cookie < out[j].Cookie })
 	return out, snapshot, nil
@@ -227,9 +314,9 @@ func writeJSONTo(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// printKillResults writes one line per connection acted on, and for each
-// one done a reminder of who still holds it.
-func printKillResults(w io.Writer, results []collector.KillResult) {
+// printActionResults writes one line per connection acted on, and for
+// each one killed a reminder of who still holds it.
+func printActionResults(w io.Writer, results []collector.ActionResult) {
 	fmt.Fprintln(w)
 	for _, r := range results {
 		status := "done"
@@ -244,7 +331,7 @@ func printKillResults(w io.Writer, results []collector.KillResult) {
 			via = "-"
 		}
 		fmt.Fprintf(w, "%-8s %s -> %s (cookie %d, was %s, via %s, now %s): %s\n", r.Mode, r.Local, r.Remote, r.Cookie, r.State, via, orDash(r.After), status)
-		if r.Done && len(r.Holders) > 0 {
+		if r.Done && r.Mode != collector.ModeKeepalive && len(r.Holders) > 0 {
 			var hs []string
 			for _, h := range r.Holders {
 				hs = append(hs, fmt.Sprintf("pid %d (%s) fd %d", h.PID, h.Comm, h.FD))

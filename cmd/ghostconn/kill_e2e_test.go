@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/internal/testnet"
@@ -111,8 +115,18 @@ func TestKillGhost(t *testing.T) {
 	if out, stderr, code := ghostconn(t, append(sel, "--dry-run")...); code != 0 || !strings.Contains(stderr, "dry run: nothing was done") || !strings.Contains(out, "ghost") {
 		t.Errorf("kill --dry-run: exit %d\n%s\n%s", code, out, stderr)
 	}
+	// On a terminal without --yes it asks once; anything but y leaves
+	// the connection alone.
+	savedTerm, savedInput := stdinTerminal, confirmInput
+	stdinTerminal, confirmInput = func() bool { return true }, strings.NewReader("n\n")
+	var asked, askedErr bytes.Buffer
+	code := run(sel, &asked, &askedErr)
+	stdinTerminal, confirmInput = savedTerm, savedInput
+	if code != exitNoMatch || strings.Count(askedErr.String(), "Proceed? [y/N]") != 1 || !strings.Contains(askedErr.String(), "nothing was done") {
+		t.Errorf("kill on a terminal, answered n: exit %d\n%s", code, askedErr.String())
+	}
 	if c := find(lsJSON(t, "--api-socket", sock), local, remote); c == nil || c.State != collector.StateEstablished {
-		t.Fatalf("the ghost after the refused and dry runs: %+v", c)
+		t.Fatalf("the ghost after the refused, declined and dry runs: %+v", c)
 	}
 
 	read := readErr(peer)
@@ -263,7 +277,7 @@ func TestKillCloseWaitAndUnresponsive(t *testing.T) {
 
 	out, stderr, code := ghostconn(t, "kill", "--api-socket", sock, "--yes", "-o", "json",
 		strconv.FormatUint(cw.Cookie, 10), strconv.FormatUint(un.Cookie, 10))
-	var res []collector.KillResult
+	var res []collector.ActionResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 || len(res) != 2 {
 		t.Fatalf("kill: exit %d, %v\n%s\n%s", code, err, out, stderr)
 	}
@@ -328,8 +342,19 @@ func TestKillRefusals(t *testing.T) {
 	}
 	alive("after a kill with every mechanism off")
 
+	// By cookie, so that it is this end (an address matches both ends, and
+	// which one goes first is the iterator's order).
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie uint64
+	raw.Control(func(fd uintptr) { cookie, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
+	if err != nil {
+		t.Fatal(err)
+	}
 	read := readErr(s)
-	out, stderr, code = ghostconn(t, "kill", "--api-socket", t.TempDir()+"/none.sock", "--yes", target)
+	out, stderr, code = ghostconn(t, "kill", "--api-socket", t.TempDir()+"/none.sock", "--yes", strconv.FormatUint(cookie, 10))
 	if code != 0 || !strings.Contains(stderr, "kill acts itself") || !strings.Contains(out, "): done") {
 		t.Fatalf("kill without an agent: exit %d\n%s\n%s", code, out, stderr)
 	}
@@ -340,5 +365,98 @@ func TestKillRefusals(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 		t.Error("peer read still blocked 1s after kill without an agent")
+	}
+}
+
+// TestKeepaliveArmsSilent: `ghostconn keepalive` on a silent connection
+// without keepalive: the application's getsockopt sees the values, ls shows
+// them with ghostconn as their source, the silent verdict clears, and when
+// the peer then vanishes the connection becomes unresponsive with the give-up
+// time the new values make. The arming is in the history and the metrics.
+func TestKeepaliveArmsSilent(t *testing.T) {
+	metrics := freePort(t)
+	a := launchAgent(t, "", "", "--silent-after", "2s", "--metrics-address", metrics)
+	t.Cleanup(func() { a.stop(t) })
+	sock := a.sock
+	const port = 18393
+	nsA, nsB := testnet.Netns(t), testnet.Netns(t)
+	testnet.Veth(t, nsA, nsB, "10.233.8.1/24", "10.233.8.2/24")
+	var ln net.Listener
+	var err error
+	testnet.In(t, nsB, func() {
+		lc := net.ListenConfig{KeepAlive: -1}
+		if ln, err = lc.Listen(t.Context(), "tcp4", "10.233.8.2:"+strconv.Itoa(port)); err != nil {
+			t.Error(err)
+		}
+	})
+	if ln == nil {
+		t.FailNow()
+	}
+	defer ln.Close()
+	var app net.Conn
+	testnet.In(t, nsA, func() {
+		if app, err = (&net.Dialer{KeepAlive: -1}).Dial("tcp4", ln.Addr().String()); err != nil {
+			t.Error(err)
+		}
+	})
+	if app == nil {
+		t.FailNow()
+	}
+	defer app.Close()
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	local, remote := app.LocalAddr().String(), app.RemoteAddr().String()
+	v := waitVerdict(t, sock, local, remote, "silent", 10*time.Second)
+
+	out, stderr, code := ghostconn(t, "keepalive", "--api-socket", sock, "--idle", "1s", "--interval", "1s", "--count", "4", "--yes", strconv.FormatUint(v.Cookie, 10))
+	if code != 0 {
+		t.Fatalf("keepalive: exit %d\n%s\n%s", code, out, stderr)
+	}
+	mustMatch(t, "keepalive output", out, `keepalive .* via bpf_setsockopt, now ESTABLISHED\): done`)
+	tc := app.(*net.TCPConn)
+	for _, o := range []struct {
+		name      string
+		level, nr int
+		want      int
+	}{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.SOL_TCP, unix.TCP_KEEPIDLE, 1},
+		{"TCP_KEEPINTVL", unix.SOL_TCP, unix.TCP_KEEPINTVL, 1},
+		{"TCP_KEEPCNT", unix.SOL_TCP, unix.TCP_KEEPCNT, 4},
+	} {
+		raw, _ := tc.SyscallConn()
+		var got int
+		var gerr error
+		raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.nr) })
+		if gerr != nil || got != o.want {
+			t.Errorf("the application's %s: %d (%v), want %d", o.name, got, gerr, o.want)
+		}
+	}
+	c := find(lsJSON(t, "--api-socket", sock), local, remote)
+	if c == nil || !c.Keepalive.Enabled || c.Keepalive.IdleSeconds != 1 || c.Keepalive.Count != 4 || c.Keepalive.Source != "ghostconn" {
+		t.Fatalf("keepalive after arming: %+v", c)
+	}
+	testutil.Eventually(t, 3*time.Second, "the silent verdict cleared", func() (bool, string) {
+		c := find(lsJSON(t, "--api-socket", sock), local, remote)
+		return c != nil && hasVerdict(c, "silent") == nil, fmt.Sprintf("%+v", c)
+	})
+	if n := scrapeOr0(t, metrics, `ghostconn_keepalive_armed_total{verdict="silent"}`); n != 1 {
+		t.Errorf("ghostconn_keepalive_armed_total{verdict=silent} = %v, want 1", n)
+	}
+
+	// The peer vanishes: its namespace drops everything. The probes go
+	// unanswered, and the kernel gives up after idle + interval x count.
+	cliDropAll(t, nsB, port)
+	un := waitVerdict(t, sock, local, remote, "unresponsive", 6*time.Second)
+	vd := hasVerdict(&un, "unresponsive")
+	if vd.GiveUp == nil || vd.GiveUp.Sub(vd.Since) > 6*time.Second {
+		t.Errorf("unresponsive verdict %+v: want a give-up time within the armed keepalive's 5s", vd)
+	}
+	who, _, _ := ghostconn(t, "who", "--api-socket", sock, "-o", "json", strconv.FormatUint(v.Cookie, 10))
+	if !strings.Contains(who, `"op": "keepalive"`) {
+		t.Errorf("who lacks the keepalive action in the history:\n%s", who)
 	}
 }

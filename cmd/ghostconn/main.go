@@ -6,7 +6,8 @@
 //	ghostconn who      everything about one connection
 //	ghostconn watch    a live stream of state and verdict changes
 //	ghostconn status   the agent's account of itself
-//	ghostconn kill     abort or close matching connections
+//	ghostconn kill       abort or close matching connections
+//	ghostconn keepalive  arm keepalive on matching connections
 package main
 
 import (
@@ -48,6 +49,7 @@ var commands = []command{
 	{"watch", "stream state and verdict changes as they happen", runWatch},
 	{"status", "show the agent's counters: events read and lost, programs attached", runStatus},
 	{"kill", "abort (or, with --graceful, close) the connections that match: exact, confirmed, audited", runKill},
+	{"keepalive", "arm TCP keepalive on the connections that match, without restarting the application", runKeepalive},
 }
 
 func main() {
@@ -91,7 +93,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: ghostconn COMMAND [flags]")
 	fmt.Fprintln(w, "\ncommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 }
 
