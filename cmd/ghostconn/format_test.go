@@ -110,6 +110,12 @@ func TestChangeLine(t *testing.T) {
 			"12:00:01.123 CLEARED silent 127.0.0.1:5000 -> 127.0.0.1:80 curl/1234"},
 		{collector.Change{Time: at, Type: "lost", Lost: 12},
 			"12:00:01.123 LOST 12 changes (this watcher read too slowly)"},
+		{collector.Change{Time: at, Type: "action", Local: "127.0.0.1:5000", Remote: "127.0.0.1:80", Holders: []collector.Holder{{PID: 7, Comm: "a"}},
+			Action: &collector.Action{Op: "abort", Mechanism: "sock_diag", UID: 0, PID: 99, Done: true}},
+			"12:00:01.123 ACTION abort 127.0.0.1:5000 -> 127.0.0.1:80 a/7 via sock_diag by uid 0 pid 99: done"},
+		{collector.Change{Time: at, Type: "action", Local: "127.0.0.1:5000", Remote: "127.0.0.1:80",
+			Action: &collector.Action{Op: "keepalive", UID: 1000, PID: 5, Error: "refused"}},
+			"12:00:01.123 ACTION keepalive 127.0.0.1:5000 -> 127.0.0.1:80 by uid 1000 pid 5: not done: refused"},
 	} {
 		if got := changeLine(&c.ch, painter(false)); got != c.want {
 			t.Errorf("changeLine = %q\nwant         %q", got, c.want)

@@ -120,15 +120,28 @@ func TestKillGhost(t *testing.T) {
 	savedTerm, savedInput := stdinTerminal, confirmInput
 	stdinTerminal, confirmInput = func() bool { return true }, strings.NewReader("n\n")
 	var asked, askedErr bytes.Buffer
-	code := run(sel, &asked, &askedErr)
+	askedCode := run(sel, &asked, &askedErr)
 	stdinTerminal, confirmInput = savedTerm, savedInput
-	if code != exitNoMatch || strings.Count(askedErr.String(), "Proceed? [y/N]") != 1 || !strings.Contains(askedErr.String(), "nothing was done") {
-		t.Errorf("kill on a terminal, answered n: exit %d\n%s", code, askedErr.String())
+	if askedCode != exitNoMatch || strings.Count(askedErr.String(), "Proceed? [y/N]") != 1 || !strings.Contains(askedErr.String(), "nothing was done") {
+		t.Errorf("kill on a terminal, answered n: exit %d\n%s", askedCode, askedErr.String())
 	}
 	if c := find(lsJSON(t, "--api-socket", sock), local, remote); c == nil || c.State != collector.StateEstablished {
 		t.Fatalf("the ghost after the refused, declined and dry runs: %+v", c)
 	}
 
+	// A watcher sees the action: subscribed once it shows a new
+	// connection on the port.
+	w := startWatch(t, "--api-socket", sock, "--port", port)
+	testutil.Eventually(t, 5*time.Second, "the watch to subscribe", func() (bool, string) {
+		if c, err := net.Dial("tcp4", ln.Addr().String()); err == nil {
+			defer c.Close()
+			if s, err := ln.Accept(); err == nil {
+				s.Close()
+			}
+		}
+		_, ok := w.next(300*time.Millisecond, func(l string) bool { return strings.Contains(l, "ESTABLISHED") })
+		return ok, strings.Join(w.seen, "\n")
+	})
 	read := readErr(peer)
 	out, stderr, code := ghostconn(t, append(sel, "--yes")...)
 	if code != 0 {
@@ -158,6 +171,12 @@ func TestKillGhost(t *testing.T) {
 		t.Errorf("listener after kill --port %s: %v", port, err)
 	} else {
 		c.Close()
+	}
+
+	if _, ok := w.next(3*time.Second, func(l string) bool {
+		return strings.Contains(l, "ACTION abort "+local+" -> "+remote) && strings.Contains(l, "by uid 0 pid ") && strings.HasSuffix(l, ": done")
+	}); !ok {
+		t.Errorf("watch did not show the action:\n%s", strings.Join(w.seen, "\n"))
 	}
 
 	// The audit: log line, history entry, metric.

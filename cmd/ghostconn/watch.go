@@ -57,6 +57,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 //	12:00:03.000 VERDICT ghost 127.0.0.1:5000 -> 127.0.0.1:80 curl/1234: detail
 //	12:00:09.000 CLEARED ghost 127.0.0.1:5000 -> 127.0.0.1:80 curl/1234
 //	12:00:10.000 LOST 12 changes (this watcher read too slowly)
+//	12:00:11.000 ACTION abort 127.0.0.1:5000 -> 127.0.0.1:80 via bpf_sock_destroy by uid 0 pid 99: done
 func changeLine(ch *collector.Change, p painter) string {
 	ts := ch.Time.Local().Format("15:04:05.000")
 	conn := fmt.Sprintf("%s -> %s", ch.Local, ch.Remote)
@@ -87,6 +88,20 @@ func changeLine(ch *collector.Change, p painter) string {
 		return fmt.Sprintf("%s CLEARED %s %s", ts, ch.Verdict.Kind, conn)
 	case "lost":
 		return fmt.Sprintf("%s LOST %s (this watcher read too slowly)", ts, plural(int(ch.Lost), "change", "changes"))
+	case "action":
+		if ch.Action == nil {
+			break
+		}
+		a := ch.Action
+		result := "done"
+		if !a.Done {
+			result = "not done: " + a.Error
+		}
+		via := ""
+		if a.Mechanism != "" {
+			via = " via " + a.Mechanism
+		}
+		return fmt.Sprintf("%s ACTION %s %s%s by uid %d pid %d: %s", ts, a.Op, conn, via, a.UID, a.PID, result)
 	}
 	return fmt.Sprintf("%s %s %s", ts, ch.Type, conn)
 }
