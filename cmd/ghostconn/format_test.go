@@ -171,3 +171,24 @@ func TestWhoHoldersNotYetKnown(t *testing.T) {
 		t.Errorf("who with known, empty holders:\n%s", b.String())
 	}
 }
+
+// --older-than compares with the oldest verdict of the kind asked for, or
+// without --verdict with the connection's age.
+func TestOlderThanAge(t *testing.T) {
+	now := time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC)
+	v := collector.ConnView{FirstSeen: now.Add(-time.Hour), Verdicts: []collector.Verdict{
+		{Kind: "silent", Since: now.Add(-10 * time.Minute)}, {Kind: "ghost", Since: now.Add(-time.Minute)}}}
+	for _, c := range []struct {
+		verdict string
+		d       time.Duration
+		want    bool
+	}{
+		{"", 30 * time.Minute, true}, {"", 2 * time.Hour, false},
+		{"silent", 5 * time.Minute, true}, {"silent", 20 * time.Minute, false},
+		{"ghost", 5 * time.Minute, false}, {"close-wait", time.Second, false},
+	} {
+		if got := olderThanAge(&v, c.verdict, c.d, now); got != c.want {
+			t.Errorf("olderThanAge(%q, %s) = %t, want %t", c.verdict, c.d, got, c.want)
+		}
+	}
+}

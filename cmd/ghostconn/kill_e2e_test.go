@@ -479,3 +479,60 @@ func TestKeepaliveArmsSilent(t *testing.T) {
 		t.Errorf("who lacks the keepalive action in the history:\n%s", who)
 	}
 }
+
+// TestKeepaliveWithoutAgent: with no agent, keepalive arms the socket
+// itself, as kill acts itself.
+func TestKeepaliveWithoutAgent(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := (&net.Dialer{KeepAlive: -1}).Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := func(level, name int) int {
+		var v int
+		var gerr error
+		raw.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), level, name) })
+		if gerr != nil {
+			t.Fatal(gerr)
+		}
+		return v
+	}
+	var cookie uint64
+	raw.Control(func(fd uintptr) { cookie, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code := ghostconn(t, "keepalive", "--api-socket", t.TempDir()+"/none.sock", "--idle", "9s", "--interval", "2s", "--count", "3",
+		"--user-timeout", "1500ms", "--yes", strconv.FormatUint(cookie, 10))
+	if code != 0 || !strings.Contains(stderr, "keepalive acts itself") || !strings.Contains(out, "): done") {
+		t.Fatalf("keepalive without an agent: exit %d\n%s\n%s", code, out, stderr)
+	}
+	if ka, idle, intvl, cnt, ut := opt(unix.SOL_SOCKET, unix.SO_KEEPALIVE), opt(unix.SOL_TCP, unix.TCP_KEEPIDLE), opt(unix.SOL_TCP, unix.TCP_KEEPINTVL),
+		opt(unix.SOL_TCP, unix.TCP_KEEPCNT), opt(unix.SOL_TCP, unix.TCP_USER_TIMEOUT); ka != 1 || idle != 9 || intvl != 2 || cnt != 3 || ut != 1500 {
+		t.Errorf("after keepalive: SO_KEEPALIVE %d, idle %d, interval %d, count %d, user timeout %d", ka, idle, intvl, cnt, ut)
+	}
+	for _, bad := range [][]string{
+		{"--idle", "0s", "--interval", "1s", "--count", "1"},
+		{"--idle", "1500ms", "--interval", "1s", "--count", "1"},
+		{"--idle", "1s", "--interval", "1s", "--count", "0"},
+		{"--idle", "40000s", "--interval", "1s", "--count", "1"},
+	} {
+		if _, stderr, code := ghostconn(t, append([]string{"keepalive", "--yes", strconv.FormatUint(cookie, 10)}, bad...)...); code != 2 || !strings.Contains(stderr, "want") {
+			t.Errorf("keepalive %v: exit %d\n%s", bad, code, stderr)
+		}
+	}
+}
