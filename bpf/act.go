@@ -54,14 +54,11 @@ var sockDestroyAvailable = sync.OnceValue(func() bool {
 // a socket it did not meet is reported unseen and untouched. One action
 // runs at a time.
 func (p *Probes) Destroy(nsPath string, cookies []uint64) (map[uint64]ActResult, error) {
-	if p.iterDestroy == nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoSockDestroy, p.Attached[ProgIterDestroy])
-	}
 	reqs := make(map[uint64]GhostconnActReq, len(cookies))
 	for _, c := range cookies {
 		reqs[c] = GhostconnActReq{}
 	}
-	return p.runAct(p.iterDestroy, ProgIterDestroy, nsPath, reqs)
+	return p.runAct(ProgIterDestroy, nsPath, reqs)
 }
 
 // KeepaliveOptions are the options SetKeepalive sets; a zero field is left
@@ -77,9 +74,6 @@ type KeepaliveOptions struct {
 // iter/tcp: the application's own getsockopt sees the new values. A
 // refusal names the option in ActResult.Err.
 func (p *Probes) SetKeepalive(nsPath string, cookies []uint64, o KeepaliveOptions) (map[uint64]ActResult, error) {
-	if p.iterKeepalive == nil {
-		return nil, fmt.Errorf("iter_keepalive is not loaded: %v", p.Attached[ProgIterKeepalive])
-	}
 	req := GhostconnActReq{Mask: uint32(GhostconnSockoptBitSOCKOPT_KEEPALIVE)}
 	for _, f := range []struct {
 		bit GhostconnSockoptBit
@@ -100,7 +94,7 @@ func (p *Probes) SetKeepalive(nsPath string, cookies []uint64, o KeepaliveOption
 	for _, c := range cookies {
 		reqs[c] = req
 	}
-	return p.runAct(p.iterKeepalive, ProgIterKeepalive, nsPath, reqs)
+	return p.runAct(ProgIterKeepalive, nsPath, reqs)
 }
 
 // sockoptNames name the options of an act_req's failed bit.
@@ -112,14 +106,49 @@ var sockoptNames = map[uint32]string{
 	uint32(GhostconnSockoptBitSOCKOPT_USER_TIMEOUT): "TCP_USER_TIMEOUT",
 }
 
-// runAct writes reqs into act_targets, runs the action iterator it in the
-// namespace at nsPath, and returns what it found of each socket.
-func (p *Probes) runAct(it *link.Iter, name, nsPath string, reqs map[uint64]GhostconnActReq) (map[uint64]ActResult, error) {
+// actionIter returns the action iterator name, loading and attaching it
+// the first time (under actMu). A kernel that lacks what it needs is named
+// without trying: the loader would look for the kfunc in every module's
+// BTF first (seconds under TCG).
+func (p *Probes) actionIter(name string) (*link.Iter, error) {
+	it := map[string]**link.Iter{ProgIterDestroy: &p.iterDestroy, ProgIterKeepalive: &p.iterKeepalive}[name]
+	if *it != nil {
+		return *it, nil
+	}
+	if err, ok := p.actionErrs[name]; ok {
+		return nil, err
+	}
+	var err error
+	switch {
+	case name == ProgIterDestroy && KernelLacks(name) != "":
+		err = ErrNoSockDestroy
+	case KernelLacks(name) != "":
+		err = fmt.Errorf("this kernel has no %s", KernelLacks(name))
+	default:
+		err = p.attach(p.spec, actionPrograms[name], p.replacements, false)
+	}
+	if err != nil {
+		if name == ProgIterDestroy && !errors.Is(err, ErrNoSockDestroy) {
+			err = fmt.Errorf("%w: %w", ErrNoSockDestroy, err)
+		}
+		p.actionErrs[name] = err
+		return nil, err
+	}
+	return *it, nil
+}
+
+// runAct writes reqs into act_targets, runs the action iterator name in
+// the namespace at nsPath, and returns what it found of each socket.
+func (p *Probes) runAct(name, nsPath string, reqs map[uint64]GhostconnActReq) (map[uint64]ActResult, error) {
 	if len(reqs) > MaxActTargets {
 		return nil, fmt.Errorf("act on %d sockets at once: at most %d", len(reqs), MaxActTargets)
 	}
 	p.actMu.Lock()
 	defer p.actMu.Unlock()
+	it, err := p.actionIter(name)
+	if err != nil {
+		return nil, err
+	}
 	if err := p.clearActTargets(); err != nil {
 		return nil, err
 	}

@@ -35,9 +35,6 @@ func TestOptionalAttachFailureDegrades(t *testing.T) {
 			t.Errorf("%s attached to a tracepoint that does not exist", name)
 		case broken[name] && (errors.Is(err, ErrSkipped) || !strings.Contains(err.Error(), "attach tracepoint/ghostconn_no_such_group/"+name)):
 			t.Errorf("%s: %v, want the attach failure named", name, err)
-		case KernelLacks(name) != "":
-			// Before 6.5 the kernel has no bpf_sock_destroy (see
-			// TestLoadAttachesEveryProgram).
 		case !broken[name] && err != nil:
 			t.Errorf("%s not attached: %v", name, err)
 		}

@@ -72,11 +72,17 @@ var programs = []program{
 	{name: ProgConnectExit, group: "syscalls", kind: "tracepoint"},
 	{name: ProgAccept, group: "syscalls", kind: "tracepoint"},
 	{name: ProgAccept4, group: "syscalls", kind: "tracepoint"},
+}
+
+// actionPrograms are the iterators that act on sockets: loaded on first
+// use, not at start (two more program loads added 0.4 s to every start,
+// for a command most agents never run). See Probes.actionIter.
+var actionPrograms = map[string]program{
 	// ghostconn kill's abort: bpf_sock_destroy (6.5+). Without it the
 	// agent aborts through sock_diag.
-	{name: ProgIterDestroy, kind: "iter"},
+	ProgIterDestroy: {name: ProgIterDestroy, kind: "iter"},
 	// ghostconn keepalive: bpf_setsockopt from iter/tcp.
-	{name: ProgIterKeepalive, kind: "iter"},
+	ProgIterKeepalive: {name: ProgIterKeepalive, kind: "iter"},
 }
 
 // Required reports whether the agent cannot run without the program.
@@ -150,8 +156,13 @@ type Probes struct {
 	iterFiles     *link.Iter
 	iterDestroy   *link.Iter
 	iterKeepalive *link.Iter
-	links         []link.Link
-	progs         []*ebpf.Program
+	// spec and replacements load the action programs on first use;
+	// actionErrs keeps why one could not be (under actMu).
+	spec         *ebpf.CollectionSpec
+	replacements map[string]*ebpf.Map
+	actionErrs   map[string]error
+	links        []link.Link
+	progs        []*ebpf.Program
 	// byName holds the loaded programs by name, for RecursionMisses;
 	// byLink their links.
 	byName map[string]*ebpf.Program
@@ -223,6 +234,7 @@ func Load(opts Options) (*Probes, error) {
 	if !opts.IteratorsOnly {
 		tracefsErr = EnsureTracefs()
 	}
+	p.spec, p.replacements, p.actionErrs = spec, replacements, map[string]error{}
 	for _, def := range programs {
 		if opts.IteratorsOnly && def.kind != "iter" {
 			continue
@@ -231,13 +243,7 @@ func Load(opts Options) (*Probes, error) {
 		if def.kind == "tracepoint" && tracefsErr != nil && !opts.Skip[def.name] {
 			err = tracefsErr
 		} else {
-			if lacks := KernelLacks(def.name); lacks != "" && !opts.Skip[def.name] {
-				// Not tried: the loader would look for the kfunc in
-				// every module's BTF first (seconds under TCG).
-				err = fmt.Errorf("this kernel has no %s: ghostconn kill aborts through sock_diag instead", lacks)
-			} else {
-				err = p.attach(spec, def, replacements, opts.Skip[def.name])
-			}
+			err = p.attach(spec, def, replacements, opts.Skip[def.name])
 		}
 		p.Attached[def.name] = err
 		if err != nil && def.required {

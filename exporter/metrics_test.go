@@ -167,8 +167,6 @@ ghostconn_reconcile_duration_seconds_count 3
 # HELP ghostconn_program_attached Whether an eBPF program is loaded and attached (1) or not (0).
 # TYPE ghostconn_program_attached gauge
 ghostconn_program_attached{program="inet_sock_set_state"} 1
-ghostconn_program_attached{program="iter_destroy"} 1
-ghostconn_program_attached{program="iter_keepalive"} 1
 ghostconn_program_attached{program="iter_task_file"} 1
 ghostconn_program_attached{program="iter_tcp"} 1
 ghostconn_program_attached{program="sched_process_exit"} 1
