@@ -213,9 +213,10 @@ type Decoder struct {
 // ErrDecode marks a record that could not be decoded.
 var ErrDecode = errors.New("decode event")
 
-// ErrBadDelta marks an end record whose CLOSE decoded but whose delta did
-// not: the event is the CLOSE alone, still to be applied (the socket is
-// gone either way), and the delta is counted as a decode error.
+// ErrBadDelta marks an end record whose CLOSE decoded but one of whose
+// deltas did not: the event is the CLOSE with the delta that did decode,
+// still to be applied (the socket is gone either way), and the bad one is
+// counted as a decode error.
 var ErrBadDelta = errors.New("end record with an undecodable delta")
 
 // EventSize is the size of a ring-buffer record; EndSize that of an end
@@ -318,17 +319,24 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		}
 		// A delta's tuple is the socket's before it was unhashed on its
 		// way to CLOSE.
+		// Each side is checked on its own: a bad one is dropped (and
+		// counted), the other kept.
 		end := *ev
-		var err error
 		if dl.Parts != 0 {
-			err = d.decodeState(dl, ev)
+			if err := d.decodeState(dl, ev); err != nil {
+				*ev = end
+				if sys.Parts == 0 || d.decodeSys(sys, ev, true) != nil {
+					*ev = end
+				}
+				return fmt.Errorf("%w: %w", ErrBadDelta, err)
+			}
 		}
-		if err == nil && sys.Parts != 0 {
-			err = d.decodeSys(sys, ev, dl.Parts == 0)
-		}
-		if err != nil {
-			*ev = end
-			return fmt.Errorf("%w: %w", ErrBadDelta, err)
+		if sys.Parts != 0 {
+			kept := *ev
+			if err := d.decodeSys(sys, ev, dl.Parts == 0); err != nil {
+				*ev = kept
+				return fmt.Errorf("%w: %w", ErrBadDelta, err)
+			}
 		}
 	}
 	return nil

@@ -591,8 +591,8 @@ func TestDecodeEnd(t *testing.T) {
 		t.Errorf("end record in ESTABLISHED: %v, want ErrDecode", err)
 	}
 
-	// A delta that does not decode leaves the CLOSE, as the end record
-	// itself has it: the socket is gone either way.
+	// A delta that does not decode is dropped, the other kept, and the
+	// CLOSE applied as the end record has it: the socket is gone either way.
 	r.State = uint8(collector.StateClose)
 	r.D, r.S = evDeltas()
 	r.S.OwnerOp = 0
@@ -600,9 +600,28 @@ func TestDecodeEnd(t *testing.T) {
 	if !errors.Is(err, collector.ErrBadDelta) || !errors.Is(err, collector.ErrDecode) {
 		t.Fatalf("end record with owner op 0: %v, want ErrBadDelta and ErrDecode", err)
 	}
-	if ev.Kind != collector.KindEnd || ev.State != collector.StateClose || ev.Cookie != r.Cookie || ev.Delta.Parts != 0 ||
-		ev.Local.Port() != 0 || ev.Remote.Port() != 443 {
-		t.Errorf("end record with a bad delta decoded as %+v, want its CLOSE alone", ev)
+	if ev.Kind != collector.KindEnd || ev.State != collector.StateClose || ev.Cookie != r.Cookie ||
+		ev.Delta.Parts != collector.DeltaState|collector.DeltaTCP || ev.Delta.Owner.Task != nil {
+		t.Errorf("end record with a bad syscall delta decoded as %+v, want its CLOSE with the state delta", ev)
+	}
+	checkState(t, ev)
+
+	// A bad state delta: the CLOSE with the syscall delta alone.
+	r.D, r.S = evDeltas()
+	r.D.State = 13
+	err = d.Decode(raw, &ev)
+	if !errors.Is(err, collector.ErrBadDelta) {
+		t.Fatalf("end record with state 13: %v, want ErrBadDelta", err)
+	}
+	if ev.Kind != collector.KindEnd || ev.State != collector.StateClose || ev.Delta.Parts != collector.DeltaOwner|collector.DeltaSockopt {
+		t.Errorf("end record with a bad state delta decoded as %+v, want its CLOSE with the syscall delta", ev)
+	}
+	checkSys(t, ev)
+
+	// Both bad: the CLOSE alone.
+	r.S.OwnerOp = 0
+	if err := d.Decode(raw, &ev); !errors.Is(err, collector.ErrBadDelta) || ev.Delta.Parts != 0 || ev.Local.Port() != 0 || ev.Remote.Port() != 443 {
+		t.Errorf("end record with both deltas bad: %v, %+v; want its CLOSE alone", err, ev)
 	}
 }
 
