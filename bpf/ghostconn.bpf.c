@@ -1420,6 +1420,34 @@ struct {
 
 const struct act_req *unused_act_req __attribute__((unused));
 
+// act_target returns the act_targets entry of the socket an action
+// iterator met, marked seen with the state it is in, or NULL when the
+// agent did not ask for it.
+static __always_inline struct act_req *act_target(struct sock_common *skc)
+{
+	if (!skc)
+		return NULL;
+	__u64 cookie = bpf_get_socket_cookie(skc);
+	struct act_req *req = bpf_map_lookup_elem(&act_targets, &cookie);
+	if (!req)
+		return NULL;
+	req->seen = 1;
+	req->state = skc->skc_state;
+	return req;
+}
+
+// act_full marks whether the socket is a full one (a request or TIME_WAIT
+// socket cannot be acted on: refused with EOPNOTSUPP).
+static __always_inline bool act_full(struct sock_common *skc, struct act_req *req)
+{
+	if (!bpf_skc_to_tcp_sock(skc)) {
+		req->result = -EOPNOTSUPP;
+		return false;
+	}
+	req->full = 1;
+	return true;
+}
+
 // bpf_sock_destroy aborts a socket as sock_diag's SOCK_DESTROY does (6.5+;
 // only iter/tcp and iter/udp programs may call it). A kernel without it
 // refuses to load iter_destroy alone; the agent then destroys through
@@ -1435,19 +1463,9 @@ SEC("iter/tcp")
 int iter_destroy(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
-	if (!skc)
+	struct act_req *req = act_target(skc);
+	if (!req || !act_full(skc, req))
 		return 0;
-	__u64 cookie = bpf_get_socket_cookie(skc);
-	struct act_req *req = bpf_map_lookup_elem(&act_targets, &cookie);
-	if (!req)
-		return 0;
-	req->seen = 1;
-	req->state = skc->skc_state;
-	if (!bpf_skc_to_tcp_sock(skc)) {
-		req->result = -EOPNOTSUPP;
-		return 0;
-	}
-	req->full = 1;
 	req->result = bpf_sock_destroy(skc);
 	return 0;
 }
@@ -1474,20 +1492,12 @@ SEC("iter/tcp")
 int iter_keepalive(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
-	if (!skc)
+	struct act_req *req = act_target(skc);
+	if (!req || !act_full(skc, req))
 		return 0;
-	__u64 cookie = bpf_get_socket_cookie(skc);
-	struct act_req *req = bpf_map_lookup_elem(&act_targets, &cookie);
-	if (!req)
-		return 0;
-	req->seen = 1;
-	req->state = skc->skc_state;
 	struct sock *sk = (struct sock *)bpf_skc_to_tcp_sock(skc);
-	if (!sk) {
-		req->result = -EOPNOTSUPP;
+	if (!sk)
 		return 0;
-	}
-	req->full = 1;
 	// The idle time, interval and count first: SO_KEEPALIVE arms the timer
 	// with the idle time it finds.
 	if (!set_opt(sk, req, SOCKOPT_KEEPIDLE, SOL_TCP, TCP_KEEPIDLE, req->keep_idle) ||

@@ -149,14 +149,7 @@ func TestKillGhost(t *testing.T) {
 	}
 	mustMatch(t, "kill output", out, `abort\s+`+regexpQuote(local)+` -> `+regexpQuote(remote)+` \(cookie \d+, was ESTABLISHED, via (bpf_sock_destroy|sock_diag), now gone\): done`,
 		`still held by pid `+strconv.Itoa(os.Getpid())+` \(\S+\) fd `+strconv.Itoa(int(dup.Fd())))
-	select {
-	case err := <-read:
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("peer read: %v, want ECONNRESET", err)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("peer read still blocked 1s after kill")
-	}
+	wantReadErr(t, read, syscall.ECONNRESET, "peer read")
 	if _, err := dup.Write([]byte("x")); err == nil {
 		t.Error("the holder's write after kill worked")
 	}
@@ -204,6 +197,58 @@ func TestKillGhost(t *testing.T) {
 	}
 }
 
+// wantReadErr waits up to 1s for the read started by readErr to fail with
+// want.
+func wantReadErr(t *testing.T, read <-chan error, want error, what string) {
+	t.Helper()
+	select {
+	case err := <-read:
+		if !errors.Is(err, want) {
+			t.Errorf("%s: %v, want %v", what, err, want)
+		}
+	case <-time.After(time.Second):
+		t.Errorf("%s: still blocked 1s later", what)
+	}
+}
+
+// tcpPair connects d to a fresh loopback listener and returns the
+// listener and both ends, closed at cleanup.
+func tcpPair(t *testing.T, d *net.Dialer) (ln net.Listener, client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if client, err = d.Dial("tcp4", ln.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	if server, err = ln.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return ln, client, server
+}
+
+// connCookie returns the socket cookie of c's socket.
+func connCookie(t *testing.T, c net.Conn) uint64 {
+	t.Helper()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie uint64
+	var gerr error
+	if err := raw.Control(func(fd uintptr) { cookie, gerr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return cookie
+}
+
 // regexpQuote quotes the address characters mustMatch patterns meet.
 func regexpQuote(s string) string {
 	r := strings.NewReplacer(".", `\.`, "[", `\[`, "]", `\]`)
@@ -223,14 +268,7 @@ func TestKillGracefulGhost(t *testing.T) {
 		t.Fatalf("kill --graceful: exit %d\n%s\n%s", code, out, stderr)
 	}
 	mustMatch(t, "kill --graceful output", out, `graceful .* via shutdown, now FIN_WAIT[12]\): done`)
-	select {
-	case err := <-read:
-		if !errors.Is(err, io.EOF) {
-			t.Errorf("peer read: %v, want EOF", err)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("peer read still blocked 1s after kill --graceful")
-	}
+	wantReadErr(t, read, io.EOF, "peer read")
 }
 
 // TestKillCloseWaitAndUnresponsive: a CLOSE_WAIT socket killed by target,
@@ -239,24 +277,12 @@ func TestKillGracefulGhost(t *testing.T) {
 // unresponsive verdict is gone.
 func TestKillCloseWaitAndUnresponsive(t *testing.T) {
 	sock := startAgent(t, "--close-wait-after", "1s", "--unresponsive-after-rtos", "1")
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	_, c, srv := tcpPair(t, &net.Dialer{})
 	c.Close()
 	cw := waitVerdict(t, sock, srv.LocalAddr().String(), srv.RemoteAddr().String(), "close-wait", 10*time.Second)
 
 	const port = 18391
+	var err error
 	nsA, nsB := testnet.Netns(t), testnet.Netns(t)
 	testnet.Veth(t, nsA, nsB, "10.233.7.1/24", "10.233.7.2/24")
 	var uln net.Listener
@@ -322,21 +348,7 @@ func TestKillCloseWaitAndUnresponsive(t *testing.T) {
 // changed); one whose mechanisms are all turned off names what is missing
 // and claims nothing; without an agent, kill acts itself.
 func TestKillRefusals(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	_, c, s := tcpPair(t, &net.Dialer{})
 	target := c.LocalAddr().String()
 	alive := func(what string) {
 		t.Helper()
@@ -363,28 +375,13 @@ func TestKillRefusals(t *testing.T) {
 
 	// By cookie, so that it is this end (an address matches both ends, and
 	// which one goes first is the iterator's order).
-	raw, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cookie uint64
-	raw.Control(func(fd uintptr) { cookie, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := connCookie(t, c)
 	read := readErr(s)
 	out, stderr, code = ghostconn(t, "kill", "--api-socket", t.TempDir()+"/none.sock", "--yes", strconv.FormatUint(cookie, 10))
 	if code != 0 || !strings.Contains(stderr, "kill acts itself") || !strings.Contains(out, "): done") {
 		t.Fatalf("kill without an agent: exit %d\n%s\n%s", code, out, stderr)
 	}
-	select {
-	case err := <-read:
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("peer read after kill without an agent: %v, want ECONNRESET", err)
-		}
-	case <-time.After(time.Second):
-		t.Error("peer read still blocked 1s after kill without an agent")
-	}
+	wantReadErr(t, read, syscall.ECONNRESET, "peer read after kill without an agent")
 }
 
 // TestKeepaliveArmsSilent: `ghostconn keepalive` on a silent connection
@@ -483,21 +480,7 @@ func TestKeepaliveArmsSilent(t *testing.T) {
 // TestKeepaliveWithoutAgent: with no agent, keepalive arms the socket
 // itself, as kill acts itself.
 func TestKeepaliveWithoutAgent(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := (&net.Dialer{KeepAlive: -1}).Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	_, c, _ := tcpPair(t, &net.Dialer{KeepAlive: -1})
 	raw, err := c.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -511,11 +494,7 @@ func TestKeepaliveWithoutAgent(t *testing.T) {
 		}
 		return v
 	}
-	var cookie uint64
-	raw.Control(func(fd uintptr) { cookie, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := connCookie(t, c)
 	out, stderr, code := ghostconn(t, "keepalive", "--api-socket", t.TempDir()+"/none.sock", "--idle", "9s", "--interval", "2s", "--count", "3",
 		"--user-timeout", "1500ms", "--yes", strconv.FormatUint(cookie, 10))
 	if code != 0 || !strings.Contains(stderr, "keepalive acts itself") || !strings.Contains(out, "): done") {
