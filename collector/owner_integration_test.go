@@ -171,15 +171,28 @@ func TestOwnerEventsGiveHolders(t *testing.T) {
 // holder walks and snapshots an hour apart, every accepted socket whose
 // peer closed must still reach CLOSE_WAIT in the table, with its holder:
 // the state hook and the syscall hooks keep apart deltas, so neither writes
-// the other's news back out.
+// the other's news back out. (It catches the race with two CPUs or more.)
 func TestCloseWaitSurvivesAcceptRace(t *testing.T) {
+	c := startCollector(t, collector.Config{ReconcileInterval: time.Hour})
+	// An attempt during which the kernel lost events (counted) has a
+	// reconcile repair the table, and proves nothing: try again.
+	for attempt := 1; attempt <= 3; attempt++ {
+		if !acceptRace(t, c) || t.Failed() {
+			return
+		}
+	}
+	t.Error("every attempt lost events and had a reconcile repair the table: the hooks alone were never tested")
+}
+
+// acceptRace runs one round of 3000 accepts racing their peers' FINs on a
+// fresh listener, and reports whether a reconcile ran meanwhile.
+func acceptRace(t *testing.T, c *collector.Collector) (reconciled bool) {
 	const n = 3000
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	c := startCollector(t, collector.Config{ReconcileInterval: time.Hour})
 	lfd := fdOf(t, ln)
 	laddr, err := unix.Getsockname(lfd)
 	if err != nil {
@@ -268,7 +281,31 @@ func TestCloseWaitSurvivesAcceptRace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Reconciles != st0.Reconciles || st.EventsLost["delta"] != 0 {
-		t.Errorf("reconciles %d -> %d, deltas lost %d: want the hooks alone, without loss", st0.Reconciles, st.Reconciles, st.EventsLost["delta"])
+	if st.EventsLost["delta"] != st0.EventsLost["delta"] {
+		t.Errorf("deltas lost %d -> %d: want none", st0.EventsLost["delta"], st.EventsLost["delta"])
 	}
+	if st.Reconciles == st0.Reconciles {
+		return false
+	}
+	// A reconcile repaired the table: only a loss the agent counted
+	// (a program run the kernel skipped, under TCG most often) may have
+	// brought it forward, and then this attempt proves nothing.
+	if lostSum(st) == lostSum(st0) {
+		t.Errorf("reconciles %d -> %d with no loss counted: want the hooks alone", st0.Reconciles, st.Reconciles)
+	}
+	t.Logf("attempt inconclusive: losses counted %d -> %d brought a reconcile forward", lostSum(st0), lostSum(st))
+	return true
+}
+
+// lostSum adds up every loss the agent counts: ring records, deltas and
+// program runs the kernel skipped.
+func lostSum(st collector.Status) uint64 {
+	var n uint64
+	for _, v := range st.EventsLost {
+		n += v
+	}
+	for _, v := range st.ProgramMisses {
+		n += v
+	}
+	return n
 }
