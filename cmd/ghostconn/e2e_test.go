@@ -104,6 +104,11 @@ func tempPinDir(t *testing.T) string {
 	return dir
 }
 
+// agentReadyWait bounds the wait for an agent to become ready: a second
+// under KVM or natively, but two agents starting at once under TCG (the
+// 6.1 suite in CI) took over 30 s.
+const agentReadyWait = 90 * time.Second
+
 // launchAgent starts an agent with its own API socket (in sockDir, or a
 // temp dir), metrics port and pin directory (pinDir, or a temp one); args
 // come last and override those. It waits until the agent is ready.
@@ -140,7 +145,7 @@ func launchAgent(t *testing.T, sockDir, pinDir string, args ...string) *agentPro
 	})
 	sock, logs, exited := a.sock, a.logs, a.exited
 	client := exporter.NewClient(sock)
-	testutil.Eventually(t, 30*time.Second, "the agent to be ready", func() (bool, string) {
+	testutil.Eventually(t, agentReadyWait, "the agent to be ready", func() (bool, string) {
 		st, err := client.Status(context.Background())
 		if err == nil && st.Ready {
 			return true, ""
@@ -256,7 +261,7 @@ exec "$0" agent --api-socket "$1" --metrics-address 127.0.0.1:0`
 	}()
 	client := exporter.NewClient(sock)
 	var st collector.Status
-	testutil.Eventually(t, 30*time.Second, "the agent to be ready", func() (bool, string) {
+	testutil.Eventually(t, agentReadyWait, "the agent to be ready", func() (bool, string) {
 		var err error
 		st, err = client.Status(context.Background())
 		if err == nil && st.Ready {
