@@ -1,9 +1,14 @@
+//go:build amd64 || arm64
+
 package bpf
 
 import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -211,7 +216,18 @@ func (p *Probes) clearActTargets() error {
 // failed.
 func KernelLacks(name string) string {
 	if name == ProgIterDestroy && !SockDestroyAvailable() {
-		return "bpf_sock_destroy() (Linux 6.5+)"
+		return featureNeeds(FeatureSockDestroy)
+	}
+	if name == ProgIterKeepalive && !HasFeature(FeatureIterSockopt) {
+		return featureNeeds(FeatureIterSockopt)
+	}
+	for _, def := range programs {
+		if def.name == name && def.loop && def.noLoop == "" && !HasFeature(FeatureLoop) {
+			return featureNeeds(FeatureLoop)
+		}
+	}
+	if call := strings.TrimPrefix(name, "sys_enter_"); slices.Contains(noSyscall[runtime.GOARCH], call) {
+		return runtime.GOARCH + " has no " + call + " system call"
 	}
 	return ""
 }

@@ -39,6 +39,65 @@ volatile const __u64 keepalive_timer_fn = 0;
 // its f_op->release is sock_close. (socket_file_ops itself is data and is
 // absent from kallsyms without CONFIG_KALLSYMS_ALL.)
 volatile const __u64 sock_close_fn = 0;
+// What this kernel gives, probed by the loader (bpf/features.go). A branch
+// on a frozen constant is dead code to the verifier, so a helper behind a
+// false one is never checked on a kernel that lacks it.
+//
+// have_cookie_helper: tracing programs may call bpf_get_socket_cookie
+// (5.12+). Without it a socket's id is sock_id_key mixed into its address.
+volatile const bool have_cookie_helper = true;
+// have_task_btf: bpf_get_current_task_btf (5.11+). Without it the task is
+// read with probe reads.
+volatile const bool have_task_btf = true;
+// sock_id_key makes an address-derived id reveal nothing of the address;
+// the loader derives it from the boot id, so ids stay the same across
+// agent restarts within one boot.
+volatile const __u64 sock_id_key = 0;
+
+// addr_id is a socket's id where the cookie helper is missing: a bijective
+// mix (splitmix64's finalizer) of its address and sock_id_key, so two live
+// sockets never share one. It costs a probe read, on old kernels only. An
+// address, and so an id, can come back after the socket is freed; the state
+// hook's end record retires it first.
+static __always_inline __u64 addr_id(const void *sk)
+{
+	// The verifier allows no arithmetic on a BTF pointer: copy its value
+	// out of a stack slot with a probe read, which makes it a number.
+	const void *volatile slot = sk;
+	__u64 x = 0;
+	bpf_probe_read_kernel(&x, sizeof(x), (const void *)&slot);
+	x ^= sock_id_key;
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x;
+}
+
+// SOCK_ID(sk) is a socket's id in a tracing program (tp_btf, iter): its
+// cookie, generated on first use. The macro keeps the helper's argument
+// its BTF pointer type.
+#define SOCK_ID(sk) (have_cookie_helper ? bpf_get_socket_cookie(sk) : addr_id(sk))
+
+// stored_id is a socket's id where the helper cannot be called (classic
+// tracepoints) or the pointer has no BTF type: the cookie the state hook
+// generated, read from the socket.
+static __always_inline __u64 stored_id(struct sock *sk)
+{
+	if (have_cookie_helper)
+		return BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	return addr_id(sk);
+}
+
+// current_task is the running task, with its BTF type where the kernel
+// gives one. Read it with BPF_CORE_READ either way.
+static __always_inline struct task_struct *current_task(void)
+{
+	if (have_task_btf)
+		return bpf_get_current_task_btf();
+	return (struct task_struct *)bpf_get_current_task();
+}
 
 enum event_type {
 	EVENT_STATE = 1,
@@ -574,7 +633,7 @@ int BPF_PROG(tcp_retransmit_skb, struct sock *sk, struct sk_buff *skb)
 	if (!e)
 		return 0;
 	e->type = EVENT_RETRANSMIT;
-	e->cookie = bpf_get_socket_cookie(sk);
+	e->cookie = SOCK_ID(sk);
 	e->state = sk->__sk_common.skc_state;
 	fill_tuple_btf(&e->tuple, sk);
 	fill_tcp_btf(&e->tcp, sk);
@@ -610,7 +669,7 @@ int BPF_PROG(timer_expire_entry, struct timer_list *timer, unsigned long baseclk
 	if (!e)
 		return 0;
 	e->type = EVENT_KEEPALIVE;
-	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e->cookie = stored_id(sk);
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	fill_tuple(&e->tuple, sk);
 	fill_tcp(&e->tcp, sk);
@@ -650,16 +709,22 @@ static __always_inline struct file *fd_file(struct fdtable *fdt, __u32 fd)
 
 static __always_inline struct fdtable *current_fdtable(void)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	return BPF_CORE_READ(task, files, fdt);
 }
 
 // current_fd_file is fd_file for the current task on the hooks' hot path:
 // direct loads through the task's BTF pointer to its fd table, and one
 // probe read, of the fd's slot (the verifier gives no BTF type to a
-// pointer to pointers). It sets *fdt to the table.
+// pointer to pointers). It sets *fdt to the table. Before 5.11 (no task
+// BTF) it is fd_file over current_fdtable.
 static __always_inline struct file *current_fd_file(__u32 fd, __u64 *fdt)
 {
+	if (!have_task_btf) {
+		struct fdtable *t = current_fdtable();
+		*fdt = (__u64)t;
+		return fd_file(t, fd);
+	}
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct fdtable *t = task->files->fdt;
 	*fdt = (__u64)t;
@@ -800,7 +865,7 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	// Every socket gets its cookie here: the owner, setsockopt and close
 	// hooks only read it.
-	__u64 cookie = bpf_get_socket_cookie(sk);
+	__u64 cookie = SOCK_ID(sk);
 	if (newstate == TCP_CLOSE) {
 		emit_end(sk, cookie, oldstate);
 		return 0;
@@ -873,8 +938,9 @@ __noinline int fdt_holds(__u64 fdt, __u64 f)
 // the closer's own, a never-exec'd prefork worker's close of the socket it
 // accepted included. The exit of a child whose parent still has the file
 // is no evidence at all (the collector ignores it too), so it is not kept;
-// other exits go to the own slot.
-static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u32 fd, __u8 op)
+// other exits go to the own slot. scan false leaves out the search of the
+// parent's whole table (fdt_holds), for the *_noloop hooks.
+static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u32 fd, __u8 op, bool scan)
 {
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
@@ -891,20 +957,20 @@ static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u
 	e->op = op;
 	e->fd = fd;
 	e->refs = refs;
-	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e->cookie = stored_id(sk);
 	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e->write_seq = BPF_CORE_READ((struct tcp_sock *)sk, write_seq);
 	e->copied_seq = BPF_CORE_READ((struct tcp_sock *)sk, copied_seq);
 	fill_tuple(&e->tuple, sk);
 	set_task(e);
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
 	e->ppid = BPF_CORE_READ(parent, tgid);
 	// Does the parent still have this file? At the same fd first (the
 	// common case, one read), else anywhere in its table.
 	struct fdtable *pfdt = BPF_CORE_READ(parent, files, fdt);
-	bool parent_has = pfdt && pfdt != fdt && (fd_file(pfdt, fd) == f || fdt_holds((__u64)pfdt, (__u64)f));
+	bool parent_has = pfdt && pfdt != fdt && (fd_file(pfdt, fd) == f || (scan && fdt_holds((__u64)pfdt, (__u64)f)));
 	__u32 slot = parent_has ? CLOSE_SLOT_INHERITED : CLOSE_SLOT_OWN;
 
 	struct close_rec rec = {
@@ -926,37 +992,47 @@ static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u
 	submit(e);
 }
 
-SEC("tracepoint/syscalls/sys_enter_close")
-int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
+// on_close and on_dup are the close, dup2 and dup3 hooks. Each comes twice:
+// the *_noloop programs, for kernels before 5.17, leave out fdt_holds'
+// bpf_loop (a kernel without it refuses the program even where the call is
+// dead code, for the callback's pseudo-function load), so a copy counts as
+// inherited there only when the parent has it at the same fd.
+static __always_inline int on_close(struct trace_event_raw_sys_enter *ctx, bool scan)
 {
 	__u64 fdt;
 	struct file *f = current_fd_file(ctx->args[0], &fdt);
-	on_fd_close((struct fdtable *)fdt, f, ctx->args[0], CLOSE_OP_CLOSE);
+	on_fd_close((struct fdtable *)fdt, f, ctx->args[0], CLOSE_OP_CLOSE, scan);
 	return 0;
 }
 
 // dup2/dup3 close newfd when it is open and differs from oldfd.
-SEC("tracepoint/syscalls/sys_enter_dup2")
-int sys_enter_dup2(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int on_dup(struct trace_event_raw_sys_enter *ctx, __u8 op, bool scan)
 {
 	if (ctx->args[0] == ctx->args[1])
 		return 0;
 	__u64 fdt;
 	struct file *f = current_fd_file(ctx->args[1], &fdt);
-	on_fd_close((struct fdtable *)fdt, f, ctx->args[1], CLOSE_OP_DUP2);
+	on_fd_close((struct fdtable *)fdt, f, ctx->args[1], op, scan);
 	return 0;
 }
 
+SEC("tracepoint/syscalls/sys_enter_close")
+int sys_enter_close(struct trace_event_raw_sys_enter *ctx) { return on_close(ctx, true); }
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int sys_enter_close_noloop(struct trace_event_raw_sys_enter *ctx) { return on_close(ctx, false); }
+
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int sys_enter_dup2(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP2, true); }
+
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int sys_enter_dup2_noloop(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP2, false); }
+
 SEC("tracepoint/syscalls/sys_enter_dup3")
-int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx)
-{
-	if (ctx->args[0] == ctx->args[1])
-		return 0;
-	__u64 fdt;
-	struct file *f = current_fd_file(ctx->args[1], &fdt);
-	on_fd_close((struct fdtable *)fdt, f, ctx->args[1], CLOSE_OP_DUP3);
-	return 0;
-}
+int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP3, true); }
+
+SEC("tracepoint/syscalls/sys_enter_dup3")
+int sys_enter_dup3_noloop(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP3, false); }
 
 // close_fd is on_fd_close as a global function, which the verifier checks
 // once, on its own: the bit loop of close_range_word calls it instead of
@@ -964,7 +1040,7 @@ int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx)
 // kernel address, read only through probe reads.
 __noinline int close_fd(__u64 fdt, __u32 fd, __u32 op)
 {
-	on_fd_close((struct fdtable *)fdt, fd_file((struct fdtable *)fdt, fd), fd, op);
+	on_fd_close((struct fdtable *)fdt, fd_file((struct fdtable *)fdt, fd), fd, op, true);
 	return 0;
 }
 
@@ -1037,7 +1113,7 @@ int sys_enter_close_range(struct trace_event_raw_sys_enter *ctx)
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(sched_process_exit, struct task_struct *p)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	struct files_struct *files = BPF_CORE_READ(task, files);
 	if (!files || BPF_CORE_READ(files, count.counter) != 1)
 		return 0;
@@ -1063,7 +1139,7 @@ int BPF_PROG(sched_process_exit, struct task_struct *p)
 // ESTABLISHED reads the settings from the socket.
 static __always_inline void fold_sockopt(struct sock *sk, int level, int optname, void *uval)
 {
-	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__u64 cookie = stored_id(sk);
 	if (!cookie)
 		return;
 	__s32 val = 0;
@@ -1133,7 +1209,7 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 	e->level = level;
 	e->optname = optname;
 	bpf_probe_read_user(&e->optval, sizeof(e->optval), (void *)ctx->args[3]);
-	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e->cookie = stored_id(sk);
 	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	fill_tuple(&e->tuple, sk);
@@ -1156,7 +1232,7 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
 		return;
-	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__u64 cookie = stored_id(sk);
 	if (!cookie)
 		return;
 	__u64 now = bpf_ktime_get_ns();
@@ -1170,7 +1246,7 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	fill_tuple(&d.tuple, sk);
 	d.owner_pid = bpf_get_current_pid_tgid() >> 32;
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	d.owner_ppid = BPF_CORE_READ(task, real_parent, tgid);
 	BPF_CORE_READ_STR_INTO(&d.owner_comm, task, group_leader, comm);
 	delta_store(&sys_deltas, cookie, &d, existed);
@@ -1301,7 +1377,7 @@ int iter_tcp(struct bpf_iter__tcp *ctx)
 	if (!skc)
 		return 0;
 	struct sock_rec r = {};
-	r.cookie = bpf_get_socket_cookie(skc);
+	r.cookie = SOCK_ID(skc);
 	r.uid = ctx->uid;
 	rec_tuple(&r, skc);
 
@@ -1375,7 +1451,7 @@ int iter_task_file(struct bpf_iter__task_file *ctx)
 	if (!sk)
 		return 0;
 	struct holder_rec r = {};
-	r.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	r.cookie = stored_id(sk);
 	r.ino = f->f_inode->i_ino;
 	r.pid = task->tgid;
 	r.ppid = task->real_parent->tgid;
@@ -1427,7 +1503,7 @@ static __always_inline struct act_req *act_target(struct sock_common *skc)
 {
 	if (!skc)
 		return NULL;
-	__u64 cookie = bpf_get_socket_cookie(skc);
+	__u64 cookie = SOCK_ID(skc);
 	struct act_req *req = bpf_map_lookup_elem(&act_targets, &cookie);
 	if (!req)
 		return NULL;

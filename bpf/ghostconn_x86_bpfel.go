@@ -298,51 +298,57 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	GhostconnMapActTargets          = "act_targets"
-	GhostconnMapCloses              = "closes"
-	GhostconnMapConnectFds          = "connect_fds"
-	GhostconnMapDeltas              = "deltas"
-	GhostconnMapEvents              = "events"
-	GhostconnMapStats               = "stats"
-	GhostconnMapSysDeltas           = "sys_deltas"
-	GhostconnMapWatch               = "watch"
-	GhostconnProgInetSockSetState   = "inet_sock_set_state"
-	GhostconnProgIterDestroy        = "iter_destroy"
-	GhostconnProgIterKeepalive      = "iter_keepalive"
-	GhostconnProgIterTaskFile       = "iter_task_file"
-	GhostconnProgIterTcp            = "iter_tcp"
-	GhostconnProgSchedProcessExit   = "sched_process_exit"
-	GhostconnProgSysEnterClose      = "sys_enter_close"
-	GhostconnProgSysEnterCloseRange = "sys_enter_close_range"
-	GhostconnProgSysEnterConnect    = "sys_enter_connect"
-	GhostconnProgSysEnterDup2       = "sys_enter_dup2"
-	GhostconnProgSysEnterDup3       = "sys_enter_dup3"
-	GhostconnProgSysEnterSetsockopt = "sys_enter_setsockopt"
-	GhostconnProgSysExitAccept      = "sys_exit_accept"
-	GhostconnProgSysExitAccept4     = "sys_exit_accept4"
-	GhostconnProgSysExitConnect     = "sys_exit_connect"
-	GhostconnProgTcpRetransmitSkb   = "tcp_retransmit_skb"
-	GhostconnProgTimerExpireEntry   = "timer_expire_entry"
-	GhostconnVarKeepaliveTimerFn    = "keepalive_timer_fn"
-	GhostconnVarSockCloseFn         = "sock_close_fn"
-	GhostconnVarUnusedActReq        = "unused_act_req"
-	GhostconnVarUnusedCloseKey      = "unused_close_key"
-	GhostconnVarUnusedCloseOp       = "unused_close_op"
-	GhostconnVarUnusedCloseRec      = "unused_close_rec"
-	GhostconnVarUnusedCloseSlot     = "unused_close_slot"
-	GhostconnVarUnusedDeltaPart     = "unused_delta_part"
-	GhostconnVarUnusedEndEvent      = "unused_end_event"
-	GhostconnVarUnusedEvent         = "unused_event"
-	GhostconnVarUnusedEventFlag     = "unused_event_flag"
-	GhostconnVarUnusedEventType     = "unused_event_type"
-	GhostconnVarUnusedHolderRec     = "unused_holder_rec"
-	GhostconnVarUnusedOwnerOp       = "unused_owner_op"
-	GhostconnVarUnusedSockRec       = "unused_sock_rec"
-	GhostconnVarUnusedSockoptBit    = "unused_sockopt_bit"
-	GhostconnVarUnusedStatIndex     = "unused_stat_index"
-	GhostconnVarUnusedStateDelta    = "unused_state_delta"
-	GhostconnVarUnusedSysDelta      = "unused_sys_delta"
-	GhostconnVarUnusedWatchFlag     = "unused_watch_flag"
+	GhostconnMapActTargets           = "act_targets"
+	GhostconnMapCloses               = "closes"
+	GhostconnMapConnectFds           = "connect_fds"
+	GhostconnMapDeltas               = "deltas"
+	GhostconnMapEvents               = "events"
+	GhostconnMapStats                = "stats"
+	GhostconnMapSysDeltas            = "sys_deltas"
+	GhostconnMapWatch                = "watch"
+	GhostconnProgInetSockSetState    = "inet_sock_set_state"
+	GhostconnProgIterDestroy         = "iter_destroy"
+	GhostconnProgIterKeepalive       = "iter_keepalive"
+	GhostconnProgIterTaskFile        = "iter_task_file"
+	GhostconnProgIterTcp             = "iter_tcp"
+	GhostconnProgSchedProcessExit    = "sched_process_exit"
+	GhostconnProgSysEnterClose       = "sys_enter_close"
+	GhostconnProgSysEnterCloseNoloop = "sys_enter_close_noloop"
+	GhostconnProgSysEnterCloseRange  = "sys_enter_close_range"
+	GhostconnProgSysEnterConnect     = "sys_enter_connect"
+	GhostconnProgSysEnterDup2        = "sys_enter_dup2"
+	GhostconnProgSysEnterDup2Noloop  = "sys_enter_dup2_noloop"
+	GhostconnProgSysEnterDup3        = "sys_enter_dup3"
+	GhostconnProgSysEnterDup3Noloop  = "sys_enter_dup3_noloop"
+	GhostconnProgSysEnterSetsockopt  = "sys_enter_setsockopt"
+	GhostconnProgSysExitAccept       = "sys_exit_accept"
+	GhostconnProgSysExitAccept4      = "sys_exit_accept4"
+	GhostconnProgSysExitConnect      = "sys_exit_connect"
+	GhostconnProgTcpRetransmitSkb    = "tcp_retransmit_skb"
+	GhostconnProgTimerExpireEntry    = "timer_expire_entry"
+	GhostconnVarHaveCookieHelper     = "have_cookie_helper"
+	GhostconnVarHaveTaskBtf          = "have_task_btf"
+	GhostconnVarKeepaliveTimerFn     = "keepalive_timer_fn"
+	GhostconnVarSockCloseFn          = "sock_close_fn"
+	GhostconnVarSockIdKey            = "sock_id_key"
+	GhostconnVarUnusedActReq         = "unused_act_req"
+	GhostconnVarUnusedCloseKey       = "unused_close_key"
+	GhostconnVarUnusedCloseOp        = "unused_close_op"
+	GhostconnVarUnusedCloseRec       = "unused_close_rec"
+	GhostconnVarUnusedCloseSlot      = "unused_close_slot"
+	GhostconnVarUnusedDeltaPart      = "unused_delta_part"
+	GhostconnVarUnusedEndEvent       = "unused_end_event"
+	GhostconnVarUnusedEvent          = "unused_event"
+	GhostconnVarUnusedEventFlag      = "unused_event_flag"
+	GhostconnVarUnusedEventType      = "unused_event_type"
+	GhostconnVarUnusedHolderRec      = "unused_holder_rec"
+	GhostconnVarUnusedOwnerOp        = "unused_owner_op"
+	GhostconnVarUnusedSockRec        = "unused_sock_rec"
+	GhostconnVarUnusedSockoptBit     = "unused_sockopt_bit"
+	GhostconnVarUnusedStatIndex      = "unused_stat_index"
+	GhostconnVarUnusedStateDelta     = "unused_state_delta"
+	GhostconnVarUnusedSysDelta       = "unused_sys_delta"
+	GhostconnVarUnusedWatchFlag      = "unused_watch_flag"
 )
 
 // LoadGhostconn returns the embedded CollectionSpec for Ghostconn.
@@ -387,23 +393,26 @@ type GhostconnSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnProgramSpecs struct {
-	InetSockSetState   *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
-	IterDestroy        *ebpf.ProgramSpec `ebpf:"iter_destroy"`
-	IterKeepalive      *ebpf.ProgramSpec `ebpf:"iter_keepalive"`
-	IterTaskFile       *ebpf.ProgramSpec `ebpf:"iter_task_file"`
-	IterTcp            *ebpf.ProgramSpec `ebpf:"iter_tcp"`
-	SchedProcessExit   *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
-	SysEnterClose      *ebpf.ProgramSpec `ebpf:"sys_enter_close"`
-	SysEnterCloseRange *ebpf.ProgramSpec `ebpf:"sys_enter_close_range"`
-	SysEnterConnect    *ebpf.ProgramSpec `ebpf:"sys_enter_connect"`
-	SysEnterDup2       *ebpf.ProgramSpec `ebpf:"sys_enter_dup2"`
-	SysEnterDup3       *ebpf.ProgramSpec `ebpf:"sys_enter_dup3"`
-	SysEnterSetsockopt *ebpf.ProgramSpec `ebpf:"sys_enter_setsockopt"`
-	SysExitAccept      *ebpf.ProgramSpec `ebpf:"sys_exit_accept"`
-	SysExitAccept4     *ebpf.ProgramSpec `ebpf:"sys_exit_accept4"`
-	SysExitConnect     *ebpf.ProgramSpec `ebpf:"sys_exit_connect"`
-	TcpRetransmitSkb   *ebpf.ProgramSpec `ebpf:"tcp_retransmit_skb"`
-	TimerExpireEntry   *ebpf.ProgramSpec `ebpf:"timer_expire_entry"`
+	InetSockSetState    *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
+	IterDestroy         *ebpf.ProgramSpec `ebpf:"iter_destroy"`
+	IterKeepalive       *ebpf.ProgramSpec `ebpf:"iter_keepalive"`
+	IterTaskFile        *ebpf.ProgramSpec `ebpf:"iter_task_file"`
+	IterTcp             *ebpf.ProgramSpec `ebpf:"iter_tcp"`
+	SchedProcessExit    *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
+	SysEnterClose       *ebpf.ProgramSpec `ebpf:"sys_enter_close"`
+	SysEnterCloseNoloop *ebpf.ProgramSpec `ebpf:"sys_enter_close_noloop"`
+	SysEnterCloseRange  *ebpf.ProgramSpec `ebpf:"sys_enter_close_range"`
+	SysEnterConnect     *ebpf.ProgramSpec `ebpf:"sys_enter_connect"`
+	SysEnterDup2        *ebpf.ProgramSpec `ebpf:"sys_enter_dup2"`
+	SysEnterDup2Noloop  *ebpf.ProgramSpec `ebpf:"sys_enter_dup2_noloop"`
+	SysEnterDup3        *ebpf.ProgramSpec `ebpf:"sys_enter_dup3"`
+	SysEnterDup3Noloop  *ebpf.ProgramSpec `ebpf:"sys_enter_dup3_noloop"`
+	SysEnterSetsockopt  *ebpf.ProgramSpec `ebpf:"sys_enter_setsockopt"`
+	SysExitAccept       *ebpf.ProgramSpec `ebpf:"sys_exit_accept"`
+	SysExitAccept4      *ebpf.ProgramSpec `ebpf:"sys_exit_accept4"`
+	SysExitConnect      *ebpf.ProgramSpec `ebpf:"sys_exit_connect"`
+	TcpRetransmitSkb    *ebpf.ProgramSpec `ebpf:"tcp_retransmit_skb"`
+	TimerExpireEntry    *ebpf.ProgramSpec `ebpf:"timer_expire_entry"`
 }
 
 // GhostconnMapSpecs contains maps before they are loaded into the kernel.
@@ -424,8 +433,11 @@ type GhostconnMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnVariableSpecs struct {
+	HaveCookieHelper *ebpf.VariableSpec `ebpf:"have_cookie_helper"`
+	HaveTaskBtf      *ebpf.VariableSpec `ebpf:"have_task_btf"`
 	KeepaliveTimerFn *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
 	SockCloseFn      *ebpf.VariableSpec `ebpf:"sock_close_fn"`
+	SockIdKey        *ebpf.VariableSpec `ebpf:"sock_id_key"`
 	UnusedActReq     *ebpf.VariableSpec `ebpf:"unused_act_req"`
 	UnusedCloseKey   *ebpf.VariableSpec `ebpf:"unused_close_key"`
 	UnusedCloseOp    *ebpf.VariableSpec `ebpf:"unused_close_op"`
@@ -493,8 +505,11 @@ func (m *GhostconnMaps) Close() error {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnVariables struct {
+	HaveCookieHelper *ebpf.Variable `ebpf:"have_cookie_helper"`
+	HaveTaskBtf      *ebpf.Variable `ebpf:"have_task_btf"`
 	KeepaliveTimerFn *ebpf.Variable `ebpf:"keepalive_timer_fn"`
 	SockCloseFn      *ebpf.Variable `ebpf:"sock_close_fn"`
+	SockIdKey        *ebpf.Variable `ebpf:"sock_id_key"`
 	UnusedActReq     *ebpf.Variable `ebpf:"unused_act_req"`
 	UnusedCloseKey   *ebpf.Variable `ebpf:"unused_close_key"`
 	UnusedCloseOp    *ebpf.Variable `ebpf:"unused_close_op"`
@@ -519,23 +534,26 @@ type GhostconnVariables struct {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnPrograms struct {
-	InetSockSetState   *ebpf.Program `ebpf:"inet_sock_set_state"`
-	IterDestroy        *ebpf.Program `ebpf:"iter_destroy"`
-	IterKeepalive      *ebpf.Program `ebpf:"iter_keepalive"`
-	IterTaskFile       *ebpf.Program `ebpf:"iter_task_file"`
-	IterTcp            *ebpf.Program `ebpf:"iter_tcp"`
-	SchedProcessExit   *ebpf.Program `ebpf:"sched_process_exit"`
-	SysEnterClose      *ebpf.Program `ebpf:"sys_enter_close"`
-	SysEnterCloseRange *ebpf.Program `ebpf:"sys_enter_close_range"`
-	SysEnterConnect    *ebpf.Program `ebpf:"sys_enter_connect"`
-	SysEnterDup2       *ebpf.Program `ebpf:"sys_enter_dup2"`
-	SysEnterDup3       *ebpf.Program `ebpf:"sys_enter_dup3"`
-	SysEnterSetsockopt *ebpf.Program `ebpf:"sys_enter_setsockopt"`
-	SysExitAccept      *ebpf.Program `ebpf:"sys_exit_accept"`
-	SysExitAccept4     *ebpf.Program `ebpf:"sys_exit_accept4"`
-	SysExitConnect     *ebpf.Program `ebpf:"sys_exit_connect"`
-	TcpRetransmitSkb   *ebpf.Program `ebpf:"tcp_retransmit_skb"`
-	TimerExpireEntry   *ebpf.Program `ebpf:"timer_expire_entry"`
+	InetSockSetState    *ebpf.Program `ebpf:"inet_sock_set_state"`
+	IterDestroy         *ebpf.Program `ebpf:"iter_destroy"`
+	IterKeepalive       *ebpf.Program `ebpf:"iter_keepalive"`
+	IterTaskFile        *ebpf.Program `ebpf:"iter_task_file"`
+	IterTcp             *ebpf.Program `ebpf:"iter_tcp"`
+	SchedProcessExit    *ebpf.Program `ebpf:"sched_process_exit"`
+	SysEnterClose       *ebpf.Program `ebpf:"sys_enter_close"`
+	SysEnterCloseNoloop *ebpf.Program `ebpf:"sys_enter_close_noloop"`
+	SysEnterCloseRange  *ebpf.Program `ebpf:"sys_enter_close_range"`
+	SysEnterConnect     *ebpf.Program `ebpf:"sys_enter_connect"`
+	SysEnterDup2        *ebpf.Program `ebpf:"sys_enter_dup2"`
+	SysEnterDup2Noloop  *ebpf.Program `ebpf:"sys_enter_dup2_noloop"`
+	SysEnterDup3        *ebpf.Program `ebpf:"sys_enter_dup3"`
+	SysEnterDup3Noloop  *ebpf.Program `ebpf:"sys_enter_dup3_noloop"`
+	SysEnterSetsockopt  *ebpf.Program `ebpf:"sys_enter_setsockopt"`
+	SysExitAccept       *ebpf.Program `ebpf:"sys_exit_accept"`
+	SysExitAccept4      *ebpf.Program `ebpf:"sys_exit_accept4"`
+	SysExitConnect      *ebpf.Program `ebpf:"sys_exit_connect"`
+	TcpRetransmitSkb    *ebpf.Program `ebpf:"tcp_retransmit_skb"`
+	TimerExpireEntry    *ebpf.Program `ebpf:"timer_expire_entry"`
 }
 
 func (p *GhostconnPrograms) Close() error {
@@ -547,10 +565,13 @@ func (p *GhostconnPrograms) Close() error {
 		p.IterTcp,
 		p.SchedProcessExit,
 		p.SysEnterClose,
+		p.SysEnterCloseNoloop,
 		p.SysEnterCloseRange,
 		p.SysEnterConnect,
 		p.SysEnterDup2,
+		p.SysEnterDup2Noloop,
 		p.SysEnterDup3,
+		p.SysEnterDup3Noloop,
 		p.SysEnterSetsockopt,
 		p.SysExitAccept,
 		p.SysExitAccept4,

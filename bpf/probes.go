@@ -1,3 +1,5 @@
+//go:build amd64 || arm64
+
 // Package bpf loads and attaches ghostconn's eBPF programs and reads their
 // iterators. The C source is ghostconn.bpf.c; the Go bindings are generated
 // by bpf2go (see gen.go).
@@ -52,6 +54,11 @@ type program struct {
 	// tracepoint group for classic tracepoints; empty for tp_btf and iterators.
 	group string
 	kind  string // "tp_btf", "tracepoint" or "iter"
+	// loop says the program calls bpf_loop; noLoop names its variant
+	// without the call, loaded where the kernel has no bpf_loop. A loop
+	// program with no such variant stays detached there.
+	loop   bool
+	noLoop string
 }
 
 var programs = []program{
@@ -60,12 +67,12 @@ var programs = []program{
 	{name: ProgIterFiles, required: true, kind: "iter"},
 	{name: ProgRetransmit, kind: "tp_btf"},
 	{name: ProgKeepalive, kind: "tp_btf"},
-	{name: ProgClose, group: "syscalls", kind: "tracepoint"},
-	{name: ProgCloseRange, group: "syscalls", kind: "tracepoint"},
-	{name: ProgDup2, group: "syscalls", kind: "tracepoint"},
-	{name: ProgDup3, group: "syscalls", kind: "tracepoint"},
+	{name: ProgClose, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterCloseNoloop},
+	{name: ProgCloseRange, group: "syscalls", kind: "tracepoint", loop: true},
+	{name: ProgDup2, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterDup2Noloop},
+	{name: ProgDup3, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterDup3Noloop},
 	{name: ProgSetsockopt, group: "syscalls", kind: "tracepoint"},
-	{name: ProgExit, kind: "tp_btf"},
+	{name: ProgExit, kind: "tp_btf", loop: true},
 	// The owner hooks: who holds a new connection, at once. Without them
 	// holders are known from the next holder walk.
 	{name: ProgConnect, group: "syscalls", kind: "tracepoint"},
@@ -176,9 +183,18 @@ func Load(opts Options) (*Probes, error) {
 	if err := Preflight(); err != nil {
 		return nil, err
 	}
+	if err := removeMemlock(); err != nil {
+		return nil, err
+	}
+	if err := checkFloor(); err != nil {
+		return nil, err
+	}
 	spec, err := LoadGhostconn()
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
+	}
+	if err := setFeatureConsts(spec); err != nil {
+		return nil, err
 	}
 	if opts.RingBufferBytes > 0 {
 		spec.Maps["events"].MaxEntries = uint32(opts.RingBufferBytes)
@@ -266,6 +282,10 @@ func Load(opts Options) (*Probes, error) {
 	return p, nil
 }
 
+// noSyscall lists, per architecture, the hooked system calls it does not
+// have: arm64's libc makes dup2 a dup3.
+var noSyscall = map[string][]string{"arm64": {"dup2"}}
+
 // ErrSkipped marks a program left out on request.
 var ErrSkipped = errors.New("skipped by configuration")
 
@@ -273,9 +293,19 @@ func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]
 	if skip {
 		return ErrSkipped
 	}
-	progSpec, ok := spec.Programs[def.name]
+	if call := strings.TrimPrefix(def.name, "sys_enter_"); slices.Contains(noSyscall[runtime.GOARCH], call) {
+		return fmt.Errorf("%s has no %s system call, so no tracepoint %s/%s: its libc calls one that is hooked", runtime.GOARCH, call, def.group, def.name)
+	}
+	objName := def.name
+	if def.loop && !HasFeature(FeatureLoop) {
+		if def.noLoop == "" {
+			return fmt.Errorf("this kernel has no %s", featureNeeds(FeatureLoop))
+		}
+		objName = def.noLoop
+	}
+	progSpec, ok := spec.Programs[objName]
 	if !ok {
-		return fmt.Errorf("program %s missing from object", def.name)
+		return fmt.Errorf("program %s missing from object", objName)
 	}
 	one := &ebpf.CollectionSpec{
 		Maps:      spec.Maps,
@@ -520,6 +550,33 @@ func (p *Probes) Sockets(nsPath string) ([]GhostconnSockRec, error) {
 		return readRecords[GhostconnSockRec](r, nil)
 	}
 	return readRecords[GhostconnSockRec](r, &p.hostSockets)
+}
+
+// SocketID returns the id the programs give the TCP socket at fd, a socket
+// of the caller's network namespace: its cookie, or where ids are not
+// cookies (see IDsAreCookies) the id iter/tcp reports for its inode.
+func (p *Probes) SocketID(fd int) (uint64, error) {
+	if IDsAreCookies() {
+		c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+		if err != nil {
+			return 0, fmt.Errorf("read the cookie of fd %d: %w", fd, err)
+		}
+		return c, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("stat fd %d: %w", fd, err)
+	}
+	recs, err := p.Sockets("")
+	if err != nil {
+		return 0, err
+	}
+	for _, r := range recs {
+		if r.Ino == st.Ino {
+			return r.Cookie, nil
+		}
+	}
+	return 0, fmt.Errorf("fd %d (inode %d) is not a TCP socket of this network namespace", fd, st.Ino)
 }
 
 // Holders runs iter/task_file and returns every (process, fd) on the host

@@ -47,9 +47,6 @@ func runFdmix(args []string) int {
 		fmt.Fprintln(os.Stderr, "fdmix:", err)
 		return 1
 	}
-	dup2 := func(oldfd, newfd int) {
-		_, _, _ = unix.Syscall(unix.SYS_DUP2, uintptr(oldfd), uintptr(newfd), 0)
-	}
 	var iters uint64
 	p := make([]int, 2)
 	q := make([]int, 2)
@@ -62,9 +59,10 @@ func runFdmix(args []string) int {
 				unix.Close(p[0])
 				unix.Close(p[1])
 			}
-			// dup2 and dup3 over an open non-socket.
+			// dup2 and dup3 over an open non-socket (arm64 has no dup2
+			// system call: x/sys makes it a dup3 there).
 			if x, err := unix.Dup(devnull); err == nil {
-				dup2(devnull, x)
+				_ = unix.Dup2(devnull, x)
 				_ = unix.Dup3(devnull, x, unix.O_CLOEXEC)
 				unix.Close(x)
 			}
@@ -89,7 +87,7 @@ func runFdmix(args []string) int {
 					unix.Close(d)
 				}
 				if d, err := unix.Dup(sfd); err == nil {
-					dup2(devnull, d)
+					_ = unix.Dup2(devnull, d)
 					unix.Close(d)
 				}
 				_ = unix.SetsockoptInt(cfd, unix.SOL_TCP, unix.TCP_KEEPIDLE, 600)
