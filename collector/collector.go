@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/ghostconn/ghostconn/bpf"
 )
@@ -803,9 +804,13 @@ type Status struct {
 	KeepaliveFirings   uint64            `json:"keepalive_timer_firings"`
 	KeepaliveProbes    uint64            `json:"keepalive_probes"`
 	Programs           map[string]string `json:"programs"` // "attached" or the reason not
-	ProgramIDs         map[string]uint32 `json:"program_ids"`
-	ClosesReplayed     uint64            `json:"closes_replayed"`
-	CapsDropped        bool              `json:"capabilities_dropped"`
+	// Kernel is the running kernel's release and architecture; Features
+	// says which optional features it gave the agent.
+	Kernel         string            `json:"kernel"`
+	Features       []KernelFeature   `json:"kernel_features"`
+	ProgramIDs     map[string]uint32 `json:"program_ids"`
+	ClosesReplayed uint64            `json:"closes_replayed"`
+	CapsDropped    bool              `json:"capabilities_dropped"`
 	// ReadOnly says the agent refuses every action; Actions counts the
 	// actions it carried out and verified, by verdict and mode.
 	ReadOnly     bool          `json:"read_only"`
@@ -892,7 +897,40 @@ func (c *Collector) Status() (Status, error) {
 			s.Programs[name] = err.Error()
 		}
 	}
+	s.Kernel, s.Features = kernelRelease(), kernelFeatures()
 	return s, nil
+}
+
+// KernelFeature is one optional kernel feature in Status.
+type KernelFeature struct {
+	Name      string `json:"name"`
+	Available bool   `json:"available"`
+	// Needs says what the kernel must give; Without, only when it does
+	// not, what the agent does instead, and Reason why the probe says so.
+	Needs   string `json:"needs"`
+	Without string `json:"without,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+func kernelFeatures() []KernelFeature {
+	fs := bpf.KernelFeatures()
+	out := make([]KernelFeature, len(fs))
+	for i, f := range fs {
+		out[i] = KernelFeature{Name: f.Name, Available: f.Err == nil, Needs: f.Needs}
+		if f.Err != nil {
+			out[i].Without, out[i].Reason = f.Without, f.Err.Error()
+		}
+	}
+	return out
+}
+
+// kernelRelease is uname's release and machine, as "6.1.0-28-amd64 (x86_64)".
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown: " + err.Error()
+	}
+	return unix.ByteSliceToString(u.Release[:]) + " (" + unix.ByteSliceToString(u.Machine[:]) + ")"
 }
 
 // monoOffset is wall-clock time minus CLOCK_MONOTONIC, the clock of

@@ -23,6 +23,9 @@ const (
 
 	ModeKeepalive  = "keepalive" // keepalive (and a give-up time) armed
 	MechSetsockopt = "bpf_setsockopt"
+	// MechHolderSetsockopt: setsockopt on a copy of a holder's fd, where
+	// the kernel has no bpf_setsockopt in iter/tcp (before 5.15).
+	MechHolderSetsockopt = "setsockopt"
 )
 
 // KillableStates are the states kill acts on; LISTEN only when asked for by
@@ -139,6 +142,12 @@ func (k *Actor) Keepalive(views []ConnView, o bpf.KeepaliveOptions) []ActionResu
 		if k.Probes == nil {
 			for _, i := range idx {
 				out[i].Error = "no iterator to set options with"
+			}
+			return
+		}
+		if !bpf.HasFeature(bpf.FeatureIterSockopt) {
+			for _, i := range idx {
+				k.keepaliveVia(&views[i], &out[i], o)
 			}
 			return
 		}
@@ -278,7 +287,12 @@ func (k *Actor) abort(path string, views []ConnView, out []ActionResult, idx []i
 			out[i].Error = fmt.Sprintf("socket address: %v", err)
 			continue
 		}
-		if err := DiagDestroy(path, fam, local, remote, v.Cookie); err != nil {
+		cookie := v.Cookie
+		if !bpf.IDsAreCookies() {
+			// The id is not the kernel's cookie: match by address alone.
+			cookie = diagNoCookie
+		}
+		if err := DiagDestroy(path, fam, local, remote, cookie); err != nil {
 			out[i].Error = err.Error()
 			out[i].diagGone = errors.Is(err, ErrDiagGone)
 			if errors.Is(err, ErrNoDiagDestroy) {
@@ -320,7 +334,7 @@ func (k *Actor) shutdown(v *ConnView, r *ActionResult) {
 	}
 	var errs []string
 	for _, h := range v.Holders {
-		err := shutdownVia(h, v.Cookie)
+		err := shutdownVia(h, v)
 		if err == nil {
 			return
 		}
@@ -329,31 +343,129 @@ func (k *Actor) shutdown(v *ConnView, r *ActionResult) {
 	r.Error = strings.Join(errs, "; ")
 }
 
-func shutdownVia(h Holder, cookie uint64) error {
-	pidfd, err := unix.PidfdOpen(int(h.PID), 0)
+func shutdownVia(h Holder, v *ConnView) error {
+	fd, err := holderFD(h, v)
 	if err != nil {
-		return fmt.Errorf("pidfd_open pid %d: %w", h.PID, err)
-	}
-	defer unix.Close(pidfd)
-	fd, err := unix.PidfdGetfd(pidfd, int(h.FD), 0)
-	if errors.Is(err, syscall.EPERM) {
-		return fmt.Errorf("take fd %d of pid %d: %w (it needs ptrace permission over the process: CAP_SYS_PTRACE)", h.FD, h.PID, err)
-	}
-	if err != nil {
-		return fmt.Errorf("take fd %d of pid %d: %w", h.FD, h.PID, err)
+		return err
 	}
 	defer unix.Close(fd)
-	got, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-	if err != nil {
-		return fmt.Errorf("fd %d of pid %d is no longer a socket: %w", h.FD, h.PID, err)
-	}
-	if got != cookie {
-		return fmt.Errorf("fd %d of pid %d is another socket now (cookie %d): nothing done", h.FD, h.PID, got)
-	}
 	if err := unix.Shutdown(fd, unix.SHUT_RDWR); err != nil {
 		return fmt.Errorf("shutdown fd %d of pid %d: %w", h.FD, h.PID, err)
 	}
 	return nil
+}
+
+// keepaliveVia arms keepalive with o through a holder's fd: the way left
+// where the kernel has no bpf_setsockopt in iter/tcp.
+func (k *Actor) keepaliveVia(v *ConnView, r *ActionResult, o bpf.KeepaliveOptions) {
+	r.Mechanism = MechHolderSetsockopt
+	if len(v.Holders) == 0 {
+		r.Error = "this kernel has no bpf_setsockopt() in iter/tcp (Linux 5.15), and no process is known to hold the socket to set the options through: nothing done"
+		return
+	}
+	var errs []string
+	for _, h := range v.Holders {
+		err := setKeepaliveVia(h, v, o)
+		if err == nil {
+			return
+		}
+		errs = append(errs, err.Error())
+	}
+	r.Error = strings.Join(errs, "; ")
+}
+
+func setKeepaliveVia(h Holder, v *ConnView, o bpf.KeepaliveOptions) error {
+	fd, err := holderFD(h, v)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	opts := []struct {
+		level, name int
+		what        string
+		val         int32
+	}{
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, "TCP_KEEPIDLE", o.IdleSeconds},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, "TCP_KEEPINTVL", o.IntervalSeconds},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, "TCP_KEEPCNT", o.Count},
+		{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", o.UserTimeoutMs},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, "SO_KEEPALIVE", 1},
+	}
+	for _, op := range opts {
+		if op.val == 0 && op.name != unix.SO_KEEPALIVE {
+			continue
+		}
+		if err := unix.SetsockoptInt(fd, op.level, op.name, int(op.val)); err != nil {
+			return fmt.Errorf("setsockopt %s on fd %d of pid %d: %w", op.what, h.FD, h.PID, err)
+		}
+	}
+	return nil
+}
+
+// holderFD takes a copy of a holder's fd with pidfd_getfd and checks that
+// it is still v's socket (an fd number can be reused). The caller closes
+// it.
+func holderFD(h Holder, v *ConnView) (int, error) {
+	pidfd, err := unix.PidfdOpen(int(h.PID), 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_open pid %d: %w", h.PID, err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, int(h.FD), 0)
+	if errors.Is(err, syscall.EPERM) {
+		return -1, fmt.Errorf("take fd %d of pid %d: %w (it needs ptrace permission over the process: CAP_SYS_PTRACE)", h.FD, h.PID, err)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("take fd %d of pid %d: %w", h.FD, h.PID, err)
+	}
+	if err := sameSocket(fd, v); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("fd %d of pid %d: %w", h.FD, h.PID, err)
+	}
+	return fd, nil
+}
+
+// sameSocket checks that fd is still the socket of v: by cookie, or where
+// ids are not cookies (see bpf.IDsAreCookies) by its two addresses.
+func sameSocket(fd int, v *ConnView) error {
+	if bpf.IDsAreCookies() {
+		got, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+		if err != nil {
+			return fmt.Errorf("no longer a socket: %w", err)
+		}
+		if got != v.Cookie {
+			return fmt.Errorf("another socket now (cookie %d): nothing done", got)
+		}
+		return nil
+	}
+	la, err1 := unix.Getsockname(fd)
+	ra, err2 := unix.Getpeername(fd)
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("no longer a connected socket: %w", err)
+	}
+	local, remote := sockaddrPort(la), sockaddrPort(ra)
+	if !sameAddrPort(local, v.Local) || !sameAddrPort(remote, v.Remote) {
+		return fmt.Errorf("another socket now (%s to %s): nothing done", local, remote)
+	}
+	return nil
+}
+
+// sockaddrPort turns an inet socket address into an AddrPort.
+func sockaddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// sameAddrPort says whether a is the table's address s, an IPv4-mapped
+// address equal to its IPv4 one.
+func sameAddrPort(a netip.AddrPort, s string) bool {
+	b, err := netip.ParseAddrPort(s)
+	return err == nil && a.Port() == b.Port() && a.Addr().Unmap() == b.Addr().Unmap()
 }
 
 // verify looks at the namespace's sockets again and marks done the

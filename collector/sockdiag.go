@@ -21,6 +21,10 @@ var ErrNoDiagDestroy = errors.New("sock_diag cannot destroy sockets on this kern
 // asked for: closed since, or another socket now at its address.
 var ErrDiagGone = errors.New("no such socket (closed, or another socket at its address)")
 
+// diagNoCookie is INET_DIAG_NOCOOKIE in both halves of the request's
+// cookie: the kernel then matches the socket by its addresses alone.
+const diagNoCookie = ^uint64(0)
+
 // inetDiagReqV2 is struct inet_diag_req_v2 from linux/inet_diag.h, which
 // golang.org/x/sys/unix does not define. The request is built by hand
 // because the netlink libraries' SocketDestroy matches by address alone,

@@ -67,6 +67,7 @@ var (
 	refreshesDesc        = desc("verdict_refreshes_total", "Targeted snapshots taken because a verdict needed fresh evidence.")
 	tableFullDesc        = desc("table_dropped_total", "New connections not tracked because the table was at --max-connections.")
 	unknownSocketDesc    = desc("unknown_socket_events_total", "Close and setsockopt events for sockets the table did not know.")
+	kernelFeatureDesc    = desc("kernel_feature", "Whether the running kernel gives the agent an optional feature (1) or it runs degraded without it (0); status says what degrades.", "feature")
 	programAttachedDesc  = desc("program_attached", "Whether an eBPF program is loaded and attached (1) or not (0).", "program")
 	programMissesDesc    = desc("program_recursion_misses_total", "Runs of an eBPF program the kernel skipped because it was already running on that CPU (an interrupt nested in it): events lost, repaired by the next reconcile.", "program")
 	readyDesc            = desc("ready", "Whether the agent is ready (1): the first snapshot has seeded the table and the event reader and servers run; 0 otherwise, with the reason in /readyz and ghostconn status.")
@@ -75,7 +76,7 @@ var (
 	capsDroppedDesc      = desc("capabilities_dropped", "Whether the agent dropped the capabilities it needed only to start (1) or not (0).")
 	killedDesc           = desc("sockets_killed_total", "Sockets ghostconn kill aborted (mode=abort) or shut down (mode=graceful), counted once the check afterwards saw it done, by the connection's verdict then (verdict=\"none\" for one without).", "verdict", "mode")
 	armedDesc            = desc("keepalive_armed_total", "Connections ghostconn keepalive armed with TCP keepalive, counted once the check afterwards saw the values on the socket, by the connection's verdict then (verdict=\"none\" for one without).", "verdict")
-	descsWithoutProcess  = []*prometheus.Desc{killedDesc, armedDesc, connectionsDesc, flaggedDesc, eventsReadDesc, deltasReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
+	descsWithoutProcess  = []*prometheus.Desc{killedDesc, armedDesc, connectionsDesc, flaggedDesc, eventsReadDesc, deltasReadDesc, eventsLostDesc, decodeErrorsDesc, readerErrorsDesc, foldedDesc, drainErrorsDesc, snapshotErrorsDesc, transitionsDesc, retransmitsDesc, kaFiringsDesc, kaProbesDesc, raisedDesc, reconcileDesc, reconcileErrorsDesc, correctionsDesc, refreshesDesc, tableFullDesc, unknownSocketDesc, kernelFeatureDesc, programAttachedDesc, programMissesDesc, readyDesc, buildInfoDesc, scrapeErrorDesc, capsDroppedDesc}
 	lostEventKinds       = []string{"state", "retransmit", "keepalive", "close", "sockopt", "delta"}
 	correctionKinds      = []string{"added", "removed", "state"}
 	build                = buildInfo()
@@ -283,6 +284,13 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		if n, ok := st.ProgramMisses[name]; ok {
 			counter(programMissesDesc, n, name)
 		}
+	}
+	for _, f := range st.Features {
+		v := 0.0
+		if f.Available {
+			v = 1
+		}
+		gauge(kernelFeatureDesc, v, f.Name)
 	}
 	count, total, buckets := m.src.ReconcileDurations()
 	ch <- prometheus.MustNewConstHistogram(reconcileDesc, count, total, buckets)

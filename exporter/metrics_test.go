@@ -101,6 +101,7 @@ func newFake(t *testing.T) *fakeSource {
 			VerdictsRaised:   map[string]uint64{"ghost": 3},
 			ReconcileAdded:   5,
 			Programs:         programs,
+			Features:         []collector.KernelFeature{{Name: "bpf_loop", Available: false, Needs: "bpf_loop() (Linux 5.17)", Without: "close_range not hooked"}, {Name: "socket_cookie", Available: true, Needs: "x"}},
 			Actions:          []collector.ActionCount{{Verdict: "ghost", Mode: "graceful", Count: 2}, {Verdict: "none", Mode: "abort", Count: 1}, {Verdict: "silent", Mode: "keepalive", Count: 4}},
 		},
 	}
@@ -222,6 +223,10 @@ ghostconn_deltas_read_total 80
 ghostconn_kernel_folded_total{kind="owner"} 12
 ghostconn_kernel_folded_total{kind="sockopt"} 0
 ghostconn_kernel_folded_total{kind="state"} 11
+# HELP ghostconn_kernel_feature Whether the running kernel gives the agent an optional feature (1) or it runs degraded without it (0); status says what degrades.
+# TYPE ghostconn_kernel_feature gauge
+ghostconn_kernel_feature{feature="bpf_loop"} 0
+ghostconn_kernel_feature{feature="socket_cookie"} 1
 `
 	names := []string{
 		"ghostconn_connections", "ghostconn_flagged_connections", "ghostconn_events_lost_total",
@@ -229,7 +234,7 @@ ghostconn_kernel_folded_total{kind="state"} 11
 		"ghostconn_verdicts_raised_total", "ghostconn_reconcile_duration_seconds", "ghostconn_program_attached",
 		"ghostconn_ready", "ghostconn_reconcile_corrections_total",
 		"ghostconn_reader_errors_total", "ghostconn_namespace_snapshot_errors_total",
-		"ghostconn_deltas_read_total", "ghostconn_kernel_folded_total",
+		"ghostconn_deltas_read_total", "ghostconn_kernel_folded_total", "ghostconn_kernel_feature",
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), names...); err != nil {
 		t.Error(err)

@@ -26,6 +26,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/privtest"
@@ -761,6 +762,19 @@ func TestCLIAgainstAgent(t *testing.T) {
 		var st collector.Status
 		if code != 0 || json.Unmarshal([]byte(out), &st) != nil || !st.Ready {
 			t.Errorf("status: exit %d, %s%s", code, out, stderr)
+		}
+		// The kernel's optional features, as this kernel gives them, with
+		// what degrades named for each one missing.
+		want := bpf.KernelFeatures()
+		if len(st.Features) != len(want) || st.Kernel == "" {
+			t.Fatalf("status: kernel %q, features %+v; want %d features", st.Kernel, st.Features, len(want))
+		}
+		for i, f := range want {
+			got := st.Features[i]
+			if got.Name != f.Name || got.Available != (f.Err == nil) || got.Needs == "" ||
+				(!got.Available && (got.Without == "" || got.Reason == "")) || (got.Available && got.Without != "") {
+				t.Errorf("status feature %+v; this kernel: %s available=%v (%v)", got, f.Name, f.Err == nil, f.Err)
+			}
 		}
 	})
 

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/internal/testnet"
 	"github.com/ghostconn/ghostconn/internal/testutil"
@@ -231,22 +232,28 @@ func tcpPair(t *testing.T, d *net.Dialer) (ln net.Listener, client, server net.C
 	return ln, client, server
 }
 
-// connCookie returns the socket cookie of c's socket.
+// connCookie returns the id ghostconn gives c's socket: its cookie, or
+// where ids are not cookies the one the iterators report.
 func connCookie(t *testing.T, c net.Conn) uint64 {
 	t.Helper()
 	raw, err := c.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cookie uint64
+	p, err := bpf.Load(bpf.Options{IteratorsOnly: true})
+	if err != nil {
+		t.Fatalf("load the iterators: %v", err)
+	}
+	defer p.Close()
+	var id uint64
 	var gerr error
-	if err := raw.Control(func(fd uintptr) { cookie, gerr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) }); err != nil {
+	if err := raw.Control(func(fd uintptr) { id, gerr = p.SocketID(int(fd)) }); err != nil {
 		t.Fatal(err)
 	}
 	if gerr != nil {
 		t.Fatal(gerr)
 	}
-	return cookie
+	return id
 }
 
 // regexpQuote quotes the address characters mustMatch patterns meet.

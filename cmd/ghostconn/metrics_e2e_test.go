@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/internal/testutil"
 )
 
@@ -104,6 +105,16 @@ func TestAgentServesMetrics(t *testing.T) {
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// One gauge per optional kernel feature, 0 where this kernel lacks it.
+	for _, f := range bpf.KernelFeatures() {
+		v := 0
+		if f.Err == nil {
+			v = 1
+		}
+		if want := fmt.Sprintf("ghostconn_kernel_feature{feature=%q} %d", f.Name, v); !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q (this kernel: %v)", want, f.Err)
 		}
 	}
 	if strings.Contains(body, ln.Addr().String()) || strings.Contains(body, "port=") {
