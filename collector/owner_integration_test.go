@@ -206,11 +206,12 @@ func acceptRace(t *testing.T, c *collector.Collector) (reconciled bool) {
 	// another closes the clients in the same order: each FIN lands close
 	// to its socket's accept return.
 	servers := map[string]int{} // client address -> accepted fd
-	t.Cleanup(func() {
+	// Closed when the attempt ends: another attempt must not run out of fds.
+	defer func() {
 		for _, fd := range servers {
 			unix.Close(fd)
 		}
-	})
+	}()
 	const round = 250
 	for len(servers) < n {
 		clients := make([]int, 0, round)
