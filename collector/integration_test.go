@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/privtest"
@@ -336,7 +337,19 @@ func TestCloseOfDupReportsRemainingReferences(t *testing.T) {
 		return v.Local == client.LocalAddr().String() && cb != nil && cb.FD == int32(dup) && (cb.Op == "dup2" || cb.Op == "dup3")
 	})
 
-	// close_range over a stretch of fds that holds a copy of the socket.
+	// close_range over a stretch of fds that holds a copy of the socket:
+	// hooked only where the kernel has bpf_loop (5.17), and where not, the
+	// agent says so.
+	if lacks := bpf.KernelLacks(bpf.ProgCloseRange); lacks != "" {
+		st, err := c.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if why := st.Programs[bpf.ProgCloseRange]; !strings.Contains(why, lacks) {
+			t.Errorf("status of %s: %q, want the missing %s named", bpf.ProgCloseRange, why, lacks)
+		}
+		return
+	}
 	high := 700
 	if err := unix.Dup2(fd, high); err != nil {
 		t.Fatal(err)

@@ -328,44 +328,37 @@ func noMechanism(k *Actor) string {
 // this socket (an fd number can be reused).
 func (k *Actor) shutdown(v *ConnView, r *ActionResult) {
 	r.Mechanism = MechShutdown
-	if len(v.Holders) == 0 {
-		r.Error = "--graceful needs a process that holds the socket, and none is known: nothing done (use kill without --graceful to abort it)"
-		return
-	}
-	var errs []string
-	for _, h := range v.Holders {
-		err := shutdownVia(h, v)
-		if err == nil {
-			return
-		}
-		errs = append(errs, err.Error())
-	}
-	r.Error = strings.Join(errs, "; ")
-}
-
-func shutdownVia(h Holder, v *ConnView) error {
-	fd, err := holderFD(h, v)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	if err := unix.Shutdown(fd, unix.SHUT_RDWR); err != nil {
-		return fmt.Errorf("shutdown fd %d of pid %d: %w", h.FD, h.PID, err)
-	}
-	return nil
+	viaHolder(v, r, "--graceful needs a process that holds the socket, and none is known: nothing done (use kill without --graceful to abort it)",
+		func(h Holder, fd int) error {
+			if err := unix.Shutdown(fd, unix.SHUT_RDWR); err != nil {
+				return fmt.Errorf("shutdown fd %d of pid %d: %w", h.FD, h.PID, err)
+			}
+			return nil
+		})
 }
 
 // keepaliveVia arms keepalive with o through a holder's fd: the way left
 // where the kernel has no bpf_setsockopt in iter/tcp.
 func (k *Actor) keepaliveVia(v *ConnView, r *ActionResult, o bpf.KeepaliveOptions) {
 	r.Mechanism = MechHolderSetsockopt
+	viaHolder(v, r, "this kernel has no bpf_setsockopt() in iter/tcp (Linux 5.15), and no process is known to hold the socket to set the options through: nothing done",
+		func(h Holder, fd int) error { return setKeepaliveVia(h, fd, o) })
+}
+
+// viaHolder runs do on a copy of each holder's fd of v (see holderFD) until
+// one succeeds; r.Error gets every failure, or none when v has no holder.
+func viaHolder(v *ConnView, r *ActionResult, none string, do func(h Holder, fd int) error) {
 	if len(v.Holders) == 0 {
-		r.Error = "this kernel has no bpf_setsockopt() in iter/tcp (Linux 5.15), and no process is known to hold the socket to set the options through: nothing done"
+		r.Error = none
 		return
 	}
 	var errs []string
 	for _, h := range v.Holders {
-		err := setKeepaliveVia(h, v, o)
+		fd, err := holderFD(h, v)
+		if err == nil {
+			err = do(h, fd)
+			unix.Close(fd)
+		}
 		if err == nil {
 			return
 		}
@@ -374,12 +367,7 @@ func (k *Actor) keepaliveVia(v *ConnView, r *ActionResult, o bpf.KeepaliveOption
 	r.Error = strings.Join(errs, "; ")
 }
 
-func setKeepaliveVia(h Holder, v *ConnView, o bpf.KeepaliveOptions) error {
-	fd, err := holderFD(h, v)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
+func setKeepaliveVia(h Holder, fd int, o bpf.KeepaliveOptions) error {
 	opts := []struct {
 		level, name int
 		what        string

@@ -91,7 +91,8 @@ func TestAgentRunsWithMinimalCapsAndDropsAfterAttach(t *testing.T) {
 	go func() { a.exited <- cmd.Wait() }()
 	defer a.stop(t)
 
-	testutil.Eventually(t, 30*time.Second, "the agent with minimal caps to become ready and drop caps", func() (bool, string) {
+	// 90 s: under TCG, with another guest beside it, a start took over 30.
+	testutil.Eventually(t, 90*time.Second, "the agent with minimal caps to become ready and drop caps", func() (bool, string) {
 		out, stderr, code := ghostconn(t, "status", "--api-socket", sock)
 		return code == 0 && strings.Contains(out, `"capabilities_dropped": true`),
 			fmt.Sprintf("status exit %d:\n%s%s\nagent log:\n%s", code, out, stderr, logs.String())
