@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ghostconn/ghostconn/internal/privtest"
 	"github.com/ghostconn/ghostconn/internal/testutil"
 )
@@ -21,15 +23,81 @@ var minimalCaps = []string{"bpf", "perfmon", "sys_admin", "sys_ptrace", "syslog"
 
 // withCaps runs the agent as root but with only the given capabilities in
 // every set, as systemd's CapabilityBoundingSet= or Kubernetes'
-// capabilities.add would.
+// capabilities.add would, and with no RLIMIT_MEMLOCK, as the unit's
+// LimitMEMLOCK=infinity (it matters before 5.11, see withCapsMemlock).
 func withCaps(t *testing.T, capList []string, args ...string) *exec.Cmd {
+	if !memlockCharged(t) {
+		// Left as it is: raising it needs CAP_SYS_RESOURCE, which the
+		// test may not have.
+		return withCapsMemlock(t, "", capList, args...)
+	}
+	return withCapsMemlock(t, "unlimited", capList, args...)
+}
+
+// memlockCharged says whether the kernel charges BPF maps to
+// RLIMIT_MEMLOCK: before 5.11.
+func memlockCharged(t *testing.T) bool {
+	t.Helper()
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("parse kernel release %q: %v", u.Release, err)
+	}
+	return major < 5 || major == 5 && minor < 11
+}
+
+// withCapsMemlock is withCaps with RLIMIT_MEMLOCK set to memlock (prlimit's
+// syntax) before the capabilities go; "" leaves it.
+func withCapsMemlock(t *testing.T, memlock string, capList []string, args ...string) *exec.Cmd {
 	t.Helper()
 	set := "-all"
 	for _, c := range capList {
 		set += ",+" + c
 	}
 	full := append([]string{"--bounding-set=" + set, "--inh-caps=" + set, "--ambient-caps=" + set, binary, "agent"}, args...)
-	return exec.Command("setpriv", full...)
+	if memlock == "" {
+		return exec.Command("setpriv", full...)
+	}
+	return exec.Command("prlimit", append([]string{"--memlock=" + memlock + ":" + memlock, "setpriv"}, full...)...)
+}
+
+// TestAgentWithoutMemlockNamesIt: with RLIMIT_MEMLOCK at 64 KiB and no
+// CAP_SYS_RESOURCE to lift it, an agent on a kernel that charges BPF maps
+// to the limit (before 5.11) exits 2 saying so and how to fix it; on a
+// later kernel, which charges the memory cgroup, it starts.
+func TestAgentWithoutMemlockNamesIt(t *testing.T) {
+	privtest.Require(t)
+	charged := memlockCharged(t)
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	cmd := withCapsMemlock(t, "65536", minimalCaps, "--api-socket", sock, "--metrics-address", "", "--pin-dir", "")
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &agentProc{sock: sock, cmd: cmd, logs: &logs, exited: make(chan error, 1)}
+	go func() { a.exited <- cmd.Wait() }()
+	if charged {
+		select {
+		case err := <-a.exited:
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(logs.String(), "RLIMIT_MEMLOCK") || !strings.Contains(logs.String(), "LimitMEMLOCK=infinity") {
+				t.Errorf("agent with a 64 KiB memlock limit: %v, log:\n%s\nwant exit 2 naming RLIMIT_MEMLOCK and the fix", err, logs.String())
+			}
+		case <-time.After(90 * time.Second):
+			a.stop(t)
+			t.Fatalf("agent with a 64 KiB memlock limit on a kernel before 5.11 still runs after 90 s; log:\n%s", logs.String())
+		}
+		return
+	}
+	defer a.stop(t)
+	testutil.Eventually(t, 90*time.Second, "the agent with a 64 KiB memlock limit to become ready", func() (bool, string) {
+		out, stderr, code := ghostconn(t, "status", "--api-socket", sock)
+		return code == 0 && strings.Contains(out, `"ready": true`), fmt.Sprintf("status exit %d: %s%s\nagent log:\n%s", code, out, stderr, logs.String())
+	})
 }
 
 func procCaps(t *testing.T, pid int) (eff, bnd string) {
