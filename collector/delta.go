@@ -66,7 +66,8 @@ func (t *Table) applyDelta(ev *Event, c *Conn) {
 		for _, o := range d.Sockopts[:d.NSockopts] {
 			applySockopt(&c.Settings, o)
 		}
-		c.SettingsBy, c.ArmedByGhostconn = t.taskOf(c, d), false
+		by := t.taskOf(c, d)
+		c.SettingsBy, c.ArmedByGhostconn = by, c.ArmedByGhostconn && by.PID == t.self
 	}
 	if d.Parts&DeltaState != 0 && liveState(d.State) {
 		// Only an end record ends a connection: a delta's state is a

@@ -3,6 +3,7 @@ package collector
 import (
 	"container/heap"
 	"maps"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -48,6 +49,10 @@ type TableStats struct {
 // for concurrent use.
 type Table struct {
 	cfg TableConfig
+	// self is this process's pid: options it sets through a holder's fd
+	// (keepalive where iter/tcp has no bpf_setsockopt) are still
+	// ghostconn's, not the application's.
+	self uint32
 
 	mu       sync.RWMutex
 	conns    map[uint64]*Conn
@@ -129,6 +134,7 @@ func NewTable(cfg TableConfig) *Table {
 		subs:     map[*Subscription]struct{}{},
 		cgroups:  newCgroupCache(),
 		tl:       newTimeline(hostClock),
+		self:     uint32(os.Getpid()),
 	}
 }
 
@@ -344,7 +350,7 @@ func (t *Table) apply(ev *Event) {
 	case KindSockopt:
 		t.setInode(c, ev.Inode)
 		applySockopt(&c.Settings, ev.Sockopt)
-		c.SettingsBy, c.ArmedByGhostconn = ev.Task, false
+		c.SettingsBy, c.ArmedByGhostconn = ev.Task, c.ArmedByGhostconn && ev.Task != nil && ev.Task.PID == t.self
 	}
 	if t.hook != nil {
 		t.hook(ev, c)

@@ -985,3 +985,27 @@ func TestClosedHistoryReusesConns(t *testing.T) {
 		t.Errorf("newest connection in the view taken at connection 10 is cookie %d, want 21", last)
 	}
 }
+
+// TestTableKeepaliveArmedThroughHolder: where keepalive is set through a
+// holder's fd (no bpf_setsockopt in iter/tcp), the setsockopt hook sees
+// the agent's own calls; they leave ghostconn the source, and the
+// application's next setsockopt takes it back.
+func TestTableKeepaliveArmedThroughHolder(t *testing.T) {
+	tb := tbNew(t)
+	tbEstablished(t, tb, 1, tbT0)
+	set := SockSettings{Keepalive: true, KeepIdle: 9 * time.Second, KeepInterval: 2 * time.Second, KeepCount: 3, HaveKeepalive: true}
+	opt := func(pid uint32, name, value int32) Event {
+		return Event{Kind: KindSockopt, Time: tbT1, Cookie: 1, Task: &Task{PID: pid}, Sockopt: Sockopt{Level: solTCP, Name: name, Value: value}}
+	}
+	tb.Apply([]Event{
+		{Kind: KindAction, Time: tbT1, Cookie: 1, State: StateEstablished, Settings: set, Action: &Action{Op: ModeKeepalive, Done: true}},
+		opt(tb.self, tcpKeepIdle, 9),
+	})
+	if v := tb.List(tbT2, ListOptions{})[0]; v.Keepalive.Source != "ghostconn" {
+		t.Fatalf("after the agent's own setsockopt: source %q, want ghostconn", v.Keepalive.Source)
+	}
+	tb.Apply([]Event{opt(tb.self+1, tcpKeepIdle, 60)})
+	if v := tb.List(tbT2, ListOptions{})[0]; v.Keepalive.Source != "socket" || v.Keepalive.IdleSeconds != 60 {
+		t.Fatalf("after the application's setsockopt: %+v, want source socket, idle 60", v.Keepalive)
+	}
+}
