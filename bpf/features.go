@@ -49,7 +49,9 @@ var featureDefs = []struct {
 }{
 	{Feature{Name: FeatureSocketCookie, Needs: "bpf_get_socket_cookie() in tracing programs (Linux 5.12)",
 		Without: "socket ids are derived from the socket's address instead of its cookie; kill aborts through sock_diag by address"},
-		func() error { return probeTracingHelper(ebpf.AttachTraceRawTp, "inet_sock_set_state", asm.FnGetSocketCookie) }},
+		func() error {
+			return probeTracingHelper(ebpf.AttachTraceRawTp, "inet_sock_set_state", asm.FnGetSocketCookie)
+		}},
 	{Feature{Name: FeatureTaskBTF, Needs: "bpf_get_current_task_btf() (Linux 5.11)",
 		Without: "the close and dup hooks find the fd with probe reads, a little slower"},
 		func() error { return features.HaveProgramHelper(ebpf.TracePoint, asm.FnGetCurrentTaskBtf) }},
