@@ -1,9 +1,14 @@
 #!/bin/sh
-# /init of the test initramfs that kernels/run.sh builds (busybox sh). It
-# mounts what ghostconn and its tests need, loads modules, runs each test
-# binary as root with CI=true, prints one result line that run.sh reads, and
-# powers off. run.sh writes /etc/ktest.env (SUITES, TEST_TIMEOUT, TEST_RUN).
+# /init of the test initramfs that kernels/run.sh builds (busybox sh). The
+# initramfs is Debian 12's busybox-static, iproute2, nftables, procps and
+# util-linux for the guest's architecture, unpacked. It links every busybox
+# applet the packages do not provide, mounts what ghostconn and its tests
+# need, loads modules, runs each test binary as root with CI=true, prints
+# one result line that run.sh reads, and powers off. run.sh writes
+# /etc/ktest.env (SUITES, TEST_TIMEOUT, TEST_RUN, TEST_SKIP).
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Symlinks for the applets, where no packaged command has the name already.
+/bin/busybox --install -s 2>/dev/null
 export HOME=/root TMPDIR=/tmp CI=true
 # 2 GiB under TCG: the holder test keeps 10k other sockets here, not 100k.
 export GHOSTCONN_TEST_BUSY_SOCKETS=10000
