@@ -172,29 +172,38 @@ func removeMemlock() error {
 	return nil
 }
 
-// sockIDKey is the key mixed into address-derived socket ids: a hash of
-// the boot id, so ids stay the same across agent restarts in one boot (the
-// pinned close evidence is keyed by them) and change across boots.
-func sockIDKey() (uint64, error) {
+// sockIDKeys are the keys of address-derived socket ids: a hash of the
+// boot id and of kernel addresses that only CAP_SYSLOG reads in
+// /proc/kallsyms (secrets, as long as the API socket is root's), so ids
+// stay the same across agent restarts in one boot (the pinned close
+// evidence is keyed by them) and change across boots.
+func sockIDKeys(secrets ...uint64) (k1, k2 uint64, err error) {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
-		return 0, fmt.Errorf("read the boot id for socket ids: %w", err)
+		return 0, 0, fmt.Errorf("read the boot id for socket ids: %w", err)
 	}
-	sum := sha256.Sum256(append([]byte("ghostconn socket id\x00"), b...))
-	return binary.LittleEndian.Uint64(sum[:8]), nil
+	msg := append([]byte("ghostconn socket id\x00"), b...)
+	for _, v := range secrets {
+		msg = binary.LittleEndian.AppendUint64(msg, v)
+	}
+	sum := sha256.Sum256(msg)
+	return binary.LittleEndian.Uint64(sum[:8]), binary.LittleEndian.Uint64(sum[8:16]), nil
 }
 
-// setFeatureConsts tells the programs what the kernel gives (the volatile
-// consts have_cookie_helper, have_task_btf and sock_id_key).
-func setFeatureConsts(spec *ebpf.CollectionSpec) error {
-	key, err := sockIDKey()
+// setFeatureConsts tells the programs what the kernel gives
+// (have_cookie_helper, have_task_btf), the keys of address-derived ids
+// (from secrets, see sockIDKeys) and the agent's own pid (self_tgid).
+func setFeatureConsts(spec *ebpf.CollectionSpec, secrets ...uint64) error {
+	k1, k2, err := sockIDKeys(secrets...)
 	if err != nil {
 		return err
 	}
 	for name, v := range map[string]any{
 		"have_cookie_helper": HasFeature(FeatureSocketCookie),
 		"have_task_btf":      HasFeature(FeatureTaskBTF),
-		"sock_id_key":        key,
+		"sock_id_key":        k1,
+		"sock_id_key2":       k2,
+		"self_tgid":          uint32(os.Getpid()),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)

@@ -49,16 +49,32 @@ volatile const bool have_cookie_helper = true;
 // have_task_btf: bpf_get_current_task_btf (5.11+). Without it the task is
 // read with probe reads.
 volatile const bool have_task_btf = true;
-// sock_id_key makes an address-derived id reveal nothing of the address;
-// the loader derives it from the boot id, so ids stay the same across
-// agent restarts within one boot.
+// sock_id_key and sock_id_key2 key the address-derived ids, so that an id
+// does not give away a kernel address. The loader derives them from the
+// boot id and kernel addresses only CAP_SYSLOG reads, so ids stay the same
+// across agent restarts within one boot.
 volatile const __u64 sock_id_key = 0;
+volatile const __u64 sock_id_key2 = 0;
+// self_tgid is the agent's pid: its own closes are not evidence.
+volatile const __u32 self_tgid = 0;
 
-// addr_id is a socket's id where the cookie helper is missing: a bijective
-// mix (splitmix64's finalizer) of its address and sock_id_key, so two live
-// sockets never share one. It costs a probe read, on old kernels only. An
-// address, and so an id, can come back after the socket is freed; the state
-// hook's end record retires it first.
+// mix is splitmix64's finalizer, a bijection on 64 bits.
+static __always_inline __u64 mix(__u64 x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x;
+}
+
+// addr_id is a socket's id where the cookie helper is missing: a keyed
+// bijection of its address (two rounds of mix, each after a key), so two
+// live sockets never share one and an id cannot be turned back into the
+// address without the keys. It costs a probe read, on old kernels only.
+// An address, and so an id, can come back after the socket is freed; the
+// state hook's end record retires it first.
 static __always_inline __u64 addr_id(const void *sk)
 {
 	// The verifier allows no arithmetic on a BTF pointer: copy its value
@@ -66,13 +82,7 @@ static __always_inline __u64 addr_id(const void *sk)
 	const void *volatile slot = sk;
 	__u64 x = 0;
 	bpf_probe_read_kernel(&x, sizeof(x), (const void *)&slot);
-	x ^= sock_id_key;
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ULL;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebULL;
-	x ^= x >> 31;
-	return x;
+	return mix(mix(x ^ sock_id_key) ^ sock_id_key2);
 }
 
 // SOCK_ID(sk) is a socket's id in a tracing program (tp_btf, iter): its
@@ -310,7 +320,11 @@ struct close_rec {
 	__u32 write_seq;
 	__u32 copied_seq;
 	__u8 op;
-	__u8 pad[7];
+	__u8 pad[3];
+	// ino is the socket's inode (sockfs numbers are 32-bit): where ids are
+	// addresses, a record whose socket was freed while no agent ran, and
+	// whose address a new socket took, is told apart by it.
+	__u32 ino;
 	char comm[16];
 };
 
@@ -950,6 +964,10 @@ static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u
 		count(STAT_CLOSE_LAST_REF);
 		return;
 	}
+	// The agent's own copy of a holder's fd (kill --graceful, keepalive
+	// through a holder) is no evidence of what the application did.
+	if (self_tgid && (bpf_get_current_pid_tgid() >> 32) == self_tgid)
+		return;
 	struct event *e = reserve(STAT_LOST_CLOSE);
 	if (!e)
 		return;
@@ -982,6 +1000,7 @@ static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u
 		.write_seq = e->write_seq,
 		.copied_seq = e->copied_seq,
 		.op = op,
+		.ino = (__u32)e->ino,
 	};
 	__builtin_memcpy(rec.comm, e->comm, sizeof(rec.comm));
 	// The key is built on the stack: 6.1's verifier refuses ring-buffer

@@ -55,7 +55,8 @@ type GhostconnCloseRec struct {
 	WriteSeq  uint32
 	CopiedSeq uint32
 	Op        uint8
-	Pad       [7]uint8
+	Pad       [3]uint8
+	Ino       uint32
 	Comm      [16]int8
 }
 
@@ -329,8 +330,10 @@ const (
 	GhostconnVarHaveCookieHelper     = "have_cookie_helper"
 	GhostconnVarHaveTaskBtf          = "have_task_btf"
 	GhostconnVarKeepaliveTimerFn     = "keepalive_timer_fn"
+	GhostconnVarSelfTgid             = "self_tgid"
 	GhostconnVarSockCloseFn          = "sock_close_fn"
 	GhostconnVarSockIdKey            = "sock_id_key"
+	GhostconnVarSockIdKey2           = "sock_id_key2"
 	GhostconnVarUnusedActReq         = "unused_act_req"
 	GhostconnVarUnusedCloseKey       = "unused_close_key"
 	GhostconnVarUnusedCloseOp        = "unused_close_op"
@@ -436,8 +439,10 @@ type GhostconnVariableSpecs struct {
 	HaveCookieHelper *ebpf.VariableSpec `ebpf:"have_cookie_helper"`
 	HaveTaskBtf      *ebpf.VariableSpec `ebpf:"have_task_btf"`
 	KeepaliveTimerFn *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
+	SelfTgid         *ebpf.VariableSpec `ebpf:"self_tgid"`
 	SockCloseFn      *ebpf.VariableSpec `ebpf:"sock_close_fn"`
 	SockIdKey        *ebpf.VariableSpec `ebpf:"sock_id_key"`
+	SockIdKey2       *ebpf.VariableSpec `ebpf:"sock_id_key2"`
 	UnusedActReq     *ebpf.VariableSpec `ebpf:"unused_act_req"`
 	UnusedCloseKey   *ebpf.VariableSpec `ebpf:"unused_close_key"`
 	UnusedCloseOp    *ebpf.VariableSpec `ebpf:"unused_close_op"`
@@ -508,8 +513,10 @@ type GhostconnVariables struct {
 	HaveCookieHelper *ebpf.Variable `ebpf:"have_cookie_helper"`
 	HaveTaskBtf      *ebpf.Variable `ebpf:"have_task_btf"`
 	KeepaliveTimerFn *ebpf.Variable `ebpf:"keepalive_timer_fn"`
+	SelfTgid         *ebpf.Variable `ebpf:"self_tgid"`
 	SockCloseFn      *ebpf.Variable `ebpf:"sock_close_fn"`
 	SockIdKey        *ebpf.Variable `ebpf:"sock_id_key"`
+	SockIdKey2       *ebpf.Variable `ebpf:"sock_id_key2"`
 	UnusedActReq     *ebpf.Variable `ebpf:"unused_act_req"`
 	UnusedCloseKey   *ebpf.Variable `ebpf:"unused_close_key"`
 	UnusedCloseOp    *ebpf.Variable `ebpf:"unused_close_op"`

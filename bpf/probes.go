@@ -193,9 +193,6 @@ func Load(opts Options) (*Probes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
 	}
-	if err := setFeatureConsts(spec); err != nil {
-		return nil, err
-	}
 	if opts.RingBufferBytes > 0 {
 		spec.Maps["events"].MaxEntries = uint32(opts.RingBufferBytes)
 	}
@@ -208,6 +205,9 @@ func Load(opts Options) (*Probes, error) {
 	}
 	if err := spec.Variables["keepalive_timer_fn"].Set(syms["tcp_keepalive_timer"]); err != nil {
 		return nil, fmt.Errorf("set keepalive_timer_fn: %w", err)
+	}
+	if err := setFeatureConsts(spec, syms["sock_close"], syms["tcp_keepalive_timer"]); err != nil {
+		return nil, err
 	}
 
 	var maps GhostconnMaps

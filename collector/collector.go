@@ -650,7 +650,7 @@ func (c *Collector) replayCloses() error {
 	if err != nil {
 		return err
 	}
-	evs, bad := replayEvents(recs, c.table.Has, c.dec.MonoOffset)
+	evs, bad := replayEvents(recs, c.table.HasInode, c.dec.MonoOffset)
 	c.decodeErrors.Add(uint64(bad))
 	c.table.Apply(evs)
 	c.replayed.Add(uint64(len(evs)))

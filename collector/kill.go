@@ -114,7 +114,8 @@ func (k *Actor) keepaliveDiff(p bpf.GhostconnTcpPart) string {
 // Kill acts on each connection in views: abort, or with graceful a
 // shutdown through a holder's fd. It never acts on a socket in a state
 // Killable refuses, and never on another socket than the one with the
-// view's cookie.
+// view's cookie (where ids are not cookies: the connection at the view's
+// two addresses, never a listener).
 func (k *Actor) Kill(views []ConnView, graceful, allowListen bool) []ActionResult {
 	mode := ModeAbort
 	if graceful {
@@ -288,11 +289,17 @@ func (k *Actor) abort(path string, views []ConnView, out []ActionResult, idx []i
 			continue
 		}
 		cookie := v.Cookie
+		var err error
 		if !bpf.IDsAreCookies() {
-			// The id is not the kernel's cookie: match by address alone.
-			cookie = diagNoCookie
+			// The id is not the kernel's cookie: ask sock_diag for the
+			// cookie of the connection at these addresses (never a
+			// listener), and destroy that exact socket.
+			cookie, err = DiagCookie(path, fam, local, remote)
 		}
-		if err := DiagDestroy(path, fam, local, remote, cookie); err != nil {
+		if err == nil {
+			err = DiagDestroy(path, fam, local, remote, cookie)
+		}
+		if err != nil {
 			out[i].Error = err.Error()
 			out[i].diagGone = errors.Is(err, ErrDiagGone)
 			if errors.Is(err, ErrNoDiagDestroy) {

@@ -14,15 +14,18 @@ import (
 // fork child inherited from a parent that still has it. Fed through the
 // table in time order, as they came live, they leave the same closer: an
 // own close replaces whatever came before it, and an inherited copy's
-// close after it passes through. bad counts records that do not decode.
-func replayEvents(recs map[bpf.GhostconnCloseKey]bpf.GhostconnCloseRec, has func(cookie uint64) bool, monoOffset int64) (evs []Event, bad int) {
+// close after it passes through. has says whether the table knows the
+// socket with this id and inode (a record of a socket freed while no agent
+// ran, whose address-derived id a new socket took, names the old inode).
+// bad counts records that do not decode.
+func replayEvents(recs map[bpf.GhostconnCloseKey]bpf.GhostconnCloseRec, has func(cookie, ino uint64) bool, monoOffset int64) (evs []Event, bad int) {
 	type keyed struct {
 		slot uint32
 		ev   Event
 	}
 	var ks []keyed
 	for k, r := range recs {
-		if !has(k.Cookie) {
+		if !has(k.Cookie, uint64(r.Ino)) {
 			continue
 		}
 		cl, err := decodeClose(r.Op, r.Fd, r.Refs, r.WriteSeq, r.CopiedSeq)

@@ -161,7 +161,7 @@ func TestReplayReachesLiveVerdict(t *testing.T) {
 				re.setClock(&fakeClock{wall: decideAt, mono: decideAt.UnixNano() - rpMono})
 				re.Apply([]Event{tbObserve(t, vtSeqSnapshot(), decideAt, 1, true)})
 				re.SetHolders(tc.final, decideAt)
-				evs, bad := replayEvents(kept, func(c uint64) bool { return c == 1 }, rpMono)
+				evs, bad := replayEvents(kept, func(c, _ uint64) bool { return c == 1 }, rpMono)
 				if bad != 0 {
 					t.Fatalf("%d records did not decode", bad)
 				}
@@ -180,5 +180,27 @@ func TestReplayReachesLiveVerdict(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReplaySkipsAnotherInode: a kept record whose inode is not the one
+// the table knows for that id (an address-derived id a new socket took
+// while no agent ran) is not replayed; one of the same inode, or of no
+// inode (kept by an older build), is.
+func TestReplaySkipsAnotherInode(t *testing.T) {
+	tb := tbNew(t)
+	tbEstablished(t, tb, 1, tbT0)
+	tb.conns[1].Inode = 555
+	for _, tc := range []struct {
+		ino  uint32
+		want int
+	}{{555, 1}, {0, 1}, {777, 0}} {
+		recs := map[bpf.GhostconnCloseKey]bpf.GhostconnCloseRec{
+			{Cookie: 1, Slot: uint32(bpf.GhostconnCloseSlotCLOSE_SLOT_OWN)}: {TsNs: 1, Pid: 9, Fd: 3, Refs: 2, Op: uint8(bpf.GhostconnCloseOpCLOSE_OP_CLOSE), Ino: tc.ino},
+		}
+		evs, bad := replayEvents(recs, tb.HasInode, 0)
+		if bad != 0 || len(evs) != tc.want {
+			t.Errorf("record of inode %d: %d events (%d bad), want %d", tc.ino, len(evs), bad, tc.want)
+		}
 	}
 }

@@ -47,6 +47,13 @@ type inetDiagReqV2 struct {
 // diagDestroyRequest builds the netlink message of SOCK_DESTROY for the TCP
 // socket with this cookie at local and remote.
 func diagDestroyRequest(family Family, local, remote netip.AddrPort, cookie uint64, seq uint32) []byte {
+	return diagRequest(unix.SOCK_DESTROY, family, local, remote, cookie, seq)
+}
+
+// diagRequest builds a netlink message of type typ (SOCK_DESTROY, or
+// SOCK_DIAG_BY_FAMILY for one socket) for the TCP socket with this cookie
+// at local and remote.
+func diagRequest(typ uint16, family Family, local, remote netip.AddrPort, cookie uint64, seq uint32) []byte {
 	req := inetDiagReqV2{Family: uint8(family), Protocol: unix.IPPROTO_TCP, States: ^uint32(0),
 		Cookie: [2]uint32{uint32(cookie), uint32(cookie >> 32)}}
 	binary.BigEndian.PutUint16(req.Sport[:], local.Port())
@@ -61,7 +68,7 @@ func diagDestroyRequest(family Family, local, remote netip.AddrPort, cookie uint
 	n := unix.SizeofNlMsghdr + int(unsafe.Sizeof(req))
 	msg := make([]byte, n)
 	hdr := (*unix.NlMsghdr)(unsafe.Pointer(&msg[0]))
-	*hdr = unix.NlMsghdr{Len: uint32(n), Type: unix.SOCK_DESTROY, Flags: unix.NLM_F_REQUEST | unix.NLM_F_ACK, Seq: seq}
+	*hdr = unix.NlMsghdr{Len: uint32(n), Type: typ, Flags: unix.NLM_F_REQUEST | unix.NLM_F_ACK, Seq: seq}
 	copy(msg[unix.SizeofNlMsghdr:], unsafe.Slice((*byte)(unsafe.Pointer(&req)), unsafe.Sizeof(req)))
 	return msg
 }
@@ -119,6 +126,82 @@ func DiagDestroy(nsPath string, family Family, local, remote netip.AddrPort, coo
 		return fmt.Errorf("sock_diag SOCK_DESTROY needs CAP_NET_ADMIN in the socket's network namespace: %w", err)
 	}
 	return err
+}
+
+// DiagCookie asks sock_diag for the cookie of the connected TCP socket at
+// local and remote, by address alone: for kernels whose socket ids are not
+// cookies (see bpf.IDsAreCookies), so that a destroy can still name the
+// exact socket. The kernel's lookup falls back to a listener on the local
+// address; an answer that is not the connection (another state or remote)
+// gives ErrDiagGone.
+func DiagCookie(nsPath string, family Family, local, remote netip.AddrPort) (uint64, error) {
+	fd, err := netlinkIn(nsPath)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	const seq = 1
+	if err := unix.Sendto(fd, diagRequest(unix.SOCK_DIAG_BY_FAMILY, family, local, remote, diagNoCookie, seq), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, fmt.Errorf("send SOCK_DIAG_BY_FAMILY: %w", err)
+	}
+	buf := make([]byte, 8192)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return 0, fmt.Errorf("read SOCK_DIAG_BY_FAMILY answer: %w", err)
+	}
+	return parseDiagMsg(buf[:n], seq, family, remote)
+}
+
+// inetDiagMsg is the start of struct inet_diag_msg from linux/inet_diag.h.
+type inetDiagMsg struct {
+	Family  uint8
+	State   uint8
+	Timer   uint8
+	Retrans uint8
+	Sport   [2]byte
+	Dport   [2]byte
+	Src     [16]byte
+	Dst     [16]byte
+	If      uint32
+	Cookie  [2]uint32
+}
+
+// parseDiagMsg returns the cookie of the socket sock_diag answered request
+// seq with, when it is a connection (not a listener) to remote.
+func parseDiagMsg(b []byte, seq uint32, family Family, remote netip.AddrPort) (uint64, error) {
+	msgs, err := syscall.ParseNetlinkMessage(b)
+	if err != nil {
+		return 0, fmt.Errorf("parse sock_diag answer: %w", err)
+	}
+	for _, m := range msgs {
+		if m.Header.Seq != seq {
+			continue
+		}
+		if m.Header.Type == unix.NLMSG_ERROR {
+			if err := parseDiagAck(b, seq); err != nil {
+				if errors.Is(err, syscall.ENOENT) {
+					return 0, fmt.Errorf("%w: %w", ErrDiagGone, err)
+				}
+				return 0, fmt.Errorf("sock_diag lookup: %w", err)
+			}
+			continue
+		}
+		var msg inetDiagMsg
+		if len(m.Data) < int(unsafe.Sizeof(msg)) {
+			return 0, fmt.Errorf("sock_diag answer of %d bytes", len(m.Data))
+		}
+		msg = *(*inetDiagMsg)(unsafe.Pointer(&m.Data[0]))
+		dst := netip.AddrFrom16(msg.Dst)
+		if family == FamilyIPv4 {
+			dst = netip.AddrFrom4([4]byte(msg.Dst[:4]))
+		}
+		got := netip.AddrPortFrom(dst, binary.BigEndian.Uint16(msg.Dport[:]))
+		if State(msg.State) == StateListen || got.Addr().Unmap() != remote.Addr().Unmap() || got.Port() != remote.Port() {
+			return 0, fmt.Errorf("%w: sock_diag found a %s socket to %s there", ErrDiagGone, State(msg.State), got)
+		}
+		return uint64(msg.Cookie[0]) | uint64(msg.Cookie[1])<<32, nil
+	}
+	return 0, errors.New("sock_diag gave no answer")
 }
 
 // netlinkIn opens a NETLINK_SOCK_DIAG socket in the network namespace at

@@ -129,3 +129,55 @@ func TestDiagDestroyByCookie(t *testing.T) {
 		t.Errorf("destroy of a destroyed socket: %v, want ErrDiagGone", err)
 	}
 }
+
+// TestDiagCookieByAddress: DiagCookie finds the cookie of the connection
+// at two addresses (the way to an exact destroy where socket ids are not
+// cookies), and once that connection is gone it refuses the listener the
+// kernel's lookup falls back to on the same local address.
+func TestDiagCookieByAddress(t *testing.T) {
+	privtest.Require(t)
+	ns := testnet.Netns(t)
+	var ln net.Listener
+	var client, server net.Conn
+	testnet.In(t, ns, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Error(err)
+			return
+		}
+		if client, err = net.Dial("tcp4", ln.Addr().String()); err != nil {
+			t.Error(err)
+			return
+		}
+		if server, err = ln.Accept(); err != nil {
+			t.Error(err)
+		}
+	})
+	if ln == nil || client == nil || server == nil {
+		t.FailNow()
+	}
+	defer ln.Close()
+	defer client.Close()
+	raw, err := server.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want uint64
+	raw.Control(func(fd uintptr) { want, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := netip.MustParseAddrPort(server.LocalAddr().String())
+	remote := netip.MustParseAddrPort(server.RemoteAddr().String())
+	got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote)
+	if err != nil || got != want {
+		t.Fatalf("DiagCookie of the server end: %d, %v; want %d", got, err, want)
+	}
+	// An RST close leaves no TIME_WAIT socket: only the listener is at
+	// the local address now.
+	server.(*net.TCPConn).SetLinger(0)
+	server.Close()
+	if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote); !errors.Is(err, ErrDiagGone) {
+		t.Errorf("DiagCookie after the connection closed: %d, %v; want ErrDiagGone (never the listener)", got, err)
+	}
+}

@@ -859,3 +859,12 @@ func (t *Table) Has(cookie uint64) bool {
 	_, ok := t.conns[cookie]
 	return ok
 }
+
+// HasInode is Has, and false too when the table knows the connection's
+// inode and it is not ino (0: not known).
+func (t *Table) HasInode(cookie, ino uint64) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	c, ok := t.conns[cookie]
+	return ok && (ino == 0 || c.Inode == 0 || c.Inode == ino)
+}
