@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
-	"slices"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -225,9 +222,6 @@ func KernelLacks(name string) string {
 		if def.name == name && def.loop && def.noLoop == "" && !HasFeature(FeatureLoop) {
 			return featureNeeds(FeatureLoop)
 		}
-	}
-	if call := strings.TrimPrefix(name, "sys_enter_"); slices.Contains(noSyscall[runtime.GOARCH], call) {
-		return runtime.GOARCH + " has no " + call + " system call"
 	}
 	return ""
 }

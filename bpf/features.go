@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -134,7 +135,7 @@ func probeTracingHelper(at ebpf.AttachType, target string, helper asm.BuiltinFun
 	}
 	var ve *ebpf.VerifierError
 	switch {
-	case errors.As(err, &ve) && errors.Is(err, unix.EACCES):
+	case errors.As(err, &ve) && errors.Is(err, unix.EACCES) && !slices.ContainsFunc(ve.Log, func(l string) bool { return strings.Contains(l, "unknown func") }):
 		return nil
 	case errors.As(err, &ve) && errors.Is(err, unix.EINVAL):
 		return fmt.Errorf("the verifier refused it (%s): %w", strings.Join(lastLines(ve.Log, 2), " | "), ebpf.ErrNotSupported)
@@ -146,8 +147,10 @@ func probeTracingHelper(at ebpf.AttachType, target string, helper asm.BuiltinFun
 // naming the feature: BPF ring buffers (Linux 5.8) and the TCP and
 // task-file iterators (Linux 5.9).
 func checkFloor() error {
-	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+	if err := features.HaveMapType(ebpf.RingBuf); errors.Is(err, ebpf.ErrNotSupported) {
 		return fmt.Errorf("this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8): ghostconn needs Linux 5.10 or later: %w", err)
+	} else if err != nil {
+		return fmt.Errorf("probe for BPF ring buffers: %w", err)
 	}
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {

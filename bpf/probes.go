@@ -283,8 +283,15 @@ func Load(opts Options) (*Probes, error) {
 }
 
 // noSyscall lists, per architecture, the hooked system calls it does not
-// have: arm64's libc makes dup2 a dup3.
+// have: arm64's libc makes dup2 a dup3. Their programs are left out of
+// programs there, not reported as detached.
 var noSyscall = map[string][]string{"arm64": {"dup2"}}
+
+func init() {
+	programs = slices.DeleteFunc(programs, func(p program) bool {
+		return p.group == "syscalls" && slices.Contains(noSyscall[runtime.GOARCH], strings.TrimPrefix(p.name, "sys_enter_"))
+	})
+}
 
 // ErrSkipped marks a program left out on request.
 var ErrSkipped = errors.New("skipped by configuration")
@@ -292,9 +299,6 @@ var ErrSkipped = errors.New("skipped by configuration")
 func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]*ebpf.Map, skip bool) error {
 	if skip {
 		return ErrSkipped
-	}
-	if call := strings.TrimPrefix(def.name, "sys_enter_"); slices.Contains(noSyscall[runtime.GOARCH], call) {
-		return fmt.Errorf("%s has no %s system call, so no tracepoint %s/%s: its libc calls one that is hooked", runtime.GOARCH, call, def.group, def.name)
 	}
 	objName := def.name
 	if def.loop && !HasFeature(FeatureLoop) {

@@ -67,6 +67,11 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 CACHE=${KERNELS_CACHE:-$ROOT/kernels/.cache}
 ARCH=${ARCH:-amd64}
+# uname -m's names for the same, as some environments export ARCH.
+case $ARCH in
+x86_64) ARCH=amd64 ;;
+aarch64) ARCH=arm64 ;;
+esac
 KERNELS=${KERNELS:-6.1}
 if [ "$ARCH" = arm64 ]; then
 	SUITES=${SUITES:-bpf collector}
@@ -293,10 +298,12 @@ build_initramfs() {
 	# Modules and their dependencies, in load order, for /init to insmod;
 	# a depmod'd subset also lets the kernel autoload through modprobe.
 	local m line path order=()
+	local deps
 	for m in $MODULES; do
 		if grep -qE "/$m\.ko" "$kroot/lib/modules/$kver/modules.builtin"; then
 			continue
 		fi
+		deps=$(modprobe -d "$kroot" -S "$kver" --show-depends "$m") || die "module $m not found in $pkg"
 		while read -r line; do
 			case $line in
 			insmod\ *)
@@ -323,7 +330,7 @@ build_initramfs() {
 				esac
 				;;
 			esac
-		done < <(modprobe -d "$kroot" -S "$kver" --show-depends "$m") || die "module $m not found in $pkg"
+		done <<<"$deps"
 	done
 	cp "$kroot/lib/modules/$kver"/modules.{builtin,builtin.modinfo,order} "$stage/lib/modules/$kver/"
 	depmod -b "$stage" "$kver"
@@ -469,6 +476,10 @@ if [ -z "$jobs_max" ]; then
 fi
 [ "$jobs_max" -ge 1 ] 2>/dev/null || die "KERNEL_JOBS=$KERNEL_JOBS: want a number of at least 1"
 log "booting ${#specs[@]} kernel(s), $jobs_max at a time"
+# Guests still running when the harness is stopped (Ctrl-C, a CI cancel)
+# are stopped with it: timeout passes the TERM on to qemu.
+boot_pids=()
+trap 'for p in "${boot_pids[@]}"; do pkill -TERM -P "$p" 2>/dev/null; done; exit 130' INT TERM
 running=0
 for spec in "${specs[@]}"; do
 	if [ "$running" -ge "$jobs_max" ]; then
@@ -476,9 +487,11 @@ for spec in "${specs[@]}"; do
 		running=$((running - 1))
 	fi
 	boot_kernel "$spec" &
+	boot_pids+=($!)
 	running=$((running + 1))
 done
 wait || true
+trap - INT TERM
 
 overall=0
 summary=()
