@@ -333,3 +333,37 @@ func TestPreforkWorkerCloseIsOwn(t *testing.T) {
 		t.Errorf("inherited slot: %s (first seen: %s), want none (the parent never had the socket)", recText(r), recText(own))
 	}
 }
+
+// TestIgnoreOwnCloses: with IgnoreOwnCloses the close hook keeps no
+// evidence of this process's own close of a copy (the agent's copies of
+// holders' fds); without it, the same close is kept.
+func TestIgnoreOwnCloses(t *testing.T) {
+	privtest.Require(t)
+	for _, ignore := range []bool{true, false} {
+		p, err := Load(Options{IgnoreOwnCloses: ignore})
+		if err != nil {
+			t.Fatalf("load: %v", err)
+		}
+		f, id := tcpPair(t, p)
+		dup, err := unix.Dup(int(f.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Close(dup); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := p.CloseRecords()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept := false
+		for k, r := range recs {
+			kept = kept || (k.Cookie == id && r.Fd == int32(dup) && r.Pid == uint32(os.Getpid()))
+		}
+		if kept == ignore {
+			t.Errorf("IgnoreOwnCloses %t: this process's close of a copy kept %t", ignore, kept)
+		}
+		f.Close()
+		p.Close()
+	}
+}

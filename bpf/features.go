@@ -195,8 +195,9 @@ func sockIDKeys(secrets ...uint64) (k1, k2 uint64, err error) {
 
 // setFeatureConsts tells the programs what the kernel gives
 // (have_cookie_helper, have_task_btf), the keys of address-derived ids
-// (from secrets, see sockIDKeys) and the agent's own pid (self_tgid).
-func setFeatureConsts(spec *ebpf.CollectionSpec, secrets ...uint64) error {
+// (from secrets, see sockIDKeys) and the pid whose closes to skip
+// (self_tgid; 0 for none).
+func setFeatureConsts(spec *ebpf.CollectionSpec, self uint32, secrets ...uint64) error {
 	k1, k2, err := sockIDKeys(secrets...)
 	if err != nil {
 		return err
@@ -206,7 +207,7 @@ func setFeatureConsts(spec *ebpf.CollectionSpec, secrets ...uint64) error {
 		"have_task_btf":      HasFeature(FeatureTaskBTF),
 		"sock_id_key":        k1,
 		"sock_id_key2":       k2,
-		"self_tgid":          uint32(os.Getpid()),
+		"self_tgid":          self,
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)

@@ -55,7 +55,8 @@ volatile const bool have_task_btf = true;
 // across agent restarts within one boot.
 volatile const __u64 sock_id_key = 0;
 volatile const __u64 sock_id_key2 = 0;
-// self_tgid is the agent's pid: its own closes are not evidence.
+// self_tgid is the agent's pid, whose own closes are not evidence (0: the
+// loader asked to keep every close).
 volatile const __u32 self_tgid = 0;
 
 // mix is splitmix64's finalizer, a bijection on 64 bits.

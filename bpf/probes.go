@@ -124,6 +124,9 @@ type Options struct {
 	// PinDir is the bpffs directory where the closes map is pinned so that
 	// ghost evidence survives a restart. Empty means no pinning.
 	PinDir string
+	// IgnoreOwnCloses makes the close hooks skip closes by this process
+	// (self_tgid in the C).
+	IgnoreOwnCloses bool
 }
 
 // Probes holds the loaded maps and the attached programs.
@@ -206,7 +209,11 @@ func Load(opts Options) (*Probes, error) {
 	if err := spec.Variables["keepalive_timer_fn"].Set(syms["tcp_keepalive_timer"]); err != nil {
 		return nil, fmt.Errorf("set keepalive_timer_fn: %w", err)
 	}
-	if err := setFeatureConsts(spec, syms["sock_close"], syms["tcp_keepalive_timer"]); err != nil {
+	var self uint32
+	if opts.IgnoreOwnCloses {
+		self = uint32(os.Getpid())
+	}
+	if err := setFeatureConsts(spec, self, syms["sock_close"], syms["tcp_keepalive_timer"]); err != nil {
 		return nil, err
 	}
 

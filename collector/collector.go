@@ -38,6 +38,12 @@ type Config struct {
 	Skip map[string]bool
 	// PinDir is where the close evidence is pinned (see bpf.Options).
 	PinDir string
+	// IgnoreOwnCloses leaves this process's own closes out of the close
+	// evidence (see bpf.Options): the agent sets it, so that the copies of
+	// holders' fds it takes for an action are not taken for the
+	// application's. Tests that run the collector in the process whose
+	// closes they check leave it off.
+	IgnoreOwnCloses bool
 	// ReaderGiveUp is how long the ring-buffer reader may fail without a
 	// single record read before the collector gives up: it becomes not
 	// ready and Run returns the error, so a supervisor restarts the agent.
@@ -193,6 +199,7 @@ func New(cfg Config) (*Collector, error) {
 		RingBufferBytes: cfg.RingBufferBytes,
 		Skip:            cfg.Skip,
 		PinDir:          cfg.PinDir,
+		IgnoreOwnCloses: cfg.IgnoreOwnCloses,
 	})
 	if err != nil {
 		return nil, err

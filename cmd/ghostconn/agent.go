@@ -153,6 +153,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 			KernelHZ:          *hz,
 			Skip:              skip,
 			PinDir:            *pinDir,
+			IgnoreOwnCloses:   true,
 			ReadOnly:          *readOnly,
 			NoSockDestroy:     !via[collector.MechSockDestroy],
 			NoSockDiag:        !via[collector.MechSockDiag],
