@@ -64,6 +64,20 @@ func withCapsMemlock(t *testing.T, memlock string, capList []string, args ...str
 	return exec.Command("prlimit", append([]string{"--memlock=" + memlock + ":" + memlock, "setpriv"}, full...)...)
 }
 
+// startAgentCmd starts an agent command whose API socket is sock, its
+// stderr kept in the agentProc's logs.
+func startAgentCmd(t *testing.T, sock string, cmd *exec.Cmd) *agentProc {
+	t.Helper()
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &agentProc{sock: sock, cmd: cmd, logs: &logs, exited: make(chan error, 1)}
+	go func() { a.exited <- cmd.Wait() }()
+	return a
+}
+
 // TestAgentWithoutMemlockNamesIt: with RLIMIT_MEMLOCK at 64 KiB and no
 // CAP_SYS_RESOURCE to lift it, an agent on a kernel that charges BPF maps
 // to the limit (before 5.11) exits 2 saying so and how to fix it; on a
@@ -72,14 +86,8 @@ func TestAgentWithoutMemlockNamesIt(t *testing.T) {
 	privtest.Require(t)
 	charged := memlockCharged(t)
 	sock := filepath.Join(t.TempDir(), "api.sock")
-	cmd := withCapsMemlock(t, "65536", minimalCaps, "--api-socket", sock, "--metrics-address", "", "--pin-dir", "")
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a := &agentProc{sock: sock, cmd: cmd, logs: &logs, exited: make(chan error, 1)}
-	go func() { a.exited <- cmd.Wait() }()
+	a := startAgentCmd(t, sock, withCapsMemlock(t, "65536", minimalCaps, "--api-socket", sock, "--metrics-address", "", "--pin-dir", ""))
+	logs := a.logs
 	if charged {
 		select {
 		case err := <-a.exited:
@@ -149,14 +157,8 @@ func TestRootAgentDropsBoundingSetToo(t *testing.T) {
 func TestAgentRunsWithMinimalCapsAndDropsAfterAttach(t *testing.T) {
 	privtest.Require(t)
 	sock := filepath.Join(t.TempDir(), "api.sock")
-	cmd := withCaps(t, minimalCaps, "--api-socket", sock, "--metrics-address", "", "--pin-dir", tempPinDir(t), "--reconcile-interval", "1s")
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a := &agentProc{sock: sock, cmd: cmd, logs: &logs, exited: make(chan error, 1)}
-	go func() { a.exited <- cmd.Wait() }()
+	a := startAgentCmd(t, sock, withCaps(t, minimalCaps, "--api-socket", sock, "--metrics-address", "", "--pin-dir", tempPinDir(t), "--reconcile-interval", "1s"))
+	cmd, logs := a.cmd, a.logs
 	defer a.stop(t)
 
 	// 90 s: under TCG, with another guest beside it, a start took over 30.
