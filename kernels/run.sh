@@ -40,7 +40,8 @@
 #                  promtool check of the scraped metrics, which does not
 #                  depend on the kernel and runs on the host in `make test`;
 #                  the guest has no promtool)
-#   TEST_TIMEOUT   -test.timeout of each suite inside the guest (default 20m)
+#   TEST_TIMEOUT   -test.timeout of each suite inside the guest (default 20m;
+#                  40m on arm64, where the collector suite alone took 15)
 #   QEMU_TIMEOUT   seconds before one kernel's boot is killed (default 2700)
 #   QEMU_MEM, QEMU_SMP  guest size (default 2G, 2)
 #   KERNEL_JOBS    guests booted at once (default: the host's CPUs under
@@ -80,7 +81,11 @@ else
 fi
 TEST_RUN=${TEST_RUN:-}
 TEST_SKIP=${TEST_SKIP-TestAgentServesMetrics/promtool}
-TEST_TIMEOUT=${TEST_TIMEOUT:-20m}
+if [ "$ARCH" = arm64 ]; then
+	TEST_TIMEOUT=${TEST_TIMEOUT:-40m}
+else
+	TEST_TIMEOUT=${TEST_TIMEOUT:-20m}
+fi
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-2700}
 QEMU_MEM=${QEMU_MEM:-2G}
 QEMU_SMP=${QEMU_SMP:-2}
