@@ -41,7 +41,7 @@ type ActResult struct {
 func SockDestroyAvailable() bool { return sockDestroyAvailable() }
 
 var sockDestroyAvailable = sync.OnceValue(func() bool {
-	spec, err := btf.LoadKernelSpec()
+	spec, err := kernelSpec()
 	if err != nil {
 		return false
 	}

@@ -143,6 +143,11 @@ func probeTracingHelper(at ebpf.AttachType, target string, helper asm.BuiltinFun
 	return fmt.Errorf("probe %s in %s: %w", helper, target, err)
 }
 
+// kernelSpec is the kernel's BTF, read once: each btf.LoadKernelSpec and
+// the first lookup in it cost about 100 ms here (a copy and its index),
+// far more under emulation, and the start needs it twice.
+var kernelSpec = sync.OnceValues(btf.LoadKernelSpec)
+
 // checkFloor refuses a kernel below what the agent cannot run without,
 // naming the feature: BPF ring buffers (Linux 5.8) and the TCP and
 // task-file iterators (Linux 5.9).
@@ -152,7 +157,7 @@ func checkFloor() error {
 	} else if err != nil {
 		return fmt.Errorf("probe for BPF ring buffers: %w", err)
 	}
-	spec, err := btf.LoadKernelSpec()
+	spec, err := kernelSpec()
 	if err != nil {
 		return fmt.Errorf("read kernel BTF: %w", err)
 	}
