@@ -127,7 +127,7 @@ func (p *Probes) actionIter(name string) (*link.Iter, error) {
 	case KernelLacks(name) != "":
 		err = fmt.Errorf("this kernel has no %s", KernelLacks(name))
 	default:
-		err = p.attach(p.spec, actionPrograms[name], p.replacements, false)
+		err = p.loadAttach(actionPrograms[name])
 	}
 	if err != nil {
 		if name == ProgIterDestroy && !errors.Is(err, ErrNoSockDestroy) {

@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
 	"github.com/ghostconn/ghostconn/internal/privtest"
 )
 
@@ -38,5 +41,42 @@ func TestOptionalAttachFailureDegrades(t *testing.T) {
 		case !broken[name]:
 			checkAttached(t, p, name)
 		}
+	}
+}
+
+// TestRefusedProgramLoadsOthersAlone: the programs load in one collection,
+// and when the verifier refuses one of them, the others still load, each
+// on its own, and the refused one is named with the verifier's reason.
+func TestRefusedProgramLoadsOthersAlone(t *testing.T) {
+	privtest.Require(t)
+	spec, err := LoadGhostconn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Maps["closes"].Pinning = ebpf.PinNone
+	// Exit without setting R0: the verifier refuses that in any program.
+	spec.Programs[ProgRetransmit].Instructions = asm.Instructions{asm.Return()}
+	defs := []program{}
+	for _, def := range programs {
+		if def.name == ProgRetransmit || def.name == ProgStateChange || def.name == ProgIterTCP {
+			defs = append(defs, def)
+		}
+	}
+	progs, errs := loadPrograms(spec, defs, nil)
+	defer func() {
+		for _, p := range progs {
+			p.Close()
+		}
+	}()
+	if err := errs[ProgRetransmit]; err == nil || !strings.Contains(err.Error(), "load "+ProgRetransmit) || !strings.Contains(err.Error(), "R0") {
+		t.Errorf("refused program: %v, want its load named with the verifier's reason", err)
+	}
+	for _, name := range []string{ProgStateChange, ProgIterTCP} {
+		if progs[name] == nil || errs[name] != nil {
+			t.Errorf("%s not loaded beside the refused program: %v", name, errs[name])
+		}
+	}
+	if progs[ProgRetransmit] != nil {
+		t.Errorf("%s loaded although refused", ProgRetransmit)
 	}
 }

@@ -179,9 +179,10 @@ type Probes struct {
 	byLink map[string]link.Link
 }
 
-// Load loads the maps, then loads and attaches each program on its own, so
-// that an optional program that the kernel refuses leaves the others
-// working. It fails only when a required program cannot be attached.
+// Load loads the maps, then the programs (see loadPrograms), and attaches
+// each on its own, so that an optional program that the kernel refuses
+// leaves the others working. It fails only when a required program cannot
+// be attached.
 func Load(opts Options) (*Probes, error) {
 	if err := Preflight(); err != nil {
 		return nil, err
@@ -258,18 +259,36 @@ func Load(opts Options) (*Probes, error) {
 		tracefsErr = EnsureTracefs()
 	}
 	p.spec, p.replacements, p.actionErrs = spec, replacements, map[string]error{}
+	var load []program
+	for _, def := range programs {
+		switch {
+		case opts.IteratorsOnly && def.kind != "iter":
+			continue
+		case opts.Skip[def.name]:
+			p.Attached[def.name] = ErrSkipped
+		case def.kind == "tracepoint" && tracefsErr != nil:
+			p.Attached[def.name] = tracefsErr
+		default:
+			load = append(load, def)
+		}
+	}
+	progs, loadErrs := loadPrograms(spec, load, replacements)
 	for _, def := range programs {
 		if opts.IteratorsOnly && def.kind != "iter" {
 			continue
 		}
-		var err error
-		if def.kind == "tracepoint" && tracefsErr != nil && !opts.Skip[def.name] {
-			err = tracefsErr
-		} else {
-			err = p.attach(spec, def, replacements, opts.Skip[def.name])
+		err, done := p.Attached[def.name]
+		if !done {
+			if err = loadErrs[def.name]; err == nil {
+				err = p.attach(def, progs[def.name])
+				delete(progs, def.name)
+			}
+			p.Attached[def.name] = err
 		}
-		p.Attached[def.name] = err
 		if err != nil && def.required {
+			for _, prog := range progs {
+				prog.Close()
+			}
 			p.Close()
 			return nil, fmt.Errorf("attach required program %s: %w", def.name, err)
 		}
@@ -303,34 +322,85 @@ func init() {
 // ErrSkipped marks a program left out on request.
 var ErrSkipped = errors.New("skipped by configuration")
 
-func (p *Probes) attach(spec *ebpf.CollectionSpec, def program, maps map[string]*ebpf.Map, skip bool) error {
-	if skip {
-		return ErrSkipped
-	}
+// programSpec picks def's program in spec: its variant without bpf_loop
+// where the kernel has none. It fails when def cannot run on this kernel.
+func programSpec(spec *ebpf.CollectionSpec, def program) (*ebpf.ProgramSpec, error) {
 	objName := def.name
 	if def.loop && !HasFeature(FeatureLoop) {
 		if def.noLoop == "" {
-			return fmt.Errorf("this kernel has no %s", featureNeeds(FeatureLoop))
+			return nil, fmt.Errorf("this kernel has no %s", featureNeeds(FeatureLoop))
 		}
 		objName = def.noLoop
 	}
 	progSpec, ok := spec.Programs[objName]
 	if !ok {
-		return fmt.Errorf("program %s missing from object", objName)
+		return nil, fmt.Errorf("program %s missing from object", objName)
 	}
-	one := &ebpf.CollectionSpec{
-		Maps:      spec.Maps,
-		Programs:  map[string]*ebpf.ProgramSpec{def.name: progSpec},
-		Variables: spec.Variables,
-		Types:     spec.Types,
-		ByteOrder: spec.ByteOrder,
+	return progSpec, nil
+}
+
+// loadPrograms loads the programs of defs, keyed by their names, or says
+// why each one that did not load could not. All load in one collection
+// first, so that the object's BTF and its .rodata are loaded into the
+// kernel once: one collection per program cost 30 to 60 ms each natively
+// (a 25-instruction program as much as the others), about a second per
+// start, and ten to twenty times that under TCG. Only if the kernel
+// refuses one does each load on its own, so that the refused ones are
+// named and the others still attach.
+func loadPrograms(spec *ebpf.CollectionSpec, defs []program, maps map[string]*ebpf.Map) (map[string]*ebpf.Program, map[string]error) {
+	progs, errs := map[string]*ebpf.Program{}, map[string]error{}
+	specs := map[string]*ebpf.ProgramSpec{}
+	for _, def := range defs {
+		ps, err := programSpec(spec, def)
+		if err != nil {
+			errs[def.name] = err
+			continue
+		}
+		specs[def.name] = ps
 	}
-	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: maps})
-	if err != nil {
-		return fmt.Errorf("load %s: %w", def.name, explainVerifier(err))
+	collection := func(specs map[string]*ebpf.ProgramSpec) (*ebpf.Collection, error) {
+		return ebpf.NewCollectionWithOptions(&ebpf.CollectionSpec{
+			Maps:      spec.Maps,
+			Programs:  specs,
+			Variables: spec.Variables,
+			Types:     spec.Types,
+			ByteOrder: spec.ByteOrder,
+		}, ebpf.CollectionOptions{MapReplacements: maps})
 	}
-	prog := coll.DetachProgram(def.name)
-	coll.Close()
+	take := func(coll *ebpf.Collection) {
+		for name := range coll.Programs {
+			progs[name] = coll.DetachProgram(name)
+		}
+		coll.Close()
+	}
+	if coll, err := collection(specs); err == nil {
+		take(coll)
+		return progs, errs
+	}
+	for name, ps := range specs {
+		coll, err := collection(map[string]*ebpf.ProgramSpec{name: ps})
+		if err != nil {
+			errs[name] = fmt.Errorf("load %s: %w", name, explainVerifier(err))
+			continue
+		}
+		take(coll)
+	}
+	return progs, errs
+}
+
+// loadAttach loads def's program on its own and attaches it: the action
+// iterators, loaded on first use.
+func (p *Probes) loadAttach(def program) error {
+	progs, errs := loadPrograms(p.spec, []program{def}, p.replacements)
+	if err := errs[def.name]; err != nil {
+		return err
+	}
+	return p.attach(def, progs[def.name])
+}
+
+// attach attaches def's loaded program, which p owns from then on, even
+// when attaching fails.
+func (p *Probes) attach(def program, prog *ebpf.Program) error {
 	p.progs = append(p.progs, prog)
 	p.byName[def.name] = prog
 	if info, err := prog.Info(); err == nil {
