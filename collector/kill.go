@@ -292,9 +292,9 @@ func (k *Actor) abort(path string, views []ConnView, out []ActionResult, idx []i
 		var err error
 		if !bpf.IDsAreCookies() {
 			// The id is not the kernel's cookie: ask sock_diag for the
-			// cookie of the connection at these addresses (never a
-			// listener), and destroy that exact socket.
-			cookie, err = DiagCookie(path, fam, local, remote)
+			// cookie of the socket at these addresses with this inode,
+			// and destroy that exact socket.
+			cookie, err = DiagCookie(path, fam, local, remote, v.Inode)
 		}
 		if err == nil {
 			err = DiagDestroy(path, fam, local, remote, cookie)
@@ -421,7 +421,8 @@ func holderFD(h Holder, v *ConnView) (int, error) {
 }
 
 // sameSocket checks that fd is still the socket of v: by cookie, or where
-// ids are not cookies (see bpf.IDsAreCookies) by its two addresses.
+// ids are not cookies (see bpf.IDsAreCookies) by its inode (where the
+// table knows it) and its two addresses.
 func sameSocket(fd int, v *ConnView) error {
 	if bpf.IDsAreCookies() {
 		got, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
@@ -432,6 +433,18 @@ func sameSocket(fd int, v *ConnView) error {
 			return fmt.Errorf("another socket now (cookie %d): nothing done", got)
 		}
 		return nil
+	}
+	if v.Inode != 0 {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return fmt.Errorf("no longer open: %w", err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Ino != v.Inode {
+			return fmt.Errorf("another file now (inode %d, not %d): nothing done", st.Ino, v.Inode)
+		}
+	}
+	if proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || proto != unix.IPPROTO_TCP {
+		return fmt.Errorf("no longer a TCP socket (protocol %d, %v): nothing done", proto, err)
 	}
 	la, err1 := unix.Getsockname(fd)
 	ra, err2 := unix.Getpeername(fd)

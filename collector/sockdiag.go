@@ -128,13 +128,14 @@ func DiagDestroy(nsPath string, family Family, local, remote netip.AddrPort, coo
 	return err
 }
 
-// DiagCookie asks sock_diag for the cookie of the connected TCP socket at
-// local and remote, by address alone: for kernels whose socket ids are not
-// cookies (see bpf.IDsAreCookies), so that a destroy can still name the
-// exact socket. The kernel's lookup falls back to a listener on the local
-// address; an answer that is not the connection (another state or remote)
-// gives ErrDiagGone.
-func DiagCookie(nsPath string, family Family, local, remote netip.AddrPort) (uint64, error) {
+// DiagCookie asks sock_diag for the cookie of the TCP socket at local and
+// remote, by address alone: for kernels whose socket ids are not cookies
+// (see bpf.IDsAreCookies), so that a destroy can still name the exact
+// socket. Where inode is known (not 0) the answer must be that socket's
+// inode, a listener included; where it is not, it must be a connection
+// to remote (the kernel's lookup falls back to a listener on the local
+// address). Any other answer gives ErrDiagGone.
+func DiagCookie(nsPath string, family Family, local, remote netip.AddrPort, inode uint64) (uint64, error) {
 	fd, err := netlinkIn(nsPath)
 	if err != nil {
 		return 0, err
@@ -149,10 +150,11 @@ func DiagCookie(nsPath string, family Family, local, remote netip.AddrPort) (uin
 	if err != nil {
 		return 0, fmt.Errorf("read SOCK_DIAG_BY_FAMILY answer: %w", err)
 	}
-	return parseDiagMsg(buf[:n], seq, family, remote)
+	return parseDiagMsg(buf[:n], seq, family, remote, inode)
 }
 
-// inetDiagMsg is the start of struct inet_diag_msg from linux/inet_diag.h.
+// inetDiagMsg is struct inet_diag_msg from linux/inet_diag.h, which
+// golang.org/x/sys/unix does not define.
 type inetDiagMsg struct {
 	Family  uint8
 	State   uint8
@@ -164,11 +166,17 @@ type inetDiagMsg struct {
 	Dst     [16]byte
 	If      uint32
 	Cookie  [2]uint32
+	Expires uint32
+	Rqueue  uint32
+	Wqueue  uint32
+	UID     uint32
+	Inode   uint32
 }
 
 // parseDiagMsg returns the cookie of the socket sock_diag answered request
-// seq with, when it is a connection (not a listener) to remote.
-func parseDiagMsg(b []byte, seq uint32, family Family, remote netip.AddrPort) (uint64, error) {
+// seq with, when it is the socket with this inode (where inode is not 0),
+// or else a connection (not a listener) to remote.
+func parseDiagMsg(b []byte, seq uint32, family Family, remote netip.AddrPort, inode uint64) (uint64, error) {
 	msgs, err := syscall.ParseNetlinkMessage(b)
 	if err != nil {
 		return 0, fmt.Errorf("parse sock_diag answer: %w", err)
@@ -196,7 +204,10 @@ func parseDiagMsg(b []byte, seq uint32, family Family, remote netip.AddrPort) (u
 			dst = netip.AddrFrom4([4]byte(msg.Dst[:4]))
 		}
 		got := netip.AddrPortFrom(dst, binary.BigEndian.Uint16(msg.Dport[:]))
-		if State(msg.State) == StateListen || got.Addr().Unmap() != remote.Addr().Unmap() || got.Port() != remote.Port() {
+		switch {
+		case inode != 0 && uint64(msg.Inode) != inode:
+			return 0, fmt.Errorf("%w: sock_diag found another socket there (inode %d, not %d: %s to %s)", ErrDiagGone, msg.Inode, inode, State(msg.State), got)
+		case inode == 0 && (State(msg.State) == StateListen || got.Addr().Unmap() != remote.Addr().Unmap() || got.Port() != remote.Port()):
 			return 0, fmt.Errorf("%w: sock_diag found a %s socket to %s there", ErrDiagGone, State(msg.State), got)
 		}
 		return uint64(msg.Cookie[0]) | uint64(msg.Cookie[1])<<32, nil

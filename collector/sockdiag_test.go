@@ -163,21 +163,63 @@ func TestDiagCookieByAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	var want uint64
-	raw.Control(func(fd uintptr) { want, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
-	if err != nil {
-		t.Fatal(err)
+	var st unix.Stat_t
+	var ctlErr error
+	if err := raw.Control(func(fd uintptr) {
+		want, ctlErr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+		ctlErr = errors.Join(ctlErr, unix.Fstat(int(fd), &st))
+	}); err != nil || ctlErr != nil {
+		t.Fatal(err, ctlErr)
 	}
+	lnCookie, lnIno := sockIdentity(t, ln.(*net.TCPListener))
 	local := netip.MustParseAddrPort(server.LocalAddr().String())
 	remote := netip.MustParseAddrPort(server.RemoteAddr().String())
-	got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote)
-	if err != nil || got != want {
-		t.Fatalf("DiagCookie of the server end: %d, %v; want %d", got, err, want)
+	for _, ino := range []uint64{0, st.Ino} {
+		if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote, ino); err != nil || got != want {
+			t.Fatalf("DiagCookie of the server end (inode %d): %d, %v; want %d", ino, got, err, want)
+		}
+	}
+	// The wrong inode at the right addresses is another socket.
+	if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote, st.Ino+1); !errors.Is(err, ErrDiagGone) {
+		t.Errorf("DiagCookie with another inode: %d, %v; want ErrDiagGone", got, err)
+	}
+	// A listener is found by its inode, and only so. (6.18 answers the
+	// lookup of one listener with a cookie other than its SO_COOKIE, one
+	// above it, while a dump gives SO_COOKIE; a destroy by the answered
+	// cookie goes through the same lookup.)
+	lnAddr := netip.MustParseAddrPort(ln.Addr().String())
+	anyAddr := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, lnAddr, anyAddr, lnIno); err != nil || got == 0 {
+		t.Errorf("DiagCookie of the listener (cookie %d) by its inode: %d, %v; want its cookie", lnCookie, got, err)
+	}
+	if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, lnAddr, anyAddr, 0); !errors.Is(err, ErrDiagGone) {
+		t.Errorf("DiagCookie of the listener without its inode: %d, %v; want ErrDiagGone", got, err)
 	}
 	// An RST close leaves no TIME_WAIT socket: only the listener is at
 	// the local address now.
 	server.(*net.TCPConn).SetLinger(0)
 	server.Close()
-	if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote); !errors.Is(err, ErrDiagGone) {
-		t.Errorf("DiagCookie after the connection closed: %d, %v; want ErrDiagGone (never the listener)", got, err)
+	for _, ino := range []uint64{0, st.Ino} {
+		if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote, ino); !errors.Is(err, ErrDiagGone) {
+			t.Errorf("DiagCookie (inode %d) after the connection closed: %d, %v; want ErrDiagGone (never the listener)", ino, got, err)
+		}
 	}
+}
+
+// sockIdentity returns the cookie and inode of a listener.
+func sockIdentity(t *testing.T, ln *net.TCPListener) (cookie, ino uint64) {
+	t.Helper()
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	var ctlErr error
+	if err := raw.Control(func(fd uintptr) {
+		cookie, ctlErr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+		ctlErr = errors.Join(ctlErr, unix.Fstat(int(fd), &st))
+	}); err != nil || ctlErr != nil {
+		t.Fatal(err, ctlErr)
+	}
+	return cookie, st.Ino
 }
