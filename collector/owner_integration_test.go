@@ -176,7 +176,9 @@ func TestCloseWaitSurvivesAcceptRace(t *testing.T) {
 	c := startCollector(t, collector.Config{ReconcileInterval: time.Hour})
 	// An attempt during which the kernel lost events (counted) has a
 	// reconcile repair the table, and proves nothing: try again.
-	for attempt := 1; attempt <= 3; attempt++ {
+	// Under TCG with another guest beside it, three attempts in a row lost
+	// events (121, 87, 33 counted): five are allowed.
+	for attempt := 1; attempt <= 5; attempt++ {
 		if !acceptRace(t, c) || t.Failed() {
 			return
 		}
@@ -294,7 +296,8 @@ func acceptRace(t *testing.T, c *collector.Collector) (reconciled bool) {
 	if lostSum(st) == lostSum(st0) {
 		t.Errorf("reconciles %d -> %d with no loss counted: want the hooks alone", st0.Reconciles, st.Reconciles)
 	}
-	t.Logf("attempt inconclusive: losses counted %d -> %d brought a reconcile forward", lostSum(st0), lostSum(st))
+	t.Logf("attempt inconclusive: losses counted %d -> %d brought a reconcile forward (lost %v -> %v, program misses %v -> %v)",
+		lostSum(st0), lostSum(st), st0.EventsLost, st.EventsLost, st0.ProgramMisses, st.ProgramMisses)
 	return true
 }
 

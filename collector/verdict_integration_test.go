@@ -112,8 +112,14 @@ func waitCleared(t *testing.T, c *collector.Collector, cookie uint64, kind strin
 
 func checkGhost(t *testing.T, v collector.ConnView, closedAt, seen time.Time, closerFD int, holderPID uint32, holderFD int) {
 	t.Helper()
-	if lag := seen.Sub(closedAt); lag > verdictTestConfig.GhostGrace+time.Second {
-		t.Errorf("ghost flagged %s after the close, want within grace+1s (%s)", lag, verdictTestConfig.GhostGrace+time.Second)
+	// The verdict comes from the check scheduled at the close plus the
+	// grace, not from the next full pass (a reconcile, 30 s away): any lag
+	// well below that shows the schedule at work. The margin is for
+	// emulated guests, where a poll of the table alone can take 100s of ms
+	// (3.03 s was seen under TCG beside another guest; natively ~2.1 s).
+	const margin = 5 * time.Second
+	if lag := seen.Sub(closedAt); lag > verdictTestConfig.GhostGrace+margin {
+		t.Errorf("ghost flagged %s after the close, want within grace+%s (%s): not by the scheduled check", lag, margin, verdictTestConfig.GhostGrace+margin)
 	}
 	cb := v.ClosedBy
 	if cb == nil || cb.PID != uint32(os.Getpid()) || cb.FD != int32(closerFD) {
