@@ -72,17 +72,45 @@ var featureDefs = []struct {
 		func() error { return probeTracingHelper(ebpf.AttachTraceIter, "tcp", asm.FnSetsockopt) }},
 }
 
-// KernelFeatures probes (once) which optional features this kernel has.
-func KernelFeatures() []Feature { return kernelFeatures() }
-
-var kernelFeatures = sync.OnceValue(func() []Feature {
+// KernelFeatures probes which optional features this kernel has, once
+// the probes have given an answer (see FeatureProbeError).
+func KernelFeatures() []Feature {
+	featuresMu.Lock()
+	defer featuresMu.Unlock()
+	if featuresKnown != nil {
+		return featuresKnown
+	}
 	out := make([]Feature, len(featureDefs))
+	answered := true
 	for i, d := range featureDefs {
 		out[i] = d.Feature
 		out[i].Err = d.probe()
+		answered = answered && (out[i].Err == nil || errors.Is(out[i].Err, ebpf.ErrNotSupported))
+	}
+	if answered {
+		featuresKnown = out
 	}
 	return out
-})
+}
+
+var (
+	featuresMu    sync.Mutex
+	featuresKnown []Feature // nil until every probe gave an answer
+)
+
+// FeatureProbeError returns the probes that failed for another reason
+// than the kernel lacking the feature (a missing capability, a memory
+// limit): the agent must not run degraded by mistake. They are probed
+// again at the next call.
+func FeatureProbeError() error {
+	var errs []error
+	for _, f := range KernelFeatures() {
+		if f.Err != nil && !errors.Is(f.Err, ebpf.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("probe for %s (%s): %w", f.Name, f.Needs, f.Err))
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // HasFeature reports whether this kernel has the named optional feature.
 func HasFeature(name string) bool {
@@ -219,4 +247,21 @@ func setFeatureConsts(spec *ebpf.CollectionSpec, self uint32, secrets ...uint64)
 		}
 	}
 	return nil
+}
+
+// initPidNSInode is the inode of the initial pid namespace
+// (PROC_PID_INIT_INO in the kernel), the namespace of the pids the
+// programs report.
+const initPidNSInode = 0xEFFFFFFC
+
+// SelfTGID returns this process's pid as the programs see it (in the
+// initial pid namespace), or 0 where the agent runs in another pid
+// namespace (a container without the host's pid namespace), where its
+// own pid is not the one the kernel reports and no other is known.
+func SelfTGID() uint32 {
+	link, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil || link != fmt.Sprintf("pid:[%d]", initPidNSInode) {
+		return 0
+	}
+	return uint32(os.Getpid())
 }

@@ -3,7 +3,10 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -58,5 +61,65 @@ func TestKernelFeaturesMatchRelease(t *testing.T) {
 	}
 	if IDsAreCookies() != HasFeature(FeatureSocketCookie) {
 		t.Error("IDsAreCookies disagrees with the socket_cookie feature")
+	}
+}
+
+// TestSelfTGID: in the host's pid namespace the agent's pid is its own;
+// in another one (a container without hostPID) it is not known, and
+// SelfTGID says 0 rather than a pid that belongs to another process.
+func TestSelfTGID(t *testing.T) {
+	if os.Getenv("GHOSTCONN_SELFTGID_CHILD") != "" {
+		fmt.Printf("selftgid=%d pid=%d\n", SelfTGID(), os.Getpid())
+		return
+	}
+	privtest.Require(t)
+	if link, _ := os.Readlink("/proc/self/ns/pid"); link != fmt.Sprintf("pid:[%d]", initPidNSInode) {
+		t.Fatalf("the tests run in pid namespace %s, not the initial one", link)
+	}
+	if got := SelfTGID(); got != uint32(os.Getpid()) {
+		t.Errorf("SelfTGID() = %d in the initial pid namespace, want %d", got, os.Getpid())
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSelfTGID$")
+	cmd.Env = append(os.Environ(), "GHOSTCONN_SELFTGID_CHILD=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child in a new pid namespace: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "selftgid=0 pid=1\n") {
+		t.Errorf("in a new pid namespace: %s, want SelfTGID 0 (and pid 1)", out)
+	}
+}
+
+// TestFeatureProbeFailureRefusesLoad: a probe that fails for another
+// reason than a missing feature (here EPERM) must not pass for a kernel
+// without the feature: Load refuses, naming the probe, and the next call
+// probes again.
+func TestFeatureProbeFailureRefusesLoad(t *testing.T) {
+	privtest.Require(t)
+	saved := featureDefs
+	calls := 0
+	featureDefs = append(featureDefs[:0:0], saved...)
+	featureDefs[0].probe = func() error { calls++; return fmt.Errorf("load probe: %w", unix.EPERM) }
+	featuresMu.Lock()
+	featuresKnown = nil
+	featuresMu.Unlock()
+	t.Cleanup(func() {
+		featureDefs = saved
+		featuresMu.Lock()
+		featuresKnown = nil
+		featuresMu.Unlock()
+	})
+	p, err := Load(Options{})
+	if err == nil {
+		p.Close()
+		t.Fatal("Load succeeded although a feature probe failed with EPERM")
+	}
+	if !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "probe for "+featureDefs[0].Name) {
+		t.Errorf("Load: %v, want the failed probe of %s named", err, featureDefs[0].Name)
+	}
+	KernelFeatures()
+	if calls < 2 {
+		t.Errorf("the failed probe ran %d time(s), want it tried again", calls)
 	}
 }

@@ -125,7 +125,7 @@ type Options struct {
 	// ghost evidence survives a restart. Empty means no pinning.
 	PinDir string
 	// IgnoreOwnCloses makes the close hooks skip closes by this process
-	// (self_tgid in the C).
+	// (self_tgid in the C), where its pid is known (see SelfTGID).
 	IgnoreOwnCloses bool
 }
 
@@ -193,6 +193,9 @@ func Load(opts Options) (*Probes, error) {
 	if err := checkFloor(); err != nil {
 		return nil, err
 	}
+	if err := FeatureProbeError(); err != nil {
+		return nil, fmt.Errorf("cannot tell which optional kernel features there are: %w", err)
+	}
 	spec, err := LoadGhostconn()
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
@@ -212,7 +215,7 @@ func Load(opts Options) (*Probes, error) {
 	}
 	var self uint32
 	if opts.IgnoreOwnCloses {
-		self = uint32(os.Getpid())
+		self = SelfTGID()
 	}
 	if err := setFeatureConsts(spec, self, syms["sock_close"], syms["tcp_keepalive_timer"]); err != nil {
 		return nil, err

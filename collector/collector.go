@@ -226,6 +226,7 @@ func New(cfg Config) (*Collector, error) {
 		ready:  make(chan struct{}),
 		actor:  &Actor{Probes: probes, NoSockDestroy: cfg.NoSockDestroy, NoSockDiag: cfg.NoSockDiag, HZ: hz},
 	}
+	c.table.self = bpf.SelfTGID()
 	// While a watch client is connected, the kernel streams the transitions
 	// and options it otherwise folds.
 	c.table.SetWatchHook(func(on bool) error {

@@ -67,7 +67,7 @@ func (t *Table) applyDelta(ev *Event, c *Conn) {
 			applySockopt(&c.Settings, o)
 		}
 		by := t.taskOf(c, d)
-		c.SettingsBy, c.ArmedByGhostconn = by, c.ArmedByGhostconn && by.PID == t.self
+		c.SettingsBy, c.ArmedByGhostconn = by, c.ArmedByGhostconn && t.self != 0 && by.PID == t.self
 	}
 	if d.Parts&DeltaState != 0 && liveState(d.State) {
 		// Only an end record ends a connection: a delta's state is a

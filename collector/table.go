@@ -3,7 +3,6 @@ package collector
 import (
 	"container/heap"
 	"maps"
-	"os"
 	"sort"
 	"sync"
 	"time"
@@ -49,9 +48,10 @@ type TableStats struct {
 // for concurrent use.
 type Table struct {
 	cfg TableConfig
-	// self is this process's pid: options it sets through a holder's fd
-	// (keepalive where iter/tcp has no bpf_setsockopt) are still
-	// ghostconn's, not the application's.
+	// self is this process's pid as the kernel reports it (bpf.SelfTGID,
+	// set by the collector; 0 when not known): options it sets through a
+	// holder's fd (keepalive where iter/tcp has no bpf_setsockopt) are
+	// still ghostconn's, not the application's.
 	self uint32
 
 	mu       sync.RWMutex
@@ -134,7 +134,6 @@ func NewTable(cfg TableConfig) *Table {
 		subs:     map[*Subscription]struct{}{},
 		cgroups:  newCgroupCache(),
 		tl:       newTimeline(hostClock),
-		self:     uint32(os.Getpid()),
 	}
 }
 
@@ -350,7 +349,7 @@ func (t *Table) apply(ev *Event) {
 	case KindSockopt:
 		t.setInode(c, ev.Inode)
 		applySockopt(&c.Settings, ev.Sockopt)
-		c.SettingsBy, c.ArmedByGhostconn = ev.Task, c.ArmedByGhostconn && ev.Task != nil && ev.Task.PID == t.self
+		c.SettingsBy, c.ArmedByGhostconn = ev.Task, c.ArmedByGhostconn && ev.Task != nil && t.self != 0 && ev.Task.PID == t.self
 	}
 	if t.hook != nil {
 		t.hook(ev, c)

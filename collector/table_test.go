@@ -997,6 +997,7 @@ func TestTableKeepaliveArmedThroughHolder(t *testing.T) {
 	opt := func(pid uint32, name, value int32) Event {
 		return Event{Kind: KindSockopt, Time: tbT1, Cookie: 1, Task: &Task{PID: pid}, Sockopt: Sockopt{Level: solTCP, Name: name, Value: value}}
 	}
+	tb.self = 4242 // the agent's pid, as the collector sets it
 	tb.Apply([]Event{
 		{Kind: KindAction, Time: tbT1, Cookie: 1, State: StateEstablished, Settings: set, Action: &Action{Op: ModeKeepalive, Done: true}},
 		opt(tb.self, tcpKeepIdle, 9),
