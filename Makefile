@@ -78,7 +78,7 @@ cross:
 # The longest (6.12) goes first, so that two at a time 5.10 follows 6.1
 # beside it. See kernels/README.md.
 ARCH ?= amd64
-KERNELS ?= $(if $(filter arm64,$(ARCH)),6.1,6.12 6.1 5.10)
+KERNELS ?= $(if $(filter arm64 aarch64,$(ARCH)),6.1,6.12 6.1 5.10)
 test-kernels:
 	ARCH='$(ARCH)' KERNELS='$(KERNELS)' ./kernels/run.sh
 
