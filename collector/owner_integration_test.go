@@ -257,7 +257,9 @@ func acceptRace(t *testing.T, c *collector.Collector) (reconciled bool) {
 		}
 	}
 	pid := uint32(os.Getpid())
-	testutil.Eventually(t, 3*time.Second, fmt.Sprintf("%d accepted sockets in CLOSE_WAIT with their holder", n), func() (bool, string) {
+	// 15 s: where the kernel lost events, the reconcile brought forward
+	// must have time to walk every socket, under TCG too.
+	testutil.Eventually(t, 15*time.Second, fmt.Sprintf("%d accepted sockets in CLOSE_WAIT with their holder", n), func() (bool, string) {
 		left, example := 0, ""
 		seen := map[string]bool{}
 		for _, v := range c.Table().List(time.Now(), collector.ListOptions{}) {
@@ -278,7 +280,9 @@ func acceptRace(t *testing.T, c *collector.Collector) (reconciled bool) {
 			}
 		}
 		left += len(servers) - len(seen)
-		return left == 0, fmt.Sprintf("%d not yet (%d not in the table); e.g. %s", left, len(servers)-len(seen), example)
+		st, err := c.Status()
+		return left == 0, fmt.Sprintf("%d not yet (%d not in the table); e.g. %s; reconciles %d -> %d, lost %v -> %v, program misses %v -> %v (status error %v)",
+			left, len(servers)-len(seen), example, st0.Reconciles, st.Reconciles, st0.EventsLost, st.EventsLost, st0.ProgramMisses, st.ProgramMisses, err)
 	})
 	st, err := c.Status()
 	if err != nil {
