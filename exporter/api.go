@@ -37,6 +37,7 @@ type Source interface {
 //	GET /v1/connections?FILTER   a JSON array of connections
 //	GET /v1/watch?FILTER         a stream of changes, one JSON object a line
 //	GET /v1/status               the agent's counters
+//	GET /v1/top?FILTER&limit=N   counts and one screen of rows (see TopAnswer)
 //	POST /v1/kill                abort or close connections (a collector.KillRequest)
 //	POST /v1/keepalive           arm keepalive on connections (a collector.KeepaliveRequest)
 //	GET /debug/pprof/...         Go runtime profiles (net/http/pprof)
@@ -57,6 +58,7 @@ func NewAPI(src Source) *API {
 	a.mux.HandleFunc("GET /v1/connections", a.connections)
 	a.mux.HandleFunc("GET /v1/watch", a.watch)
 	a.mux.HandleFunc("GET /v1/status", a.status)
+	a.mux.HandleFunc("GET /v1/top", a.top)
 	a.mux.HandleFunc("POST /v1/kill", a.kill)
 	a.mux.HandleFunc("POST /v1/keepalive", a.keepalive)
 	a.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -65,7 +67,7 @@ func NewAPI(src Source) *API {
 	a.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	a.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status, /debug/pprof/; POST /v1/kill, /v1/keepalive)", r.Method, r.URL.Path)})
+		writeJSON(w, http.StatusNotFound, Error{Error: fmt.Sprintf("no such endpoint %s %s (known: GET /v1/connections, /v1/watch, /v1/status, /v1/top, /debug/pprof/; POST /v1/kill, /v1/keepalive)", r.Method, r.URL.Path)})
 	})
 	return a
 }

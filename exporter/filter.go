@@ -23,6 +23,7 @@ type Filter struct {
 	Port    uint16          // either end's port
 	Remote  netip.Prefix    // the remote address is in this prefix
 	Target  *Target         // `who`: one connection by address, inode or cookie
+	Search  string          // a substring of an address, a process's name or pid, a pod or container id
 	Sort    string          // "", "idle", "age" or "retransmits"
 	Closed  bool            // include recently closed connections
 	History bool            // include each connection's transitions
@@ -33,7 +34,7 @@ var SortKeys = []string{"idle", "age", "retransmits"}
 
 // filterParams are the query parameters ParseFilter knows, in the order it
 // checks them.
-var filterParams = []string{"verdict", "state", "pid", "comm", "port", "remote", "target", "sort", "closed", "history"}
+var filterParams = []string{"verdict", "state", "pid", "comm", "port", "remote", "target", "search", "sort", "closed", "history"}
 
 // ParseFilter reads a Filter from query parameters. Unknown parameters and
 // bad values are errors that say what is wrong.
@@ -88,6 +89,11 @@ func ParseFilter(q url.Values) (Filter, error) {
 			var t Target
 			t, err = ParseTarget(v)
 			f.Target = &t
+		case "search":
+			if v == "" || len(v) > 128 {
+				err = fmt.Errorf("search %q: want 1 to 128 characters", v)
+			}
+			f.Search = strings.ToLower(v)
 		case "sort":
 			f.Sort, err = parseSort(v)
 		case "closed":
@@ -155,6 +161,9 @@ func (f Filter) Values() url.Values {
 	if f.Target != nil {
 		q.Set("target", f.Target.Raw)
 	}
+	if f.Search != "" {
+		q.Set("search", f.Search)
+	}
 	if f.Sort != "" {
 		q.Set("sort", f.Sort)
 	}
@@ -167,59 +176,108 @@ func (f Filter) Values() url.Values {
 	return q
 }
 
+// subject is what the conditions of a Filter read, from a view or from a
+// table entry.
+type subject struct {
+	state               collector.State
+	verdicts            []collector.Verdict
+	holders             []collector.Holder
+	opener              *collector.Task
+	closedBy            *collector.CloseRecord
+	local, remote       netip.AddrPort
+	addrsOK             bool
+	localStr, remoteStr string
+	cookie, inode       uint64
+}
+
 // Match reports whether v passes every condition of f.
 func (f Filter) Match(v *collector.ConnView) bool {
-	if f.Verdict != "" && !hasVerdict(v, f.Verdict) {
-		return false
-	}
-	if f.State != 0 && v.State != f.State {
-		return false
-	}
-	if f.PID != 0 && !involves(v, func(pid uint32, _ string) bool { return pid == f.PID }) {
-		return false
-	}
-	if f.Comm != "" && !involves(v, func(_ uint32, comm string) bool { return comm == f.Comm }) {
-		return false
-	}
+	s := subject{state: v.State, verdicts: v.Verdicts, holders: v.Holders, opener: v.Opener, closedBy: v.ClosedBy,
+		localStr: v.Local, remoteStr: v.Remote, cookie: v.Cookie, inode: v.Inode}
 	if f.Port != 0 || f.Remote.IsValid() {
 		l, lerr := netip.ParseAddrPort(v.Local)
 		r, rerr := netip.ParseAddrPort(v.Remote)
-		if lerr != nil || rerr != nil {
+		s.local, s.remote, s.addrsOK = l, r, lerr == nil && rerr == nil
+	}
+	return f.match(&s)
+}
+
+// MatchConn reports whether the table entry c passes every condition of
+// f, without rendering its view (see collector.TopOptions).
+func (f Filter) MatchConn(c *collector.Conn) bool {
+	s := subject{state: c.State, verdicts: c.Verdicts, holders: c.Holders, opener: c.Opener, closedBy: c.ClosedBy,
+		local: c.Local, remote: c.Remote, addrsOK: true, cookie: c.Cookie, inode: c.Inode}
+	if f.Search != "" || f.Target != nil {
+		s.localStr, s.remoteStr = c.Addrs()
+	}
+	return f.match(&s)
+}
+
+func (f Filter) match(s *subject) bool {
+	if f.Verdict != "" && !slices.ContainsFunc(s.verdicts, func(x collector.Verdict) bool { return x.Kind == f.Verdict }) {
+		return false
+	}
+	if f.State != 0 && s.state != f.State {
+		return false
+	}
+	if f.PID != 0 && !s.involves(func(pid uint32, _ string) bool { return pid == f.PID }) {
+		return false
+	}
+	if f.Comm != "" && !s.involves(func(_ uint32, comm string) bool { return comm == f.Comm }) {
+		return false
+	}
+	if f.Port != 0 || f.Remote.IsValid() {
+		if !s.addrsOK {
 			return false
 		}
-		if f.Port != 0 && l.Port() != f.Port && r.Port() != f.Port {
+		if f.Port != 0 && s.local.Port() != f.Port && s.remote.Port() != f.Port {
 			return false
 		}
-		if f.Remote.IsValid() && !f.Remote.Contains(r.Addr().Unmap()) && !f.Remote.Contains(r.Addr()) {
+		if f.Remote.IsValid() && !f.Remote.Contains(s.remote.Addr().Unmap()) && !f.Remote.Contains(s.remote.Addr()) {
 			return false
 		}
 	}
-	if f.Target != nil && !f.Target.Match(v) {
+	if f.Target != nil && !f.Target.match(s) {
+		return false
+	}
+	if f.Search != "" && !s.search(f.Search) {
 		return false
 	}
 	return true
 }
 
-func hasVerdict(v *collector.ConnView, kind string) bool {
-	for _, x := range v.Verdicts {
-		if x.Kind == kind {
-			return true
-		}
-	}
-	return false
-}
-
-// involves reports whether a holder or the opener satisfies match.
-func involves(v *collector.ConnView, match func(pid uint32, comm string) bool) bool {
-	for _, h := range v.Holders {
+// involves reports whether a holder, the opener or the closer satisfies
+// match.
+func (s *subject) involves(match func(pid uint32, comm string) bool) bool {
+	for _, h := range s.holders {
 		if match(h.PID, h.Comm) {
 			return true
 		}
 	}
-	if v.Opener != nil && match(v.Opener.PID, v.Opener.Comm) {
+	if s.opener != nil && match(s.opener.PID, s.opener.Comm) {
 		return true
 	}
-	return v.ClosedBy != nil && match(v.ClosedBy.PID, v.ClosedBy.Comm)
+	return s.closedBy != nil && match(s.closedBy.PID, s.closedBy.Comm)
+}
+
+// search reports whether needle (lower case) is part of either address,
+// of a holder's, the opener's or the closer's name or pid, or of a
+// holder's pod UID or container id.
+func (s *subject) search(needle string) bool {
+	if strings.Contains(s.localStr, needle) || strings.Contains(s.remoteStr, needle) {
+		return true
+	}
+	if s.involves(func(pid uint32, comm string) bool {
+		return strings.Contains(strings.ToLower(comm), needle) || strings.Contains(strconv.FormatUint(uint64(pid), 10), needle)
+	}) {
+		return true
+	}
+	for _, h := range s.holders {
+		if h.Cgroup != nil && (strings.Contains(h.Cgroup.PodUID, needle) || strings.Contains(h.Cgroup.ContainerID, needle)) {
+			return true
+		}
+	}
+	return false
 }
 
 // Sort orders connections in place: idle and age longest first,
@@ -276,9 +334,13 @@ func ParseTarget(s string) (Target, error) {
 // Match reports whether v is the target connection (either end's address,
 // or the inode or cookie).
 func (t Target) Match(v *collector.ConnView) bool {
+	return t.match(&subject{localStr: v.Local, remoteStr: v.Remote, cookie: v.Cookie, inode: v.Inode})
+}
+
+func (t Target) match(s *subject) bool {
 	if t.Addr.IsValid() {
 		a := t.Addr.String()
-		return v.Local == a || v.Remote == a
+		return s.localStr == a || s.remoteStr == a
 	}
-	return v.Inode == t.N || v.Cookie == t.N
+	return s.inode == t.N || s.cookie == t.N
 }
