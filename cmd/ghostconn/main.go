@@ -47,6 +47,7 @@ var commands = []command{
 	{"ls", "list connections with their verdicts", runLs},
 	{"who", "show everything about one connection: verdicts, holders, closer, history", runWho},
 	{"watch", "stream state and verdict changes as they happen", runWatch},
+	{"top", "a live full-screen view: counts, rates and the flagged connections first", runTop},
 	{"status", "show the agent's counters: events read and lost, programs attached", runStatus},
 	{"kill", "abort (or, with --graceful, close) the connections that match: exact, confirmed, audited", runKill},
 	{"keepalive", "arm TCP keepalive on the connections that match, without restarting the application", runKeepalive},
