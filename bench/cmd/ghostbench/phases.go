@@ -365,6 +365,13 @@ func phaseScale(c *config, r *results) error {
 		}
 	}
 	r.rssAfterLs, r.hwmAfterLs, _ = procMem(a.pid())
+
+	// `ghostconn top` open at scale: its CPU and the agent's.
+	if r.topAgentCPU, r.topCPU, r.topWall, err = topWindow(c.bin, a.sock, a.pid(), c.topDur); err != nil {
+		r.errorf("top at scale: %v", err)
+	} else {
+		logf("top for %s: agent %s, top %s", r.topWall.Round(time.Second), r.topAgentCPU, r.topCPU)
+	}
 	return nil
 }
 
