@@ -382,6 +382,34 @@ func TestTopLive(t *testing.T) {
 		}
 	}
 
+	// k on the row under the cursor: a confirmation with its verdict,
+	// then y kills it through the agent.
+	var selLocal, selRemote, selKind string
+	for k, kind := range want {
+		lr := strings.SplitN(k, " ", 2)
+		if strings.HasPrefix(rowLine(s, lr[0], lr[1]), "> ") {
+			selLocal, selRemote, selKind = lr[0], lr[1], kind
+		}
+	}
+	if selLocal == "" {
+		t.Fatalf("the cursor is on neither the ghost nor the close-wait:\n%s", s)
+	}
+	term.send("k")
+	term.waitScreen(5*time.Second, "the kill confirmation", func(s string) bool {
+		return strings.Contains(s, "kill "+selLocal+" -> "+selRemote+"?") && strings.Contains(s, selKind+";")
+	})
+	term.send("y")
+	term.waitScreen(10*time.Second, "the kill's result", func(s string) bool { return strings.Contains(s, "killed "+selLocal) })
+	testutil.Eventually(t, 10*time.Second, "the killed connection gone from the agent", func() (bool, string) {
+		conns, err := client.Connections(context.Background(), exporter.Filter{})
+		for i := range conns {
+			if conns[i].Local == selLocal && conns[i].Remote == selRemote {
+				return false, fmt.Sprintf("still there: %+v", conns[i])
+			}
+		}
+		return err == nil, fmt.Sprint(err)
+	})
+
 	// q leaves with exit 0 and gives the terminal back: the alternate
 	// screen left and the cursor shown.
 	term.send("q")
