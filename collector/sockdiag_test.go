@@ -158,29 +158,17 @@ func TestDiagCookieByAddress(t *testing.T) {
 	}
 	defer ln.Close()
 	defer client.Close()
-	raw, err := server.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want uint64
-	var st unix.Stat_t
-	var ctlErr error
-	if err := raw.Control(func(fd uintptr) {
-		want, ctlErr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
-		ctlErr = errors.Join(ctlErr, unix.Fstat(int(fd), &st))
-	}); err != nil || ctlErr != nil {
-		t.Fatal(err, ctlErr)
-	}
+	want, ino := sockIdentity(t, server.(*net.TCPConn))
 	lnCookie, lnIno := sockIdentity(t, ln.(*net.TCPListener))
 	local := netip.MustParseAddrPort(server.LocalAddr().String())
 	remote := netip.MustParseAddrPort(server.RemoteAddr().String())
-	for _, ino := range []uint64{0, st.Ino} {
-		if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote, ino); err != nil || got != want {
-			t.Fatalf("DiagCookie of the server end (inode %d): %d, %v; want %d", ino, got, err, want)
+	for _, i := range []uint64{0, ino} {
+		if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote, i); err != nil || got != want {
+			t.Fatalf("DiagCookie of the server end (inode %d): %d, %v; want %d", i, got, err, want)
 		}
 	}
 	// The wrong inode at the right addresses is another socket.
-	if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote, st.Ino+1); !errors.Is(err, ErrDiagGone) {
+	if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote, ino+1); !errors.Is(err, ErrDiagGone) {
 		t.Errorf("DiagCookie with another inode: %d, %v; want ErrDiagGone", got, err)
 	}
 	// A listener is found by its inode, and only so. (6.18 answers the
@@ -199,17 +187,17 @@ func TestDiagCookieByAddress(t *testing.T) {
 	// the local address now.
 	server.(*net.TCPConn).SetLinger(0)
 	server.Close()
-	for _, ino := range []uint64{0, st.Ino} {
+	for _, ino := range []uint64{0, ino} {
 		if got, err := DiagCookie(testnet.Path(ns), FamilyIPv4, local, remote, ino); !errors.Is(err, ErrDiagGone) {
 			t.Errorf("DiagCookie (inode %d) after the connection closed: %d, %v; want ErrDiagGone (never the listener)", ino, got, err)
 		}
 	}
 }
 
-// sockIdentity returns the cookie and inode of a listener.
-func sockIdentity(t *testing.T, ln *net.TCPListener) (cookie, ino uint64) {
+// sockIdentity returns the cookie and inode of a socket.
+func sockIdentity(t *testing.T, c syscall.Conn) (cookie, ino uint64) {
 	t.Helper()
-	raw, err := ln.SyscallConn()
+	raw, err := c.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
