@@ -171,11 +171,14 @@ func loopbackLifecycle(t *testing.T, c *collector.Collector, network, addr, fami
 	// socket reports CLOSE); the other side sees the FIN.
 	waitFor(t, c, "server CLOSE_WAIT", tuple(sl, cl, collector.StateCloseWait))
 	server.Close()
+	// By id and addresses: where ids are derived from the socket's address
+	// (5.10), a closed listener of an earlier run whose memory this socket
+	// took is in the closed history under the same id.
 	closed := waitFor(t, c, "client closed", func(v *collector.ConnView) bool {
-		return v.Cookie == cv.Cookie && v.State == collector.StateClose
+		return v.Cookie == cv.Cookie && v.State == collector.StateClose && v.Remote == sl
 	})
 	serverClosed := waitFor(t, c, "server closed", func(v *collector.ConnView) bool {
-		return v.Cookie == sv.Cookie && v.State == collector.StateClose
+		return v.Cookie == sv.Cookie && v.State == collector.StateClose && v.Remote == cl
 	})
 	// The kernel's transitions; a snapshot racing the reader may add a
 	// TIME_WAIT of its own (the time-wait socket keeps the cookie).
