@@ -130,6 +130,9 @@ type topModel struct {
 	cpu      float64 // the agent's share of a core
 	err      error   // the last refresh's
 	inFlight bool
+	// seq numbers the requests; an answer to one older than the last
+	// asked for (before a filter or sort changed) is dropped.
+	seq uint64
 
 	cursor int // index in ans.Rows
 	offset int // first row on the screen
@@ -186,6 +189,7 @@ type (
 		ans exporter.TopAnswer
 		err error
 		at  time.Time
+		seq uint64
 	}
 	topDetail struct {
 		v   *collector.ConnView
@@ -223,12 +227,13 @@ func (m *topModel) fetch() tea.Cmd {
 		return nil
 	}
 	m.inFlight = true
-	c, f, limit := m.client, m.filter(), m.limit()
+	m.seq++
+	c, f, limit, seq := m.client, m.filter(), m.limit(), m.seq
 	return func() tea.Msg {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		ans, err := c.Top(ctx, f, limit)
-		return topAnswer{ans: ans, err: err, at: time.Now()}
+		return topAnswer{ans: ans, err: err, at: time.Now(), seq: seq}
 	}
 }
 
@@ -262,13 +267,13 @@ func (m *topModel) follow() {
 	if m.cursor >= m.offset+n {
 		m.offset = m.cursor - n + 1
 	}
-	if m.cursor < len(m.ans.Rows) {
+	if m.cursor >= 0 && m.cursor < len(m.ans.Rows) {
 		m.selected = m.ans.Rows[m.cursor].Cookie
 	}
 }
 
 func (m *topModel) current() *collector.ConnView {
-	if m.cursor < len(m.ans.Rows) {
+	if m.cursor >= 0 && m.cursor < len(m.ans.Rows) {
 		return &m.ans.Rows[m.cursor]
 	}
 	return nil
@@ -283,6 +288,9 @@ func (m *topModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case topTick:
 		return m, tea.Batch(m.fetch(), m.tick())
 	case topAnswer:
+		if msg.seq != m.seq {
+			return m, nil // asked before the filter, sort or scroll changed
+		}
 		m.inFlight = false
 		m.err = msg.err
 		if msg.err == nil {
@@ -381,7 +389,7 @@ func (m *topModel) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
 		}
 		m.follow()
 	case "pgdown":
-		m.cursor = min(m.ans.Matched-1, m.cursor+m.rowsShown())
+		m.cursor = max(0, min(m.ans.Matched-1, m.cursor+m.rowsShown()))
 		m.follow()
 		return m, m.refetch()
 	case "pgup":

@@ -450,3 +450,40 @@ func teaKey(k string) tea.KeyPressMsg {
 	}
 	return tea.KeyPressMsg{Code: []rune(k)[0], Text: k}
 }
+
+// TestTopEmptyAndStale: keys on an empty table do nothing harmful, and an
+// answer to a request made before the filter changed is dropped.
+func TestTopEmptyAndStale(t *testing.T) {
+	m := newTopModel(nil, exporter.Filter{}, time.Second, false)
+	m.Update(teaSize(80, 24))
+	empty := exporter.TopAnswer{Ready: true}
+	m.setAnswer(empty, time.Now())
+	for _, k := range []string{"pgdown", "down", "up", "home", "pgup", "enter", "k"} {
+		msg := teaKey(k)
+		switch k {
+		case "pgdown":
+			msg = tea.KeyPressMsg{Code: tea.KeyPgDown}
+		case "pgup":
+			msg = tea.KeyPressMsg{Code: tea.KeyPgUp}
+		case "home":
+			msg = tea.KeyPressMsg{Code: tea.KeyHome}
+		}
+		m.Update(msg)
+		if m.cursor < 0 || m.offset < 0 || m.mode != modeTable {
+			t.Fatalf("after %s on an empty table: cursor %d, offset %d, mode %d", k, m.cursor, m.offset, m.mode)
+		}
+	}
+	if v := m.render(); !strings.Contains(v, "no connection matches") {
+		t.Errorf("empty table:\n%s", v)
+	}
+	old := m.seq
+	m.key(teaKey("v")) // a new filter: a new request
+	m.Update(topAnswer{ans: topScene(3), at: time.Now(), seq: old})
+	if len(m.ans.Rows) != 0 {
+		t.Errorf("an answer to the request before the filter changed was taken")
+	}
+	m.Update(topAnswer{ans: topScene(3), at: time.Now(), seq: m.seq})
+	if len(m.ans.Rows) != 3 {
+		t.Errorf("the answer to the last request was dropped")
+	}
+}
