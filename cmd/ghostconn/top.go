@@ -128,8 +128,11 @@ type topModel struct {
 	readRate float64   // records read a second
 	lostRate float64
 	cpu      float64 // the agent's share of a core
-	err      error   // the last refresh's
-	inFlight bool
+	// restarted is set when the agent's counters went back since the last
+	// answer: the rates start again.
+	restarted bool
+	err       error // the last refresh's
+	inFlight  bool
 	// seq numbers the requests; an answer to one older than the last
 	// asked for (before a filter or sort changed) is dropped.
 	seq uint64
@@ -139,11 +142,14 @@ type topModel struct {
 	// selected is the cookie under the cursor, kept across refreshes.
 	selected uint64
 
-	mode    topMode
-	detail  []string
-	scroll  int
-	confirm *collector.ConnView
-	msg     string
+	mode topMode
+	// detailSeq numbers the who requests; only the last one's answer is
+	// shown.
+	detailSeq uint64
+	detail    []string
+	scroll    int
+	confirm   *collector.ConnView
+	msg       string
 }
 
 func newTopModel(c *exporter.Client, f exporter.Filter, interval time.Duration, color bool) *topModel {
@@ -194,6 +200,7 @@ type (
 	topDetail struct {
 		v   *collector.ConnView
 		err error
+		seq uint64
 	}
 	topKilled struct {
 		what    string
@@ -240,7 +247,11 @@ func (m *topModel) fetch() tea.Cmd {
 // setAnswer takes a new answer: rates from the one before, and the cursor
 // kept on the same connection where it is still listed.
 func (m *topModel) setAnswer(ans exporter.TopAnswer, at time.Time) {
-	if !m.at.IsZero() {
+	m.restarted = false
+	if !m.at.IsZero() && (ans.EventsRead < m.ans.EventsRead || ans.EventsLost < m.ans.EventsLost || ans.CPUSeconds < m.ans.CPUSeconds) {
+		// Counters went back: another agent answers now.
+		m.restarted, m.readRate, m.lostRate, m.cpu = true, 0, 0, 0
+	} else if !m.at.IsZero() {
 		if dt := ans.At.Sub(m.ans.At).Seconds(); dt > 0 {
 			m.readRate = float64(ans.EventsRead-m.ans.EventsRead) / dt
 			m.lostRate = float64(ans.EventsLost-m.ans.EventsLost) / dt
@@ -272,6 +283,10 @@ func (m *topModel) follow() {
 	}
 }
 
+// lastRow is the last row the cursor may go to: the last that matches, or
+// the last the API gives (MaxTopLimit).
+func (m *topModel) lastRow() int { return min(m.ans.Matched, exporter.MaxTopLimit) - 1 }
+
 func (m *topModel) current() *collector.ConnView {
 	if m.cursor >= 0 && m.cursor < len(m.ans.Rows) {
 		return &m.ans.Rows[m.cursor]
@@ -298,6 +313,9 @@ func (m *topModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		return m, nil
 	case topDetail:
+		if msg.seq != m.detailSeq || m.mode != modeDetail {
+			return m, nil // for a row left since
+		}
 		if msg.err != nil {
 			m.mode, m.msg = modeTable, "who: "+msg.err.Error()
 			return m, nil
@@ -311,6 +329,12 @@ func (m *topModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.fetch()
 	case tea.KeyPressMsg:
 		return m.key(msg)
+	case tea.PasteMsg:
+		// An address pasted from an alert.
+		if m.mode == modeSearch {
+			m.typed(msg.Content)
+		}
+		return m, nil
 	}
 	return m, nil
 }
@@ -336,9 +360,7 @@ func (m *topModel) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
 				m.input = string(r[:len(r)-1])
 			}
 		default:
-			if k.Text != "" && len(m.input) < 128 {
-				m.input += k.Text
-			}
+			m.typed(k.Text)
 		}
 		return m, nil
 	case modeDetail:
@@ -348,11 +370,11 @@ func (m *topModel) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
 		case "up":
 			m.scroll = max(0, m.scroll-1)
 		case "down":
-			m.scroll = min(max(0, len(m.detail)-(m.height-2)), m.scroll+1)
+			m.scroll = min(m.maxScroll(), m.scroll+1)
 		case "pgup":
 			m.scroll = max(0, m.scroll-(m.height-2))
 		case "pgdown", "space":
-			m.scroll = min(max(0, len(m.detail)-(m.height-2)), m.scroll+m.height-2)
+			m.scroll = min(m.maxScroll(), m.scroll+m.height-2)
 		}
 		return m, nil
 	case modeConfirm:
@@ -371,6 +393,7 @@ func (m *topModel) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
 			return topKilled{what: v.Local + " -> " + v.Remote, results: res, err: err}
 		}
 	}
+	m.msg = "" // a message stands until the next key
 	switch k.String() {
 	case "q":
 		return m, tea.Quit
@@ -379,19 +402,19 @@ func (m *topModel) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
 	case "up":
 		m.cursor = max(0, m.cursor-1)
 		m.follow()
-	case "down":
-		m.cursor = min(max(0, len(m.ans.Rows)-1), m.cursor+1)
-		if m.cursor == len(m.ans.Rows)-1 && len(m.ans.Rows) < m.ans.Matched {
-			// The next row is not fetched yet: ask for one more.
-			m.cursor++
-			m.follow()
+	case "down", "pgdown":
+		step := 1
+		if k.String() == "pgdown" {
+			step = m.rowsShown()
+		}
+		m.cursor = max(0, min(m.lastRow(), m.cursor+step))
+		m.follow()
+		if m.cursor >= len(m.ans.Rows) {
+			// Not fetched yet: ask down to it, and keep the cursor there
+			// (not on the connection it left).
+			m.selected = 0
 			return m, m.refetch()
 		}
-		m.follow()
-	case "pgdown":
-		m.cursor = max(0, min(m.ans.Matched-1, m.cursor+m.rowsShown()))
-		m.follow()
-		return m, m.refetch()
 	case "pgup":
 		m.cursor = max(0, m.cursor-m.rowsShown())
 		m.follow()
@@ -416,24 +439,25 @@ func (m *topModel) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
 	case "enter":
 		if v := m.current(); v != nil {
 			m.mode, m.detail = modeDetail, []string{"asking the agent about " + v.Local + " -> " + v.Remote + " ..."}
-			c, cookie := m.client, v.Cookie
+			m.detailSeq++
+			c, cookie, seq := m.client, v.Cookie, m.detailSeq
 			return m, func() tea.Msg {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
 				t, err := exporter.ParseTarget(fmt.Sprint(cookie))
 				if err != nil {
-					return topDetail{err: err}
+					return topDetail{err: err, seq: seq}
 				}
 				conns, err := c.Connections(ctx, exporter.Filter{Target: &t, History: true, Closed: true})
 				for i := range conns {
 					if conns[i].Cookie == cookie {
-						return topDetail{v: &conns[i]}
+						return topDetail{v: &conns[i], seq: seq}
 					}
 				}
 				if err == nil {
 					err = errors.New("the connection is gone from the agent's table")
 				}
-				return topDetail{err: err}
+				return topDetail{err: err, seq: seq}
 			}
 		}
 	case "k":
@@ -448,6 +472,17 @@ func (m *topModel) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
 		}
 	}
 	return m, nil
+}
+
+// typed adds text to the search being typed, up to the API's 128
+// characters (bytes, as the API counts them).
+func (m *topModel) typed(text string) {
+	for _, r := range text {
+		if r < ' ' || len(m.input)+utf8.RuneLen(r) > 128 {
+			continue
+		}
+		m.input += string(r)
+	}
 }
 
 // refetch asks again at once, after the filter, sort or scroll changed.
@@ -569,8 +604,20 @@ func (m *topModel) headerLines() []string {
 	if m.lostRate > 0 {
 		lost = m.st.red(lost)
 	}
-	l1 := fmt.Sprintf("%s  %s  %s  events %.0f/s %s  CPU %.1f%% RSS %s", m.st.title("ghostconn top"), ready, m.at.Format("15:04:05"),
-		m.readRate, lost, m.cpu*100, bytesText(a.RSSBytes))
+	when := m.at.Format("15:04:05")
+	if m.err != nil {
+		when = m.st.red("STALE since " + when)
+	}
+	if !a.Ready {
+		// The reason goes on the message line; the numbers stay here.
+		ready = m.st.red("NOT READY")
+	}
+	rates := fmt.Sprintf("events %.0f/s %s", m.readRate, lost)
+	if m.restarted {
+		rates = "agent restarted: rates from the next refresh"
+	}
+	l1 := fmt.Sprintf("%s  %s  %s  %s  CPU %.1f%% RSS %s", m.st.title("ghostconn top"), ready, when,
+		rates, m.cpu*100, bytesText(a.RSSBytes))
 	return []string{l1, sb.String(), vb.String()}
 }
 
@@ -595,7 +642,8 @@ func bytesText(n uint64) string {
 // topColumn is one column of the table: its title, whether it is
 // right-aligned, the width it shrinks to first (soft: an IPv4 address and
 // port, two verdicts) and at last (min), and in which order it shrinks to
-// min (lower first: the process first, the state and verdicts last).
+// min (lower first: the process first, the state and verdicts last; the
+// numbers, rank 9, not below 8 columns, which they never need).
 type topColumn struct {
 	title     string
 	right     bool
@@ -605,7 +653,7 @@ type topColumn struct {
 
 var topColumns = []topColumn{
 	{"STATE", false, 10, 5, 3}, {"LOCAL", false, 21, 9, 2}, {"REMOTE", false, 21, 9, 2}, {"PROCESS", false, 12, 7, 0},
-	{"IDLE", true, 5, 4, 1}, {"RETR", true, 4, 4, 1}, {"VERDICTS", false, 12, 8, 3}, {"AGE", true, 5, 4, 1},
+	{"IDLE", true, 8, 8, 9}, {"RETR", true, 8, 8, 9}, {"VERDICTS", false, 12, 8, 3}, {"AGE", true, 8, 8, 9},
 }
 
 // shortStates are ss's short state names, for narrow screens.
@@ -731,6 +779,8 @@ func (m *topModel) tableView() []string {
 		lines = append(lines, "search (address, port, process, pid, pod; Enter applies, Esc cancels): "+m.input+"▏")
 	case m.err != nil:
 		lines = append(lines, m.st.red("refresh failed: "+m.err.Error()))
+	case !m.ans.Ready && m.ans.Reason != "":
+		lines = append(lines, m.st.red("not ready: "+m.ans.Reason))
 	case m.msg != "":
 		lines = append(lines, m.msg)
 	default:
@@ -776,8 +826,12 @@ func (m *topModel) tableView() []string {
 	for len(lines) < m.height-1 {
 		lines = append(lines, "")
 	}
-	lines = append(lines, m.st.faint(fmt.Sprintf("%d-%d of %d  enter:who k:kill v:verdict /:search s:sort ?:help q:quit",
-		min(m.offset+1, len(rows)), end, m.ans.Matched)))
+	of := fmt.Sprint(m.ans.Matched)
+	if m.ans.Matched > exporter.MaxTopLimit {
+		of += fmt.Sprintf(" (the first %d shown)", exporter.MaxTopLimit)
+	}
+	lines = append(lines, m.st.faint(fmt.Sprintf("%d-%d of %s  enter:who k:kill v:verdict /:search s:sort ?:help q:quit",
+		min(m.offset+1, len(rows)), end, of)))
 	return lines
 }
 
@@ -843,27 +897,23 @@ func (m *topModel) confirmText(v *collector.ConnView) string {
 
 func (m *topModel) detailView() []string {
 	lines := []string{m.st.header(pad("who: Esc or Enter goes back, ↑↓ PgUp PgDn scroll", m.width, false))}
-	body := make([]string, 0, len(m.detail))
-	for _, l := range m.detail {
-		// Wrap rather than cut: evidence must not be lost at 80 columns.
-		for lipgloss.Width(l) > m.width && m.width > 8 {
-			r := []rune(l)
-			cut := min(len(r), m.width)
-			for lipgloss.Width(string(r[:cut])) > m.width {
-				cut--
-			}
-			// At a space where there is one in the second half.
-			if sp := strings.LastIndexByte(string(r[:cut]), ' '); sp > m.width/2 && utf8.ValidString(string(r[:cut])) {
-				cut = utf8.RuneCountInString(string(r[:cut])[:sp+1])
-			}
-			body = append(body, string(r[:cut]))
-			l = "    " + string(r[cut:])
-		}
-		body = append(body, l)
-	}
+	body := m.detailBody()
 	start := min(m.scroll, max(0, len(body)-1))
 	return append(lines, body[start:]...)
 }
+
+// detailBody is the who text wrapped to the screen (escape codes kept
+// whole): wrapped, not cut, so that no evidence is lost at 80 columns.
+func (m *topModel) detailBody() []string {
+	body := make([]string, 0, len(m.detail))
+	for _, l := range m.detail {
+		body = append(body, strings.Split(ansi.Wrap(l, max(8, m.width), ""), "\n")...)
+	}
+	return body
+}
+
+// maxScroll is the last first line of the who view that still fills it.
+func (m *topModel) maxScroll() int { return max(0, len(m.detailBody())-(m.height-1)) }
 
 func (m *topModel) helpView() []string {
 	return []string{

@@ -487,3 +487,62 @@ func TestTopEmptyAndStale(t *testing.T) {
 		t.Errorf("the answer to the last request was dropped")
 	}
 }
+
+// TestTopScrollsPastTheFetchedRows: Down and PgDn past the rows fetched
+// ask for more and keep the cursor where it went; the who view scrolls to
+// its last wrapped line; counters that go back (a new agent) reset the
+// rates instead of wrapping around.
+func TestTopScrollsPastTheFetchedRows(t *testing.T) {
+	m := newTopModel(nil, exporter.Filter{}, time.Second, false)
+	m.Update(teaSize(80, 24))
+	all := topScene(100)
+	answer := func(n int) exporter.TopAnswer {
+		a := all
+		a.Rows = all.Rows[:n]
+		return a
+	}
+	m.setAnswer(answer(m.limit()), all.At)
+	shown := m.rowsShown()
+	m.Update(tea.KeyPressMsg{Code: tea.KeyPgDown})
+	if m.cursor != shown || m.limit() <= shown {
+		t.Fatalf("PgDn: cursor %d, asking for %d rows; want cursor %d and more rows", m.cursor, m.limit(), shown)
+	}
+	m.Update(topAnswer{ans: answer(m.limit()), at: all.At, seq: m.seq})
+	if m.cursor != shown || m.selected != all.Rows[shown].Cookie {
+		t.Errorf("after the answer: cursor %d on cookie %d, want %d on %d", m.cursor, m.selected, shown, all.Rows[shown].Cookie)
+	}
+	for i := 1; i <= 3; i++ {
+		m.Update(teaKey("down"))
+		m.Update(topAnswer{ans: answer(m.limit()), at: all.At, seq: m.seq})
+		if m.cursor != shown+i {
+			t.Fatalf("down %d: cursor %d, want %d", i, m.cursor, shown+i)
+		}
+	}
+	if v := m.render(); !strings.Contains(v, "> ") || !strings.Contains(v, all.Rows[m.cursor].Local+" ") {
+		t.Errorf("the cursor's row is not on the screen:\n%s", v)
+	}
+
+	long := make([]string, 30)
+	for i := range long {
+		long[i] = fmt.Sprintf("line %d: %s", i, strings.Repeat("evidence ", 15))
+	}
+	m.mode, m.detail = modeDetail, long
+	for range 200 {
+		m.Update(teaKey("down"))
+	}
+	if v := m.render(); !strings.Contains(v, "line 29:") {
+		t.Errorf("the who view does not reach its last line:\n%s", v)
+	}
+
+	m.mode = modeTable
+	restarted := all
+	restarted.EventsRead, restarted.CPUSeconds = 0, 0
+	prev := all
+	prev.EventsRead, prev.CPUSeconds = 1000, 50
+	m.setAnswer(prev, all.At)
+	restarted.At = all.At.Add(time.Second)
+	m.setAnswer(restarted, restarted.At)
+	if !m.restarted || m.readRate != 0 || m.cpu != 0 || !strings.Contains(m.render(), "agent restarted") {
+		t.Errorf("counters going back: restarted %t, rate %f, cpu %f", m.restarted, m.readRate, m.cpu)
+	}
+}
