@@ -66,8 +66,12 @@ func (a *API) top(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := a.now()
+	match := f.MatchConn
+	if f.Verdict == "" && f.State == 0 && f.PID == 0 && f.Comm == "" && f.Port == 0 && !f.Remote.IsValid() && f.Search == "" {
+		match = nil // every connection: no call per entry
+	}
 	ans := TopAnswer{
-		Top:        a.src.Table().Top(now, collector.TopOptions{Match: f.MatchConn, Sort: f.Sort, Limit: limit}),
+		Top:        a.src.Table().Top(now, collector.TopOptions{Match: match, Sort: f.Sort, Limit: limit}),
 		At:         now,
 		Ready:      st.Ready,
 		Reason:     st.NotReadyReason,
