@@ -249,3 +249,26 @@ func snapshotInput(n int) ([]bpf.GhostconnSockRec, []bpf.GhostconnHolderRec) {
 	}
 	return recs, holders
 }
+
+// BenchmarkTop100k is the table side of one `ghostconn top` refresh at
+// 100k connections, the counts and the first 40 rows in the default order,
+// when the table changed since the last one (a pass over it) and when it
+// did not (the last pass reused).
+func BenchmarkTop100k(b *testing.B) {
+	t, at := bigTable(100_000)
+	for _, changed := range []bool{true, false} {
+		b.Run(map[bool]string{true: "changed", false: "unchanged"}[changed], func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if changed {
+					t.mu.Lock()
+					t.changes++
+					t.mu.Unlock()
+				}
+				if got := t.Top(at.Add(time.Second), TopOptions{Limit: 40}); got.Total != 100_000 || len(got.Rows) != 40 {
+					b.Fatal(got.Total, len(got.Rows))
+				}
+			}
+		})
+	}
+}

@@ -363,15 +363,24 @@ func (c *Conn) tupleStrings() (local, remote string) {
 // snapshot and extended by the time since; a connection no snapshot has
 // seen yet counts from when it was established.
 func (c *Conn) Idle(now time.Time) (time.Duration, bool) {
-	if c.State != StateEstablished && c.State != StateCloseWait {
+	last, ok := c.idleFrom()
+	if !ok {
 		return 0, false
-	}
-	last := c.LastData
-	if last.IsZero() {
-		last = c.StateSince
 	}
 	if now.Before(last) {
 		return 0, true
 	}
 	return now.Sub(last), true
+}
+
+// idleFrom is when c's idle time began (the last data, else the state's
+// start), and whether c is in a state whose idle time counts.
+func (c *Conn) idleFrom() (time.Time, bool) {
+	if c.State != StateEstablished && c.State != StateCloseWait {
+		return time.Time{}, false
+	}
+	if c.LastData.IsZero() {
+		return c.StateSince, true
+	}
+	return c.LastData, true
 }

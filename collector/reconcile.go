@@ -158,6 +158,7 @@ func (t *Table) Sweep(gen uint64, start time.Time, covered map[uint32]bool) {
 			continue
 		}
 		t.stats.ReconcileGone++
+		t.changes++
 		c.addTransition(Transition{At: start, From: c.State, To: StateClose, Source: "reconcile"})
 		t.publish(c, Change{Time: start, Type: "state", From: c.State, State: StateClose, Source: "reconcile"})
 		t.retire(c, start)
@@ -195,6 +196,7 @@ func (t *Table) SetHolders(recs []bpf.GhostconnHolderRec, at time.Time) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.changes++
 	atMono := t.tl.mono(at)
 	if at.After(t.lastWalk) {
 		t.lastWalk = at

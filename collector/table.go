@@ -85,6 +85,15 @@ type Table struct {
 	lastWalk time.Time
 	// walkGen counts holder walks (see Conn.walkGen).
 	walkGen uint64
+	// changes counts the changes that can alter what Top counts, keeps
+	// or how it orders: events applied, holder walks, sweeps, verdicts
+	// raised or cleared, wall-clock steps. topPasses are Top's passes made
+	// when changes was topChanges, reused until it moves on; topMu guards
+	// them (Top runs under the read lock, perhaps for two views at once).
+	changes    uint64
+	topMu      sync.Mutex
+	topChanges uint64
+	topPasses  map[topKey]topPass
 	// spare holds connections dropped from the closed history that nothing
 	// refers to any more, for createAs to reuse: under churn every short
 	// connection would otherwise allocate a Conn and its history, and the
@@ -153,6 +162,7 @@ func (t *Table) setClock(c Clock) {
 func (t *Table) sync() int64 {
 	mono, step := t.tl.now()
 	if step != 0 {
+		t.changes++
 		for _, c := range t.conns {
 			c.shift(step)
 		}
@@ -168,6 +178,9 @@ func (t *Table) sync() int64 {
 func (t *Table) Apply(evs []Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if len(evs) > 0 {
+		t.changes++
+	}
 	t.sync()
 	for i := range evs {
 		t.apply(&evs[i])
@@ -799,12 +812,14 @@ func (t *Table) evaluateOne(c *Conn, now time.Time) bool {
 			}
 		}
 		if !found {
+			t.changes++
 			t.stats.Raised[v.Kind]++
 			t.publish(c, Change{Time: now, Type: "verdict", Verdict: v})
 		}
 	}
 	for i := range c.Verdicts {
 		if !has(e.verdicts, c.Verdicts[i].Kind) {
+			t.changes++
 			t.publish(c, Change{Time: now, Type: "cleared", Verdict: &c.Verdicts[i]})
 		}
 	}

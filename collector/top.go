@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -16,6 +17,12 @@ type TopOptions struct {
 	// Match keeps the connections it returns true for; nil keeps all. It
 	// runs under the table's read lock and must not keep the entry.
 	Match func(*Conn) bool
+	// Key names what Match keeps (for the API, the filter's query). Top
+	// reuses its last pass over the table when nothing in the table
+	// changed since and Key, Sort and Limit are the same; with Match set
+	// and Key empty it never does. A Match that depends on anything
+	// besides the connection must leave Key empty.
+	Key string
 	// Sort is one of TopSortKeys.
 	Sort string
 	// Limit is how many rows to return: the screen's, not the table's.
@@ -35,30 +42,97 @@ type Top struct {
 
 // Top counts the live connections by state and verdict and returns the
 // first o.Limit of those o.Match keeps, ordered by o.Sort (ties by
-// cookie). It renders views only of the rows it returns, so a view of a
-// large table each second costs one pass over it.
+// cookie). It renders views only of the rows it returns. The counts, the
+// connections kept and their order change only when the table does (no
+// order depends on the time of the view: idle orders by the time of the
+// last data), so while nothing changed a view reuses the last pass and
+// renders its rows again: one pass over 100k connections costs 35 ms, most
+// of it a cache miss per connection.
 func (t *Table) Top(now time.Time, o TopOptions) Top {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	top := Top{ByState: map[string]int{}, ByVerdict: map[string]int{}}
-	less := topLess(o.Sort, now)
+	pass := t.topPassFor(o)
+	top := Top{Total: pass.total, ByState: map[string]int{}, Flagged: pass.flagged,
+		ByVerdict: maps.Clone(pass.byVerdict), Matched: pass.matched}
+	for st, n := range pass.byState {
+		if n > 0 {
+			top.ByState[State(st).String()] = n
+		}
+	}
+	top.Rows = make([]ConnView, len(pass.best))
+	uids := make([]uint32, len(pass.best))
+	idles := make([]float64, len(pass.best))
+	for i, c := range pass.best {
+		top.Rows[i] = c.view(now, t.defaults[c.Netns], false, t.lastWalk, &uids[i], &idles[i])
+	}
+	return top
+}
+
+// topPassFor returns the pass over the table for o: the last one made for
+// the same key, sort and limit if the table has not changed since, else a
+// new one. Call it with t.mu held for reading.
+func (t *Table) topPassFor(o TopOptions) topPass {
+	if o.Match != nil && o.Key == "" {
+		return t.topScan(o) // nothing to reuse it by
+	}
+	k := topKey{key: o.Key, sort: o.Sort, limit: o.Limit}
+	t.topMu.Lock()
+	defer t.topMu.Unlock()
+	if t.topChanges != t.changes || len(t.topPasses) >= maxTopPasses {
+		clear(t.topPasses)
+		t.topChanges = t.changes
+	}
+	if p, ok := t.topPasses[k]; ok {
+		return p
+	}
+	p := t.topScan(o)
+	if t.topPasses == nil {
+		t.topPasses = map[topKey]topPass{}
+	}
+	t.topPasses[k] = p
+	return p
+}
+
+// maxTopPasses bounds the passes kept: one per live view open with a
+// different filter, sort or size.
+const maxTopPasses = 16
+
+// topKey names the views a pass serves.
+type topKey struct {
+	key, sort string
+	limit     int
+}
+
+// topPass is one pass of Top over the table, kept for the next view while
+// the table does not change.
+type topPass struct {
+	total     int
+	byState   [256]int // counted in an array: a map update per connection was most of a pass
+	flagged   int
+	byVerdict map[string]int
+	matched   int
+	best      []*Conn
+}
+
+// topScan makes one pass over the live connections for o. Call it with
+// t.mu held.
+func (t *Table) topScan(o TopOptions) topPass {
+	p := topPass{byVerdict: map[string]int{}}
+	less := topLess(o.Sort)
 	best := make([]*Conn, 0, o.Limit+1)
-	// Counted in an array, named once at the end: a map update per
-	// connection was most of a pass at 100k.
-	var byState [256]int
 	for _, c := range t.conns {
-		top.Total++
-		byState[c.State]++
+		p.total++
+		p.byState[c.State]++
 		if len(c.Verdicts) > 0 {
-			top.Flagged++
+			p.flagged++
 			for _, v := range c.Verdicts {
-				top.ByVerdict[v.Kind]++
+				p.byVerdict[v.Kind]++
 			}
 		}
 		if o.Match != nil && !o.Match(c) {
 			continue
 		}
-		top.Matched++
+		p.matched++
 		if o.Limit <= 0 || (len(best) == o.Limit && !less(c, best[len(best)-1])) {
 			continue
 		}
@@ -68,33 +142,18 @@ func (t *Table) Top(now time.Time, o TopOptions) Top {
 			best = best[:o.Limit]
 		}
 	}
-	for st, n := range byState {
-		if n > 0 {
-			top.ByState[State(st).String()] = n
-		}
-	}
-	top.Rows = make([]ConnView, len(best))
-	uids := make([]uint32, len(best))
-	idles := make([]float64, len(best))
-	for i, c := range best {
-		top.Rows[i] = c.view(now, t.defaults[c.Netns], false, t.lastWalk, &uids[i], &idles[i])
-	}
-	return top
+	p.best = best
+	return p
 }
 
-// topLess returns the order of sort key (see TopSortKeys) at now; ties go
-// by cookie, so that rows keep their places between two views.
-func topLess(key string, now time.Time) func(a, b *Conn) bool {
-	idle := func(c *Conn) time.Duration {
-		if d, ok := c.Idle(now); ok {
-			return d
-		}
-		return -1
-	}
+// topLess returns the order of sort key (see TopSortKeys); ties go by
+// cookie, so that rows keep their places between two views. No order
+// depends on the time it is taken at.
+func topLess(key string) func(a, b *Conn) bool {
 	var cmp func(a, b *Conn) int
 	switch key {
 	case "idle":
-		cmp = func(a, b *Conn) int { return compareDesc(idle(a), idle(b)) }
+		cmp = compareIdle
 	case "age":
 		cmp = func(a, b *Conn) int { return a.FirstSeen.Compare(b.FirstSeen) }
 	case "retransmits":
@@ -113,7 +172,7 @@ func topLess(key string, now time.Time) func(a, b *Conn) bool {
 					return c
 				}
 			}
-			return compareDesc(idle(a), idle(b))
+			return compareIdle(a, b)
 		}
 	}
 	return func(a, b *Conn) bool {
@@ -122,6 +181,23 @@ func topLess(key string, now time.Time) func(a, b *Conn) bool {
 		}
 		return a.Cookie < b.Cookie
 	}
+}
+
+// compareIdle puts the longest idle first: the connections Idle measures
+// (ESTABLISHED, CLOSE_WAIT), the earliest last data first, then the rest.
+func compareIdle(a, b *Conn) int {
+	la, oka := a.idleFrom()
+	lb, okb := b.idleFrom()
+	switch {
+	case oka != okb:
+		if oka {
+			return -1
+		}
+		return 1
+	case !oka:
+		return 0
+	}
+	return la.Compare(lb)
 }
 
 // compareDesc orders larger values first.

@@ -1,10 +1,13 @@
 package collector
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ghostconn/ghostconn/bpf"
 )
 
 // topTable is a table of n connections: cookie i established i seconds
@@ -25,6 +28,7 @@ func topTable(t *testing.T, n int) *Table {
 	tb.conns[3].Verdicts = []Verdict{{Kind: VerdictSilent, Since: tbT0.Add(50 * time.Second)}}
 	tb.conns[9].Verdicts = []Verdict{{Kind: VerdictGhost, Since: tbT0.Add(20 * time.Second)}, {Kind: VerdictSilent, Since: tbT0.Add(40 * time.Second)}}
 	tb.conns[5].State = StateCloseWait
+	tb.changes++
 	return tb
 }
 
@@ -73,7 +77,7 @@ func TestTopKeepsTheFirstRows(t *testing.T) {
 	tb := topTable(t, 300)
 	now := tbT0.Add(time.Hour)
 	for _, key := range TopSortKeys {
-		less := topLess(key, now)
+		less := topLess(key)
 		all := make([]*Conn, 0, len(tb.conns))
 		for _, c := range tb.conns {
 			all = append(all, c)
@@ -98,4 +102,74 @@ func TestTopKeepsTheFirstRows(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestTopReusesItsPassOnlyWhileNothingChanged: a view of an unchanged
+// table does not pass over it again, and after each kind of change
+// (events, a verdict raised by time alone, a holder walk, a sweep) the
+// view is the one a fresh pass gives.
+func TestTopReusesItsPassOnlyWhileNothingChanged(t *testing.T) {
+	tb := topTable(t, 50)
+	now := tbT0.Add(time.Minute)
+	calls := 0
+	counting := func(c *Conn) bool { calls++; return c.Cookie%2 == 1 || c.Cookie == 60 }
+	check := func(step string, wantPass bool) {
+		t.Helper()
+		for _, key := range TopSortKeys {
+			calls = 0
+			got := tb.Top(now, TopOptions{Match: counting, Key: "odd", Sort: key, Limit: 6})
+			if passed := calls > 0; passed != wantPass {
+				t.Errorf("%s, sort %q: passed over the table %v, want %v", step, key, passed, wantPass)
+			}
+			fresh := tb.Top(now, TopOptions{Match: func(c *Conn) bool { return c.Cookie%2 == 1 || c.Cookie == 60 }, Sort: key, Limit: 6})
+			if g, f := topJSON(t, got), topJSON(t, fresh); g != f {
+				t.Errorf("%s, sort %q: reused view\n%s\nwant the fresh one\n%s", step, key, g, f)
+			}
+			// The same again: nothing changed in between.
+			calls = 0
+			tb.Top(now, TopOptions{Match: counting, Key: "odd", Sort: key, Limit: 6})
+			if calls != 0 {
+				t.Errorf("%s, sort %q: a second view of an unchanged table passed over it", step, key)
+			}
+		}
+	}
+	check("first view", true)
+	now = now.Add(time.Second) // time alone changes no order
+	check("a second later", false)
+
+	tb.Apply([]Event{tbStateEv(60, now, StateSynSent, StateEstablished, "10.0.0.1:9060", "10.0.0.2:443")})
+	check("after a new connection", true)
+	tb.Apply([]Event{tbStateEv(7, now, StateEstablished, StateCloseWait, "10.0.0.1:1007", "10.0.0.2:443")})
+	check("after a state change", true)
+
+	now = now.Add(DefaultVerdictConfig.CloseWaitAfter + time.Second)
+	rec := vtHolderRec(4242, 1, 5, "keeper")
+	rec.Cookie, rec.Ino = 11, 0
+	tb.SetHolders([]bpf.GhostconnHolderRec{rec}, now)
+	check("after a holder walk", true)
+
+	before := tb.Stats().Raised[VerdictCloseWait]
+	tb.Evaluate(now)
+	if tb.Stats().Raised[VerdictCloseWait] == before {
+		t.Fatal("no close-wait verdict raised: the step below tests nothing")
+	}
+	check("after verdicts raised by time", true)
+	tb.Evaluate(now)
+	check("after an evaluation that changed nothing", false)
+
+	// Connections 7 and 60 had events after the sweep's snapshot began.
+	tb.Sweep(99, tbT0.Add(55*time.Second), map[uint32]bool{tbNetns: true})
+	if n := tb.Len(); n == 0 || n == 51 {
+		t.Fatalf("sweep left %d connections: the step below tests nothing", n)
+	}
+	check("after a sweep", true)
+}
+
+func topJSON(t *testing.T, top Top) string {
+	t.Helper()
+	b, err := json.Marshal(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

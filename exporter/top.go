@@ -71,7 +71,9 @@ func (a *API) top(w http.ResponseWriter, r *http.Request) {
 		match = nil // every connection: no call per entry
 	}
 	ans := TopAnswer{
-		Top:        a.src.Table().Top(now, collector.TopOptions{Match: match, Sort: f.Sort, Limit: limit}),
+		// The filter's query names what match keeps, so that a view of an
+		// unchanged table reuses the last pass over it.
+		Top:        a.src.Table().Top(now, collector.TopOptions{Match: match, Key: f.Values().Encode(), Sort: f.Sort, Limit: limit}),
 		At:         now,
 		Ready:      st.Ready,
 		Reason:     st.NotReadyReason,

@@ -90,7 +90,7 @@ func runBench(args []string) (code int) {
 	fs.IntVar(&c.holders, "holders", 10, "holder processes sharing the sockets (each stays under the 20k fd limit)")
 	fs.IntVar(&c.starts, "starts", 3, "agent starts timed at scale")
 	fs.DurationVar(&c.idleDur, "idle-duration", 60*time.Second, "idle window for the agent's CPU at scale")
-	fs.DurationVar(&c.topDur, "top-duration", 20*time.Second, "window with `ghostconn top` open at scale, for its CPU and the agent's")
+	fs.DurationVar(&c.topDur, "top-duration", 60*time.Second, "window with `ghostconn top` open at scale, for its CPU and the agent's (as long as -idle-duration, both windows hold the same reconciles)")
 	fs.IntVar(&c.lsRounds, "ls-rounds", 5, "interleaved rounds of ghostconn ls, ss -tanp, lsof")
 	fs.DurationVar(&c.toolBudget, "tool-budget", 20*time.Second, "stop repeating a lister once its runs took this long in total")
 	fs.DurationVar(&c.budget, "budget", 9*time.Minute+15*time.Second, "wall-time budget: churn rounds beyond the third are dropped when the next would overrun it")
