@@ -16,13 +16,18 @@ BIN       := bin/ghostconn
 CLANG     := clang-19
 LLVMSTRIP := llvm-strip-19
 
-.PHONY: all build run test test-deps vet fuzz bench soak bench-unit cross test-kernels generate generate-deps check-generate vmlinux clean
+.PHONY: all build image run test test-deps vet fuzz bench soak bench-unit cross test-kernels generate generate-deps check-generate vmlinux clean
 
 all: build
 
 # Without cgo, so the agent can drop capabilities on every thread.
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/ghostconn
+
+# The agent's OCI image, built offline (buildah, FROM scratch): localhost/ghostconn:dev
+# and bin/ghostconn-image.tar. See deploy/README.md.
+image: build
+	./scripts/image.sh $(BIN)
 
 run: build
 	./$(BIN) agent

@@ -45,9 +45,16 @@ func Path(name string) string { return "/run/netns/" + name }
 // creates stay in that namespace after fn returns.
 func In(t testing.TB, name string, fn func()) {
 	t.Helper()
-	target, err := os.Open(Path(name))
+	InPath(t, Path(name), fn)
+}
+
+// InPath is In for the namespace that path opens, such as
+// /proc/PID/ns/net of a process in a container.
+func InPath(t testing.TB, path string, fn func()) {
+	t.Helper()
+	target, err := os.Open(path)
 	if err != nil {
-		t.Fatalf("open netns %s: %v", name, err)
+		t.Fatalf("open netns %s: %v", path, err)
 	}
 	defer target.Close()
 	self, err := os.Open("/proc/thread-self/ns/net")
