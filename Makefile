@@ -16,7 +16,7 @@ BIN       := bin/ghostconn
 CLANG     := clang-19
 LLVMSTRIP := llvm-strip-19
 
-.PHONY: all build image run test test-deps vet fuzz bench soak bench-unit cross test-kernels generate generate-deps check-generate vmlinux clean
+.PHONY: all build image run test test-deploy test-deps vet fuzz bench soak bench-unit cross test-kernels generate generate-deps check-generate vmlinux clean
 
 all: build
 
@@ -40,6 +40,11 @@ run: build
 # latency assertions (a ghost within grace+1s) would measure contention.
 test: test-deps vet
 	$(GO) test -count=1 -p 1 ./...
+
+# The systemd unit under a real systemd as PID 1 (root): a cached Debian 12 root
+# booted under qemu; see deploy/systemd/test.sh and deploy/README.md.
+test-deploy:
+	./deploy/systemd/test.sh
 
 test-deps:
 	@./scripts/deps.sh test

@@ -1,0 +1,269 @@
+//go:build systemdguest
+
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ghostconn/ghostconn/collector"
+	"github.com/ghostconn/ghostconn/exporter"
+	"github.com/ghostconn/ghostconn/internal/testutil"
+)
+
+// TestUnderSystemd runs inside the qemu guest that deploy/systemd/test.sh
+// boots with systemd as PID 1 (Debian 12's systemd and kernel, the unit
+// installed as /etc/systemd/system/ghostconn.service, the agent as
+// /usr/local/bin/ghostconn). It starts the unit, finds a ghost this test
+// makes and kills it through the agent, kills the agent with SIGKILL and
+// waits for the unit's restart, stops the unit, checks that no program of
+// the agent is left, and prints `systemd-analyze security` of the unit for
+// test.sh to record.
+func TestUnderSystemd(t *testing.T) {
+	if comm, _ := os.ReadFile("/proc/1/comm"); strings.TrimSpace(string(comm)) != "systemd" {
+		t.Fatalf("PID 1 is %q, not systemd: this test runs in the guest deploy/systemd/test.sh boots", comm)
+	}
+	const unit = "ghostconn.service"
+	sock := exporter.DefaultAPISocket
+	systemctl(t, "start", unit)
+	first := readyUnit(t, unit, sock)
+
+	// A ghost: closed by this process, kept open by the dup TCPConn.File
+	// made, held by this process's fd.
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	conn, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := conn.LocalAddr().String()
+	f, err := conn.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	srv := <-accepted
+	defer srv.Close()
+	conn.Close()
+	testutil.Eventually(t, 60*time.Second, "the ghost flagged, held by this process", func() (bool, string) {
+		out, err := exec.Command("/usr/local/bin/ghostconn", "ls", "-o", "json", "--verdict", "ghost").CombinedOutput()
+		if err != nil {
+			return false, fmt.Sprintf("ghostconn ls: %v: %s", err, out)
+		}
+		var views []collector.ConnView
+		if err := json.Unmarshal(out, &views); err != nil {
+			return false, fmt.Sprintf("%v: %.300s", err, out)
+		}
+		for _, v := range views {
+			for _, h := range v.Holders {
+				if v.Local == local && int(h.PID) == os.Getpid() && h.FD == int32(f.Fd()) {
+					return true, ""
+				}
+			}
+		}
+		return false, fmt.Sprintf("no ghost from %s held by pid %d fd %d in %d ghosts", local, os.Getpid(), f.Fd(), len(views))
+	})
+	t.Logf("ghost %s flagged, held by pid %d fd %d", local, os.Getpid(), f.Fd())
+
+	// The remedy, from inside the unit's sandbox: ghostconn kill aborts the
+	// ghost (through sock_diag before 6.5), and its peer gets the RST.
+	ghostconnOK(t, unit, "kill", "--yes", "--verdict", "ghost", local)
+	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := srv.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the killed ghost's peer read %v, want ECONNRESET", err)
+	}
+
+	// kill --graceful and keepalive act through the holder's fd
+	// (pidfd_getfd, allowed by the unit's system call filter).
+	c2, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	s2 := <-accepted
+	defer s2.Close()
+	cookie := cookieOf(t, c2.LocalAddr().String(), c2.RemoteAddr().String())
+	ghostconnOK(t, unit, "keepalive", "--yes", "--idle", "30s", "--interval", "5s", "--count", "3", cookie)
+	fd := int(fdOf(t, c2))
+	on, err1 := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
+	idle, err2 := syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE)
+	if on != 1 || idle != 30 || err1 != nil || err2 != nil {
+		t.Errorf("after ghostconn keepalive: SO_KEEPALIVE %d (%v), TCP_KEEPIDLE %d (%v), want 1 and 30", on, err1, idle, err2)
+	}
+	ghostconnOK(t, unit, "kill", "--graceful", "--yes", cookie)
+	s2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := s2.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Errorf("the gracefully killed connection's peer read %d, %v, want EOF (a FIN)", n, err)
+	}
+
+	// SIGKILL: Restart=on-failure brings it back after RestartSec.
+	oldPID := unitProp(t, unit, "MainPID")
+	systemctl(t, "kill", "--signal=KILL", unit)
+	killedAt := time.Now()
+	testutil.Eventually(t, 60*time.Second, "the unit restarted after SIGKILL", func() (bool, string) {
+		pid, state, restarts := unitProp(t, unit, "MainPID"), unitProp(t, unit, "ActiveState"), unitProp(t, unit, "NRestarts")
+		return pid != "0" && pid != oldPID && state == "active" && restarts == "1",
+			fmt.Sprintf("MainPID %s (was %s), ActiveState %s, NRestarts %s", pid, oldPID, state, restarts)
+	})
+	t.Logf("restarted %s after SIGKILL (pid %s -> %s)", time.Since(killedAt).Round(100*time.Millisecond), oldPID, unitProp(t, unit, "MainPID"))
+	second := readyUnit(t, unit, sock)
+	programsGoneAfter(t, "SIGKILL", first.ProgramIDs)
+
+	systemctl(t, "stop", unit)
+	if state := unitProp(t, unit, "ActiveState"); state != "inactive" {
+		t.Errorf("after systemctl stop: ActiveState %s, want inactive (Result %s)", state, unitProp(t, unit, "Result"))
+	}
+	programsGoneAfter(t, "systemctl stop", second.ProgramIDs)
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("API socket %s left after stop: %v", sock, err)
+	}
+
+	out, _ := exec.Command("systemd-analyze", "security", "--no-pager", unit).CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		fmt.Printf("GHOSTCONN-GUEST SECURITY %s\n", line)
+	}
+	if !strings.Contains(string(out), "Overall exposure level for "+unit) {
+		t.Errorf("systemd-analyze security %s: no overall exposure level:\n%s", unit, out)
+	}
+}
+
+// readyUnit waits until unit is active and its agent answers ready on the
+// API socket and on /readyz, and returns the agent's status.
+func readyUnit(t *testing.T, unit, sock string) collector.Status {
+	t.Helper()
+	var st collector.Status
+	testutil.Eventually(t, 90*time.Second, unit+" active and ready", func() (bool, string) {
+		if state := unitProp(t, unit, "ActiveState"); state == "failed" {
+			t.Fatalf("%s failed:\n%s", unit, unitDiag(unit))
+		} else if state != "active" {
+			return false, "ActiveState " + state + ", SubState " + unitProp(t, unit, "SubState")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var err error
+		st, err = exporter.NewClient(sock).Status(ctx)
+		if err != nil || !st.Ready {
+			return false, fmt.Sprintf("status: ready %v %s %v", st.Ready, st.NotReadyReason, err)
+		}
+		code, body, err := httpGet("http://127.0.0.1:9977/readyz")
+		return err == nil && code == 200, fmt.Sprintf("/readyz %d %q %v", code, body, err)
+	})
+	return st
+}
+
+// programsGoneAfter fails t unless none of the agent's programs exists.
+func programsGoneAfter(t *testing.T, after string, ids map[string]uint32) {
+	t.Helper()
+	if len(ids) == 0 {
+		t.Fatal("the agent reported no program ids")
+	}
+	testutil.Eventually(t, 10*time.Second, "every program unloaded after "+after, func() (bool, string) {
+		var left []string
+		for name, id := range ids {
+			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err == nil {
+				p.Close()
+			}
+			left = append(left, fmt.Sprintf("%s (id %d): %v", name, id, err))
+		}
+		return len(left) == 0, "still loaded: " + strings.Join(left, "; ")
+	})
+}
+
+func systemctl(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
+		t.Fatalf("systemctl %s: %v\n%s\n%s", strings.Join(args, " "), err, out, unitDiag("ghostconn.service"))
+	}
+}
+
+// ghostconnOK runs the ghostconn CLI and fails t, with the unit's journal,
+// unless it exits 0.
+func ghostconnOK(t *testing.T, unit string, args ...string) {
+	t.Helper()
+	out, err := exec.Command("/usr/local/bin/ghostconn", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ghostconn %s: %v\n%s\n%s", strings.Join(args, " "), err, out, unitDiag(unit))
+	}
+	t.Logf("ghostconn %s:\n%s", strings.Join(args, " "), out)
+}
+
+// cookieOf is the agent's cookie of the connection from local to remote.
+func cookieOf(t *testing.T, local, remote string) string {
+	t.Helper()
+	var cookie uint64
+	testutil.Eventually(t, 30*time.Second, "the agent to list "+local, func() (bool, string) {
+		out, err := exec.Command("/usr/local/bin/ghostconn", "ls", "-o", "json").CombinedOutput()
+		var views []collector.ConnView
+		if err == nil {
+			err = json.Unmarshal(out, &views)
+		}
+		for _, v := range views {
+			if v.Local == local && v.Remote == remote {
+				cookie = v.Cookie
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d connections, %v", len(views), err)
+	})
+	return strconv.FormatUint(cookie, 10)
+}
+
+// fdOf is the fd of c, without taking it out of the runtime's poller.
+func fdOf(t *testing.T, c net.Conn) uintptr {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd uintptr
+	rc.Control(func(f uintptr) { fd = f })
+	return fd
+}
+
+// unitDiag is the unit's status and its journal's end.
+func unitDiag(unit string) string {
+	st, _ := exec.Command("systemctl", "status", "--no-pager", "--lines=0", unit).CombinedOutput()
+	j, _ := exec.Command("journalctl", "--no-pager", "--unit="+unit, "--lines=60", "--output=cat").CombinedOutput()
+	return string(st) + "\n--- journal:\n" + string(j)
+}
+
+// unitProp is one property of unit, as systemctl show prints it.
+func unitProp(t *testing.T, unit, prop string) string {
+	t.Helper()
+	out, err := exec.Command("systemctl", "show", "--value", "--property="+prop, unit).Output()
+	if err != nil {
+		t.Fatalf("systemctl show %s %s: %v", prop, unit, err)
+	}
+	return strings.TrimSpace(string(out))
+}
