@@ -51,6 +51,7 @@ test-deps:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags systemdguest ./deploy
 
 # Each target gets FUZZTIME of its own: event decoding, the table under
 # arbitrary events, API query and target parsing, agent flag parsing.
