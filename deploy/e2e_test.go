@@ -3,7 +3,6 @@ package deploy
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -165,33 +164,7 @@ scrape_configs:
 
 	// A ghost: the application closes its connection, but the dup that
 	// TCPConn.File made keeps the socket open.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	conn, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := conn.(*net.TCPConn).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	select {
-	case srv := <-accepted:
-		defer srv.Close()
-	case <-time.After(10 * time.Second):
-		t.Fatal("accept timed out")
-	}
-	conn.Close()
+	makeGhost(t)
 	ghostAt := time.Now()
 
 	waitFor(t, wait, "ghost counted by Prometheus", procs, func() (bool, string) {

@@ -284,3 +284,53 @@ func startAgent(t *testing.T, wrap func(sockDir string, argv []string) *exec.Cmd
 	})
 	return a
 }
+
+// ghost is a ghost connection this process made on loopback: the
+// application closed its end, the dup TCPConn.File made keeps the socket
+// open.
+type ghost struct {
+	// Local is the closed end's address; File the dup that holds it.
+	Local string
+	File  *os.File
+	// Peer is the accepted end; Listener accepts more connections.
+	Peer     net.Conn
+	Listener net.Listener
+}
+
+// makeGhost makes a ghost; everything is closed at cleanup.
+func makeGhost(t *testing.T) ghost {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	conn, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := conn.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	var peer net.Conn
+	select {
+	case peer = <-accepted:
+	case <-time.After(10 * time.Second):
+	}
+	if peer == nil {
+		t.Fatal("accept of the ghost's peer failed or timed out")
+	}
+	t.Cleanup(func() { peer.Close() })
+	g := ghost{Local: conn.LocalAddr().String(), File: f, Peer: peer, Listener: ln}
+	conn.Close()
+	return g
+}

@@ -368,36 +368,9 @@ func TestImageUnderPodman(t *testing.T) {
 		return err == nil && code == 200, fmt.Sprintf("GET %s in the container's namespace: %d %q %v", readyz, code, body, err)
 	})
 
-	// A ghost on the host: the connection is closed, the dup TCPConn.File
-	// made keeps it open, in this process.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	conn, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	local := conn.LocalAddr().String()
-	f, err := conn.(*net.TCPConn).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	select {
-	case srv := <-accepted:
-		defer srv.Close()
-	case <-time.After(10 * time.Second):
-		t.Fatal("accept timed out")
-	}
-	conn.Close()
+	// A ghost on the host, held by this process.
+	g := makeGhost(t)
+	local, f := g.Local, g.File
 
 	sock := filepath.Join(runDir, "api.sock")
 	ctr.waitFor(60*time.Second, "ghost flagged with this process as holder", func() (bool, string) {

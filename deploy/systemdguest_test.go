@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
 	"github.com/ghostconn/ghostconn/internal/testutil"
@@ -41,32 +39,9 @@ func TestUnderSystemd(t *testing.T) {
 	systemctl(t, "start", unit)
 	first := readyUnit(t, unit, sock)
 
-	// A ghost: closed by this process, kept open by the dup TCPConn.File
-	// made, held by this process's fd.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	conn, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	local := conn.LocalAddr().String()
-	f, err := conn.(*net.TCPConn).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	srv := <-accepted
-	defer srv.Close()
-	conn.Close()
+	// A ghost, held by this process.
+	g := makeGhost(t)
+	local, f, srv, ln := g.Local, g.File, g.Peer, g.Listener
 	testutil.Eventually(t, 60*time.Second, "the ghost flagged, held by this process", func() (bool, string) {
 		out, err := exec.Command("/usr/local/bin/ghostconn", "ls", "-o", "json", "--verdict", "ghost").CombinedOutput()
 		if err != nil {
@@ -97,17 +72,20 @@ func TestUnderSystemd(t *testing.T) {
 
 	// kill --graceful and keepalive act through the holder's fd
 	// (pidfd_getfd, allowed by the unit's system call filter).
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
 	c2, err := net.Dial("tcp4", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
 	s2 := <-accepted
+	if s2 == nil {
+		t.Fatal("accept failed")
+	}
 	defer s2.Close()
 	cookie := cookieOf(t, c2.LocalAddr().String(), c2.RemoteAddr().String())
 	ghostconnOK(t, unit, "keepalive", "--yes", "--idle", "30s", "--interval", "5s", "--count", "3", cookie)
@@ -134,13 +112,13 @@ func TestUnderSystemd(t *testing.T) {
 	})
 	t.Logf("restarted %s after SIGKILL (pid %s -> %s)", time.Since(killedAt).Round(100*time.Millisecond), oldPID, unitProp(t, unit, "MainPID"))
 	second := readyUnit(t, unit, sock)
-	programsGoneAfter(t, "SIGKILL", first.ProgramIDs)
+	testutil.ProgramsGone(t, 10*time.Second, first.ProgramIDs) // the SIGKILLed agent's
 
 	systemctl(t, "stop", unit)
 	if state := unitProp(t, unit, "ActiveState"); state != "inactive" {
 		t.Errorf("after systemctl stop: ActiveState %s, want inactive (Result %s)", state, unitProp(t, unit, "Result"))
 	}
-	programsGoneAfter(t, "systemctl stop", second.ProgramIDs)
+	testutil.ProgramsGone(t, 10*time.Second, second.ProgramIDs)
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("API socket %s left after stop: %v", sock, err)
 	}
@@ -176,28 +154,6 @@ func readyUnit(t *testing.T, unit, sock string) collector.Status {
 		return err == nil && code == 200, fmt.Sprintf("/readyz %d %q %v", code, body, err)
 	})
 	return st
-}
-
-// programsGoneAfter fails t unless none of the agent's programs exists.
-func programsGoneAfter(t *testing.T, after string, ids map[string]uint32) {
-	t.Helper()
-	if len(ids) == 0 {
-		t.Fatal("the agent reported no program ids")
-	}
-	testutil.Eventually(t, 10*time.Second, "every program unloaded after "+after, func() (bool, string) {
-		var left []string
-		for name, id := range ids {
-			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
-			if errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			if err == nil {
-				p.Close()
-			}
-			left = append(left, fmt.Sprintf("%s (id %d): %v", name, id, err))
-		}
-		return len(left) == 0, "still loaded: " + strings.Join(left, "; ")
-	})
 }
 
 func systemctl(t *testing.T, args ...string) {

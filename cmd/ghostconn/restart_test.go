@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/ghostconn/ghostconn/bpf"
 	"github.com/ghostconn/ghostconn/collector"
 	"github.com/ghostconn/ghostconn/exporter"
@@ -27,23 +25,7 @@ import (
 // programsGone fails the test unless every program id no longer exists.
 func programsGone(t *testing.T, ids map[string]uint32) {
 	t.Helper()
-	if len(ids) == 0 {
-		t.Fatal("agent reported no program ids")
-	}
-	testutil.Eventually(t, 5*time.Second, "every program of the agent to be unloaded", func() (bool, string) {
-		var left []string
-		for name, id := range ids {
-			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
-			if errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			if err == nil {
-				p.Close()
-			}
-			left = append(left, fmt.Sprintf("%s (id %d): %v", name, id, err))
-		}
-		return len(left) == 0, "still loaded: " + strings.Join(left, "; ")
-	})
+	testutil.ProgramsGone(t, 5*time.Second, ids)
 }
 
 func status(t *testing.T, sock string) collector.Status {

@@ -3,8 +3,15 @@ package testutil
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // MinInterval and MaxInterval bound the wait between two calls of an
@@ -68,4 +75,29 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// ProgramsGone fails t unless, within timeout, none of the eBPF programs
+// ids names (program name -> id, as an agent's status reports them) is
+// loaded any more: what an agent that stopped or died must leave.
+func ProgramsGone(t TB, timeout time.Duration, ids map[string]uint32) {
+	t.Helper()
+	if len(ids) == 0 {
+		t.Fatalf("no program ids to check: the agent reported none")
+	}
+	Eventually(t, timeout, "every program of the agent to be unloaded", func() (bool, string) {
+		var left []string
+		for name, id := range ids {
+			p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err == nil {
+				p.Close()
+			}
+			left = append(left, fmt.Sprintf("%s (id %d): %v", name, id, err))
+		}
+		sort.Strings(left)
+		return len(left) == 0, "still loaded: " + strings.Join(left, "; ")
+	})
 }
