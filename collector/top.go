@@ -59,11 +59,14 @@ func (t *Table) Top(now time.Time, o TopOptions) Top {
 			top.ByState[State(st).String()] = n
 		}
 	}
-	top.Rows = make([]ConnView, len(pass.best))
+	top.Rows = make([]ConnView, 0, len(pass.best))
 	uids := make([]uint32, len(pass.best))
 	idles := make([]float64, len(pass.best))
-	for i, c := range pass.best {
-		top.Rows[i] = c.view(now, t.defaults[c.Netns], false, t.lastWalk, &uids[i], &idles[i])
+	for i, cookie := range pass.best {
+		// Live: a retired connection would have moved t.changes.
+		if c := t.conns[cookie]; c != nil {
+			top.Rows = append(top.Rows, c.view(now, t.defaults[c.Netns], false, t.lastWalk, &uids[i], &idles[i]))
+		}
 	}
 	return top
 }
@@ -111,7 +114,9 @@ type topPass struct {
 	flagged   int
 	byVerdict map[string]int
 	matched   int
-	best      []*Conn
+	// best are the rows' cookies, not pointers: a pass kept after its
+	// last view must not pin retired connections.
+	best []uint64
 }
 
 // topScan makes one pass over the live connections for o. Call it with
@@ -142,7 +147,10 @@ func (t *Table) topScan(o TopOptions) topPass {
 			best = best[:o.Limit]
 		}
 	}
-	p.best = best
+	p.best = make([]uint64, len(best))
+	for i, c := range best {
+		p.best[i] = c.Cookie
+	}
 	return p
 }
 

@@ -122,6 +122,20 @@ func requiredCaps() []string {
 	return out
 }
 
+// requiredCapNumbers are requiredCaps as capability numbers.
+func requiredCapNumbers() []int {
+	return append(append([]int{}, bpf.RequiredCaps...), bpf.ActionCaps...)
+}
+
+// capMask is caps as /proc/PID/status prints a capability set.
+func capMask(caps []int) string {
+	var m uint64
+	for _, c := range caps {
+		m |= 1 << c
+	}
+	return fmt.Sprintf("%016x", m)
+}
+
 // freeAddr returns a loopback address nobody listens on right now (never
 // port 2024).
 func freeAddr(t *testing.T) string {

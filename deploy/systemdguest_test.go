@@ -38,6 +38,14 @@ func TestUnderSystemd(t *testing.T) {
 	sock := exporter.DefaultAPISocket
 	systemctl(t, "start", unit)
 	first := readyUnit(t, unit, sock)
+	// The sandbox is in force, not skipped with a warning: the system call
+	// filter (seccomp mode 2), no_new_privs and exactly the six
+	// capabilities in the bounding set.
+	st := procStatus(t, atoi(t, unitProp(t, unit, "MainPID")))
+	if st["Seccomp"] != "2" || st["NoNewPrivs"] != "1" || st["CapBnd"] != capMask(requiredCapNumbers()) {
+		t.Errorf("agent under the unit: Seccomp %s NoNewPrivs %s CapBnd %s, want 2, 1, %s",
+			st["Seccomp"], st["NoNewPrivs"], st["CapBnd"], capMask(requiredCapNumbers()))
+	}
 
 	// A ghost, held by this process.
 	g := makeGhost(t)
@@ -119,16 +127,21 @@ func TestUnderSystemd(t *testing.T) {
 		t.Errorf("after systemctl stop: ActiveState %s, want inactive (Result %s)", state, unitProp(t, unit, "Result"))
 	}
 	testutil.ProgramsGone(t, 10*time.Second, second.ProgramIDs)
-	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("API socket %s left after stop: %v", sock, err)
+	// Nothing the agent did was refused by the sandbox.
+	if j := unitDiag(unit); strings.Contains(strings.ToLower(j), "operation not permitted") {
+		t.Errorf("the agent's journal has a refusal:\n%s", j)
 	}
 
 	out, _ := exec.Command("systemd-analyze", "security", "--no-pager", unit).CombinedOutput()
 	for _, line := range strings.Split(string(out), "\n") {
 		fmt.Printf("GHOSTCONN-GUEST SECURITY %s\n", line)
 	}
-	if !strings.Contains(string(out), "Overall exposure level for "+unit) {
+	// The score deploy/README.md records (3.7); dropping a setting shows.
+	_, score, ok := strings.Cut(string(out), "Overall exposure level for "+unit+": ")
+	if f := strings.Fields(score); !ok || len(f) == 0 {
 		t.Errorf("systemd-analyze security %s: no overall exposure level:\n%s", unit, out)
+	} else if v, err := strconv.ParseFloat(f[0], 64); err != nil || v > 4.0 {
+		t.Errorf("systemd-analyze security %s: exposure %s, want at most 4.0", unit, f[0])
 	}
 }
 
@@ -193,6 +206,15 @@ func cookieOf(t *testing.T, local, remote string) string {
 		return false, fmt.Sprintf("%d connections, %v", len(views), err)
 	})
 	return strconv.FormatUint(cookie, 10)
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // fdOf is the fd of c, without taking it out of the runtime's poller.

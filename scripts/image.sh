@@ -2,24 +2,29 @@
 # Builds the agent's OCI image offline with Debian's buildah: the static
 # binary on an empty base (FROM scratch), nothing pulled from a registry.
 #   scripts/image.sh [BINARY]   (default bin/ghostconn, built by make build)
-# It ends as $IMAGE (default localhost/ghostconn:dev) in the local
-# containers storage and as $IMAGE_TAR (default bin/ghostconn-image.tar), an
+# It ends as $GHOSTCONN_IMAGE (default localhost/ghostconn:dev) in the local
+# containers storage and as $GHOSTCONN_IMAGE_TAR (default
+# bin/ghostconn-image.tar), an
 # oci-archive for `podman load`, `kind load image-archive` or
 # `ctr images import`. deploy/container/Dockerfile builds the same layout
 # where a registry is reachable.
 set -eu
-cd "$(dirname "$0")/.."
-bin=${1:-bin/ghostconn}
-image=${IMAGE:-localhost/ghostconn:dev}
-tar=${IMAGE_TAR:-bin/ghostconn-image.tar}
 die() { echo "image.sh: $*" >&2; exit 1; }
+# Paths given relative to where the script was called from.
+abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+bin=$(abs "${1:-bin/ghostconn}")
+cd "$(dirname "$0")/.."
+[ -n "${1:-}" ] || bin=$PWD/bin/ghostconn
+image=${GHOSTCONN_IMAGE:-localhost/ghostconn:dev}
+tar=${GHOSTCONN_IMAGE_TAR:-bin/ghostconn-image.tar}
 
 [ -x "$bin" ] || die "$bin: no such executable (make build first)"
 # The image has no libc: a dynamically linked binary would not start.
 if ! od -An -c -N 4 "$bin" | grep -q 'E   L   F'; then
 	die "$bin is not an ELF executable"
 fi
-if LC_ALL=C grep -q -a 'ld-linux' "$bin"; then
+# A program interpreter (glibc's or musl's dynamic loader) in the file.
+if LC_ALL=C grep -q -a -E '/lib(64)?/ld-(linux|musl)' "$bin"; then
 	die "$bin is dynamically linked; build it with CGO_ENABLED=0 (make build does)"
 fi
 # The architecture the binary was built for, as OCI names it.
