@@ -95,24 +95,38 @@ func TestConnShiftMovesEveryTime(t *testing.T) {
 	giveUp := base
 	c.Verdicts = []Verdict{{Kind: VerdictUnresponsive, Since: base, GiveUp: &giveUp}}
 	rv := reflect.ValueOf(c).Elem()
-	timeType := reflect.TypeOf(time.Time{})
+	timeType, stampType := reflect.TypeOf(time.Time{}), reflect.TypeOf(stamp(0))
+	isTime := func(f reflect.Value) bool { return (f.Type() == timeType || f.Type() == stampType) && f.CanSet() }
+	set := func(f reflect.Value, t time.Time) {
+		if f.Type() == stampType {
+			f.Set(reflect.ValueOf(stampOf(t)))
+		} else {
+			f.Set(reflect.ValueOf(t))
+		}
+	}
+	get := func(f reflect.Value) time.Time {
+		if f.Type() == stampType {
+			return f.Interface().(stamp).Time()
+		}
+		return f.Interface().(time.Time)
+	}
 	var names []string
 	for i := 0; i < rv.NumField(); i++ {
-		if f := rv.Field(i); f.Type() == timeType && f.CanSet() {
-			f.Set(reflect.ValueOf(base.Add(time.Duration(i) * time.Second)))
+		if f := rv.Field(i); isTime(f) {
+			set(f, base.Add(time.Duration(i)*time.Second))
 			names = append(names, rv.Type().Field(i).Name)
 		}
 	}
 	oldClosedBy, oldVerdicts := c.ClosedBy, c.Verdicts
-	c.HoldersAt = time.Time{} // unset stays unset
+	c.HoldersAt = 0 // unset stays unset
 	c.shift(time.Hour)
 	for i := 0; i < rv.NumField(); i++ {
 		f := rv.Field(i)
-		if f.Type() != timeType || !f.CanSet() {
+		if !isTime(f) {
 			continue
 		}
 		name := rv.Type().Field(i).Name
-		got := f.Interface().(time.Time)
+		got := get(f)
 		if name == "HoldersAt" {
 			if !got.IsZero() {
 				t.Errorf("unset HoldersAt shifted to %v", got)

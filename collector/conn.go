@@ -73,19 +73,19 @@ type Conn struct {
 	UID    uint32
 	HasUID bool
 
-	FirstSeen  time.Time
-	StateSince time.Time
+	FirstSeen  stamp
+	StateSince stamp
 	// LastUpdate is the time of the newest event applied, kernel or
 	// snapshot; reconcile uses it to tell stale snapshot data from news.
-	LastUpdate time.Time
-	ClosedAt   time.Time // set once the connection left the kernel
+	LastUpdate stamp
+	ClosedAt   stamp // set once the connection left the kernel
 
 	Opener  *Task
 	Holders []Holder
 	// HoldersAt is when the last holder walk that saw the connection
 	// began; zero until one has. Holders a delta's owner added since count
 	// on top of what that walk found.
-	HoldersAt time.Time
+	HoldersAt stamp
 	ClosedBy  *CloseRecord
 
 	Settings SockSettings
@@ -103,14 +103,14 @@ type Conn struct {
 	// and KeepaliveIdle are what it found then (probes unanswered before
 	// that firing, time since data was received). Snapshots do not touch
 	// them: they read probes_out after the timer has counted its probe.
-	LastKeepalive      time.Time
+	LastKeepalive      stamp
 	KeepaliveProbesOut uint8
 	KeepaliveIdle      time.Duration
 
 	// LastData is when data last went either way, as of LastDataAt (the
 	// snapshot that measured it). Zero until a snapshot has seen the socket.
-	LastData   time.Time
-	LastDataAt time.Time
+	LastData   stamp
+	LastDataAt stamp
 	SendQueue  uint32
 	RecvQueue  uint32
 	// WriteSeq and CopiedSeq are the application's write and read
@@ -118,7 +118,7 @@ type Conn struct {
 	WriteSeq  uint32
 	CopiedSeq uint32
 	// RetransSince is when the current run of retransmissions began.
-	RetransSince time.Time
+	RetransSince stamp
 
 	History  []Transition
 	Verdicts []Verdict
@@ -143,9 +143,11 @@ type Conn struct {
 // the table's timeline (see Table.sync). The close record and the verdicts
 // are replaced, not changed: views and watchers share them.
 func (c *Conn) shift(d time.Duration) {
-	for _, t := range [...]*time.Time{&c.FirstSeen, &c.StateSince, &c.LastUpdate, &c.ClosedAt, &c.HoldersAt,
+	for _, t := range [...]*stamp{&c.FirstSeen, &c.StateSince, &c.LastUpdate, &c.ClosedAt, &c.HoldersAt,
 		&c.LastKeepalive, &c.LastData, &c.LastDataAt, &c.RetransSince} {
-		shiftTime(t, d)
+		if *t != 0 {
+			*t += stamp(d)
+		}
 	}
 	for i := range c.History {
 		shiftTime(&c.History[i].At, d)
@@ -284,8 +286,8 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, lastWalk tim
 		SendQueue:          c.SendQueue,
 		RecvQueue:          c.RecvQueue,
 		Opener:             c.Opener,
-		FirstSeen:          c.FirstSeen,
-		StateSince:         c.StateSince,
+		FirstSeen:          c.FirstSeen.Time(),
+		StateSince:         c.StateSince.Time(),
 		Verdicts:           c.Verdicts,
 	}
 	if v.Holders == nil {
@@ -293,7 +295,7 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, lastWalk tim
 	}
 	v.HoldersKnown = c.holdersKnown()
 	if !v.HoldersKnown {
-		v.HoldersUnknownReason = holdersUnknownReason(c.FirstSeen, lastWalk)
+		v.HoldersUnknownReason = holdersUnknownReason(c.FirstSeen.Time(), lastWalk)
 	}
 	if v.Verdicts == nil {
 		v.Verdicts = []Verdict{}
@@ -307,7 +309,7 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, lastWalk tim
 		v.ClosedBy = &cb
 	}
 	if !c.ClosedAt.IsZero() {
-		at := c.ClosedAt
+		at := c.ClosedAt.Time()
 		v.ClosedAt = &at
 	}
 	if d, ok := c.Idle(now); ok {
@@ -325,7 +327,7 @@ func (c *Conn) view(now time.Time, d NetDefaults, withHistory bool, lastWalk tim
 // connection first seen at the walk's start (a seeding snapshot) was seen
 // by that walk.
 func (c *Conn) holdersKnown() bool {
-	return len(c.Holders) > 0 || !c.ClosedAt.IsZero() || (!c.HoldersAt.IsZero() && !c.HoldersAt.Before(c.FirstSeen))
+	return len(c.Holders) > 0 || !c.ClosedAt.IsZero() || (!c.HoldersAt.IsZero() && !c.HoldersAt.Before(c.FirstSeen.Time()))
 }
 
 // holdersUnknownReason says why the holders of a connection first seen at
@@ -380,7 +382,7 @@ func (c *Conn) idleFrom() (time.Time, bool) {
 		return time.Time{}, false
 	}
 	if c.LastData.IsZero() {
-		return c.StateSince, true
+		return c.StateSince.Time(), true
 	}
-	return c.LastData, true
+	return c.LastData.Time(), true
 }

@@ -42,7 +42,7 @@ func (t *Table) applyDelta(ev *Event, c *Conn) {
 		if c = t.createAs(ev, state, at); c == nil {
 			return
 		}
-		c.LastUpdate = at
+		c.LastUpdate = stampOf(at)
 		t.stats.Announced++
 	} else if !c.ClosedAt.IsZero() {
 		return
@@ -82,8 +82,8 @@ func (t *Table) applyDelta(ev *Event, c *Conn) {
 			at := t.tl.at(d.EstMono)
 			t.stats.Transitions[StateEstablished]++
 			c.addTransition(Transition{At: at, From: d.EstFrom, To: StateEstablished, Source: "kernel"})
-			if at.Before(c.FirstSeen) {
-				c.FirstSeen, c.StateSince = at, at
+			if at.Before(c.FirstSeen.Time()) {
+				c.FirstSeen, c.StateSince = stampOf(at), stampOf(at)
 			}
 		}
 		t.enterAfter(c, t.deltaTime(d.StateMono, ev), d.State)
@@ -109,7 +109,7 @@ func (t *Table) deltaTime(mono int64, ev *Event) time.Time {
 // kernel's change still goes into the history before it, and replaces it
 // when it is the same state.
 func (t *Table) enterAfter(c *Conn, at time.Time, state State) {
-	if !at.Before(c.StateSince) {
+	if !at.Before(c.StateSince.Time()) {
 		if state != c.State {
 			t.enter(c, Transition{At: at, From: c.State, To: state, Source: "kernel"})
 		}
@@ -128,7 +128,7 @@ func (t *Table) enterAfter(c *Conn, at time.Time, state State) {
 	t.markDirty(c)
 	if state == c.State {
 		*last = kernel
-		c.StateSince = at
+		c.StateSince = stampOf(at)
 		return
 	}
 	last.From = state

@@ -120,7 +120,7 @@ func TestDeltaRefinesSnapshotState(t *testing.T) {
 	for ck, st := range map[uint64]State{1: StateCloseWait, 2: StateFinWait2} {
 		c := tb.conns[ck]
 		c.addTransition(Transition{At: tbT2, From: c.State, To: st, Source: "reconcile"})
-		c.State, c.StateSince = st, tbT2
+		c.State, c.StateSince = st, stampOf(tbT2)
 	}
 	tb.Apply([]Event{tbDelta(tb, 1, tbT0, StateCloseWait, tbT1), tbDelta(tb, 2, tbT0, StateFinWait1, tbT1)})
 	c1, c2 := tb.conns[1], tb.conns[2]

@@ -116,7 +116,7 @@ func (t *Table) applyObserved(ev *Event, c *Conn) {
 		c.addTransition(Transition{At: ev.Time, From: c.State, To: ev.State, Source: "reconcile"})
 		t.publish(c, Change{Time: ev.Time, Type: "state", From: c.State, State: ev.State, Source: "reconcile"})
 		c.State = ev.State
-		c.StateSince = ev.Time
+		c.StateSince = stampOf(ev.Time)
 	}
 	c.observedGen = o.Gen
 	t.markDirty(c)
@@ -134,12 +134,12 @@ func (t *Table) applyObserved(ev *Event, c *Conn) {
 		c.Settings = ev.Settings
 		t.updateCounters(c, ev)
 		if ev.Counters.Retransmits > 0 && o.RetransAge > 0 {
-			c.RetransSince = ev.Time.Add(-o.RetransAge)
+			c.RetransSince = stampOf(ev.Time.Add(-o.RetransAge))
 		}
-		c.LastUpdate = ev.Time
+		c.LastUpdate = stampOf(ev.Time)
 	}
-	c.LastData = ev.Time.Add(-min(o.SendAge, o.RecvAge))
-	c.LastDataAt = ev.Time
+	c.LastData = stampOf(ev.Time.Add(-min(o.SendAge, o.RecvAge)))
+	c.LastDataAt = stampOf(ev.Time)
 	c.SendQueue, c.RecvQueue = o.SendQueue, o.RecvQueue
 	if c.RecvQueue > 0 && finReceived(ev.State) {
 		c.RecvQueue-- // rcv_nxt counts the peer's FIN, which is no data
@@ -264,7 +264,7 @@ func (w *holderWalk) set(c *Conn) {
 			w.scratch = append(w.scratch, h)
 		}
 	}
-	c.HoldersAt = at
+	c.HoldersAt = stampOf(at)
 	old := c.Holders
 	if !holdersEqual(old, w.scratch) {
 		c.Holders = nil

@@ -217,7 +217,7 @@ func TestRegressionGCUnorderedHistory(t *testing.T) {
 	var at []int64
 	for _, c := range tb.closed {
 		order = append(order, c.Cookie)
-		at = append(at, c.ClosedAt.Unix())
+		at = append(at, c.ClosedAt.Time().Unix())
 	}
 	if !reflect.DeepEqual(order, []uint64{1, 2}) || !reflect.DeepEqual(at, []int64{1010, 1005}) {
 		t.Fatalf("history = cookies %v closed at %v, want [1 2] at [1010 1005]", order, at)

@@ -217,14 +217,16 @@ func (t *Table) createAs(ev *Event, state State, at time.Time) *Conn {
 		return nil
 	}
 	// Room for a short connection's whole life without regrowth; a
-	// connection found by a snapshot has lived most of its life already.
+	// connection found by a snapshot has lived most of its life already,
+	// and gets one transition (the snapshot's) that most never outgrow: at
+	// 100k seeded connections, each slot costs 6 MiB.
 	hist := 3
 	if ev.Kind == KindObserved {
-		hist = 2
+		hist = 1
 	}
 	c := t.newConn(hist)
 	c.Cookie, c.Netns, c.Family = ev.Cookie, ev.Netns, ev.Family
-	c.State, c.FirstSeen, c.StateSince = state, at, at
+	c.State, c.FirstSeen, c.StateSince = state, stampOf(at), stampOf(at)
 	t.takeTuple(c, ev)
 	t.conns[ev.Cookie] = c
 	t.markDirty(c)
@@ -328,7 +330,7 @@ func (t *Table) apply(ev *Event) {
 			return
 		}
 	}
-	c.LastUpdate = later(c.LastUpdate, ev.Time)
+	c.LastUpdate = max(c.LastUpdate, stampOf(ev.Time))
 	t.markDirty(c)
 	switch ev.Kind {
 	case KindRetransmit:
@@ -343,7 +345,7 @@ func (t *Table) apply(ev *Event) {
 			// was received for the keepalive time.
 			t.stats.KeepaliveProbes++
 		}
-		c.LastKeepalive = ev.Time
+		c.LastKeepalive = stampOf(ev.Time)
 		c.KeepaliveProbesOut = ev.Counters.ProbesOut
 		c.KeepaliveIdle = ev.Counters.KeepaliveIdle
 		t.updateCounters(c, ev)
@@ -374,10 +376,10 @@ func (t *Table) updateCounters(c *Conn, ev *Event) {
 		return
 	}
 	if ev.Counters.Retransmits > 0 && c.Counters.Retransmits == 0 {
-		c.RetransSince = ev.Time
+		c.RetransSince = stampOf(ev.Time)
 	}
 	if ev.Counters.Retransmits == 0 && ev.Counters.ProbesOut == 0 {
-		c.RetransSince = time.Time{}
+		c.RetransSince = 0
 	}
 	c.Counters = ev.Counters
 }
@@ -480,8 +482,8 @@ func (t *Table) enter(c *Conn, tr Transition) {
 	c.addTransition(tr)
 	t.publish(c, Change{Time: tr.At, Type: "state", From: tr.From, State: tr.To, Source: "kernel", Task: tr.Task})
 	c.State = tr.To
-	c.StateSince = tr.At
-	c.LastUpdate = later(c.LastUpdate, tr.At)
+	c.StateSince = stampOf(tr.At)
+	c.LastUpdate = max(c.LastUpdate, stampOf(tr.At))
 	if tr.To == StateClose {
 		t.retire(c, tr.At)
 	} else if len(c.Verdicts) > 0 {
@@ -491,7 +493,7 @@ func (t *Table) enter(c *Conn, tr Transition) {
 
 // retire moves c from the live table to the closed history.
 func (t *Table) retire(c *Conn, at time.Time) {
-	c.ClosedAt = at
+	c.ClosedAt = stampOf(at)
 	c.State = StateClose
 	for i := range c.Verdicts {
 		t.publish(c, Change{Time: at, Type: "cleared", Verdict: &c.Verdicts[i]})
@@ -564,7 +566,7 @@ func (t *Table) GC(now time.Time) {
 	// not strictly ordered by ClosedAt: filter it all.
 	kept := t.closed[:0]
 	for _, c := range t.closed {
-		if now.Sub(c.ClosedAt) > t.cfg.HistoryTTL {
+		if now.Sub(c.ClosedAt.Time()) > t.cfg.HistoryTTL {
 			t.forget(c)
 			continue
 		}
@@ -628,13 +630,6 @@ func (t *Table) List(now time.Time, opts ListOptions) []ConnView {
 		}
 	}
 	return out
-}
-
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
 }
 
 // Evaluate applies the verdict rules at now to the connections that

@@ -904,7 +904,7 @@ func TestConnIdle(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &Conn{State: tc.state, StateSince: since, LastData: tc.lastData}
+			c := &Conn{State: tc.state, StateSince: stampOf(since), LastData: stampOf(tc.lastData)}
 			got, ok := c.Idle(tc.now)
 			if got != tc.want || ok != tc.ok {
 				t.Fatalf("Idle = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)

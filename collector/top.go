@@ -163,7 +163,7 @@ func topLess(key string) func(a, b *Conn) bool {
 	case "idle":
 		cmp = compareIdle
 	case "age":
-		cmp = func(a, b *Conn) int { return a.FirstSeen.Compare(b.FirstSeen) }
+		cmp = func(a, b *Conn) int { return compareStamp(a.FirstSeen, b.FirstSeen) }
 	case "retransmits":
 		cmp = func(a, b *Conn) int { return compareDesc(a.Counters.TotalRetrans, b.Counters.TotalRetrans) }
 	default:

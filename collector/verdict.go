@@ -118,7 +118,7 @@ func evaluate(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) evaluati
 	}
 	if v := unresponsiveRule(c, d, now, cfg); v != nil {
 		ev.verdicts = append(ev.verdicts, *v)
-		if now.Sub(c.LastDataAt) >= recheckUnresponsive {
+		if now.Sub(c.LastDataAt.Time()) >= recheckUnresponsive {
 			ev.refresh = true
 		}
 		ev.wake(c.LastDataAt.Add(recheckUnresponsive))
@@ -182,9 +182,9 @@ func ghostRule(c *Conn, now time.Time, cfg VerdictConfig) (v *Verdict, refresh, 
 	}
 	var what string
 	if cb.Op == "exit" {
-		what = fmt.Sprintf("%s (pid %d) exited at %s while holding fd %d", cb.Comm, cb.PID, stamp(cb.At), cb.FD)
+		what = fmt.Sprintf("%s (pid %d) exited at %s while holding fd %d", cb.Comm, cb.PID, rfc3339(cb.At), cb.FD)
 	} else {
-		what = fmt.Sprintf("%s (pid %d) closed fd %d (%s) at %s", cb.Comm, cb.PID, cb.FD, cb.Op, stamp(cb.At))
+		what = fmt.Sprintf("%s (pid %d) closed fd %d (%s) at %s", cb.Comm, cb.PID, cb.FD, cb.Op, rfc3339(cb.At))
 	}
 	return &Verdict{
 		Kind:  VerdictGhost,
@@ -206,7 +206,7 @@ func allHeldBy(hs []Holder, pid uint32) bool {
 // closeWaitRule: the peer closed its side longer ago than the threshold
 // and the application has not closed its own.
 func closeWaitRule(c *Conn, now time.Time, cfg VerdictConfig) (*Verdict, bool) {
-	if c.State != StateCloseWait || now.Sub(c.StateSince) < cfg.CloseWaitAfter {
+	if c.State != StateCloseWait || now.Sub(c.StateSince.Time()) < cfg.CloseWaitAfter {
 		return nil, false
 	}
 	due := c.StateSince.Add(cfg.CloseWaitAfter)
@@ -219,7 +219,7 @@ func closeWaitRule(c *Conn, now time.Time, cfg VerdictConfig) (*Verdict, bool) {
 		holder = holdersText(c.Holders)
 	}
 	d := fmt.Sprintf("peer closed its side at %s (CLOSE_WAIT for %s); the application never closed it: held by %s",
-		stamp(c.StateSince), round(now.Sub(c.StateSince)), holder)
+		rfc3339(c.StateSince.Time()), round(now.Sub(c.StateSince.Time())), holder)
 	if c.RecvQueue > 0 {
 		d += fmt.Sprintf("; %d bytes received and never read", c.RecvQueue)
 	}
@@ -243,7 +243,7 @@ func silentRule(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) (*Verd
 	}
 	// Raise the verdict only on a fresh measurement; keep it on an old one
 	// (the next snapshot clears it if data flowed).
-	if !has(c.Verdicts, VerdictSilent) && now.Sub(c.LastDataAt) > silentFreshness {
+	if !has(c.Verdicts, VerdictSilent) && now.Sub(c.LastDataAt.Time()) > silentFreshness {
 		return nil, true
 	}
 	var why string
@@ -271,28 +271,28 @@ func unresponsiveRule(c *Conn, d NetDefaults, now time.Time, cfg VerdictConfig) 
 	var since time.Time
 	switch {
 	case int(n.Retransmits) >= cfg.UnresponsiveRTOs:
-		since = c.RetransSince
+		since = c.RetransSince.Time()
 		what = fmt.Sprintf("%d consecutive retransmission timeouts (RTO now %s, %d retransmits in all)", n.Retransmits, round(n.RTO), n.TotalRetrans)
 	case n.ProbesOut > 0 && c.Settings.Keepalive && c.SendQueue == 0:
-		since = c.LastKeepalive
+		since = c.LastKeepalive.Time()
 		what = fmt.Sprintf("%d keepalive probe(s) unanswered", n.ProbesOut)
 	default:
 		return nil
 	}
 	if since.IsZero() {
-		since = c.LastUpdate
+		since = c.LastUpdate.Time()
 	}
 	v := &Verdict{Kind: VerdictUnresponsive, Since: since}
 	at, how := GiveUp(c, d)
 	if at.IsZero() {
-		v.Detail = fmt.Sprintf("%s since %s; the kernel will never give up on it (%s)", what, stamp(since), how)
+		v.Detail = fmt.Sprintf("%s since %s; the kernel will never give up on it (%s)", what, rfc3339(since), how)
 	} else {
 		v.GiveUp = &at
 		left := at.Sub(now)
 		if left < 0 {
 			left = 0
 		}
-		v.Detail = fmt.Sprintf("%s since %s; the kernel gives up around %s (in %s) under %s", what, stamp(since), stamp(at), round(left), how)
+		v.Detail = fmt.Sprintf("%s since %s; the kernel gives up around %s (in %s) under %s", what, rfc3339(since), rfc3339(at), round(left), how)
 	}
 	return v
 }
@@ -360,7 +360,7 @@ func holdersText(hs []Holder) string {
 	return strings.Join(parts, ", ")
 }
 
-func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 func round(d time.Duration) time.Duration {
 	switch {

@@ -83,11 +83,11 @@ func vtGhostConn() (*Conn, time.Time) {
 		Cookie:     1,
 		Netns:      tbNetns,
 		State:      StateEstablished,
-		StateSince: vtT0,
+		StateSince: stampOf(vtT0),
 		Holders:    []Holder{{PID: 200, PPID: 1, Comm: "keeper", FD: 9}},
-		HoldersAt:  due,
-		LastData:   closedAt,
-		LastDataAt: due,
+		HoldersAt:  stampOf(due),
+		LastData:   stampOf(closedAt),
+		LastDataAt: stampOf(due),
 		WriteSeq:   500,
 		CopiedSeq:  600,
 		ClosedBy: &CloseRecord{
@@ -119,15 +119,15 @@ func TestVerdictGhostRule(t *testing.T) {
 		{name: "later with fresh data", at: time.Minute, raised: true},
 		{
 			name: "holders measured before grace ends",
-			mod:  func(c *Conn) { c.HoldersAt = c.HoldersAt.Add(-time.Nanosecond) },
+			mod:  func(c *Conn) { c.HoldersAt = stampOf(c.HoldersAt.Add(-time.Nanosecond)) },
 			at:   time.Second, refresh: true, pending: true,
 		},
 		{
 			name: "I/O positions measured before grace ends",
-			mod:  func(c *Conn) { c.LastDataAt = c.LastDataAt.Add(-time.Nanosecond) },
+			mod:  func(c *Conn) { c.LastDataAt = stampOf(c.LastDataAt.Add(-time.Nanosecond)) },
 			at:   time.Second, refresh: true, pending: true,
 		},
-		{name: "never measured", mod: func(c *Conn) { c.HoldersAt, c.LastDataAt = time.Time{}, time.Time{} }, refresh: true, pending: true},
+		{name: "never measured", mod: func(c *Conn) { c.HoldersAt, c.LastDataAt = stampOf(time.Time{}), stampOf(time.Time{}) }, refresh: true, pending: true},
 		{name: "no holders", mod: func(c *Conn) { c.Holders = nil }},
 		{name: "no holders, closer without a known parent", mod: func(c *Conn) { c.Holders = nil; c.ClosedBy.PPID = 0 }},
 		{name: "holder wrote since the close (handoff)", mod: func(c *Conn) { c.WriteSeq++ }},
@@ -175,7 +175,7 @@ func TestVerdictGhostRule(t *testing.T) {
 		},
 		{
 			name:        "in CLOSE_WAIT",
-			mod:         func(c *Conn) { c.State = StateCloseWait; c.StateSince = c.ClosedBy.At },
+			mod:         func(c *Conn) { c.State = StateCloseWait; c.StateSince = stampOf(c.ClosedBy.At) },
 			raised:      true,
 			wantInclude: []string{"kept the socket CLOSE_WAIT:"},
 		},
@@ -404,9 +404,9 @@ func TestVerdictCloseWaitRule(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			now := since.Add(tc.after)
 			c := &Conn{
-				Cookie: 1, Netns: tbNetns, State: StateCloseWait, StateSince: since,
+				Cookie: 1, Netns: tbNetns, State: StateCloseWait, StateSince: stampOf(since),
 				Holders: tc.holders, RecvQueue: tc.recvQ,
-				LastData: vtT0, LastDataAt: now, HoldersAt: now.Add(tc.walked),
+				LastData: stampOf(vtT0), LastDataAt: stampOf(now), HoldersAt: stampOf(now.Add(tc.walked)),
 				Verdicts: tc.old,
 			}
 			e := evaluate(c, vtDefaults, now, vtCfg)
@@ -567,13 +567,13 @@ func TestVerdictSilentRule(t *testing.T) {
 			}
 			c := &Conn{
 				Cookie: 1, Netns: tbNetns, State: st,
-				StateSince: now.Add(-vtCfg.CloseWaitAfter + time.Second), // never close-wait
-				LastData:   last,
+				StateSince: stampOf(now.Add(-vtCfg.CloseWaitAfter + time.Second)), // never close-wait
+				LastData:   stampOf(last),
 				Settings:   tc.settings,
 				Verdicts:   tc.old,
 			}
 			if tc.measured >= 0 {
-				c.LastDataAt = now.Add(-tc.measured)
+				c.LastDataAt = stampOf(now.Add(-tc.measured))
 			}
 			d := vtDefaults
 			if tc.defaults != nil {
@@ -722,7 +722,7 @@ func TestVerdictUnresponsiveRule(t *testing.T) {
 		},
 		{
 			name:  "RTOs without a known start count from the last update",
-			mod:   func(c *Conn) { c.Counters.Retransmits = 3; c.RetransSince = time.Time{} },
+			mod:   func(c *Conn) { c.Counters.Retransmits = 3; c.RetransSince = stampOf(time.Time{}) },
 			since: now, giveUp: now.Add(924600 * time.Millisecond),
 		},
 		{
@@ -780,10 +780,10 @@ func TestVerdictUnresponsiveRule(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &Conn{
-				Cookie: 1, Netns: tbNetns, State: StateEstablished, StateSince: now.Add(-time.Second),
-				LastData: now.Add(-time.Second), LastDataAt: now.Add(-time.Second), LastUpdate: now,
-				RetransSince:  retransSince,
-				LastKeepalive: lastKA,
+				Cookie: 1, Netns: tbNetns, State: StateEstablished, StateSince: stampOf(now.Add(-time.Second)),
+				LastData: stampOf(now.Add(-time.Second)), LastDataAt: stampOf(now.Add(-time.Second)), LastUpdate: stampOf(now),
+				RetransSince:  stampOf(retransSince),
+				LastKeepalive: stampOf(lastKA),
 				Counters:      TCPCounters{TotalRetrans: 6, RTO: 1600 * time.Millisecond, HaveCounters: true},
 			}
 			if tc.mod != nil {
@@ -844,9 +844,9 @@ func TestVerdictUnresponsiveRefresh(t *testing.T) {
 	}
 	for _, tc := range tests {
 		c := &Conn{
-			Cookie: 1, Netns: tbNetns, State: StateEstablished, StateSince: now.Add(-time.Second),
-			LastData: now.Add(-time.Second), LastDataAt: now.Add(-tc.measured),
-			RetransSince: now.Add(-10 * time.Second),
+			Cookie: 1, Netns: tbNetns, State: StateEstablished, StateSince: stampOf(now.Add(-time.Second)),
+			LastData: stampOf(now.Add(-time.Second)), LastDataAt: stampOf(now.Add(-tc.measured)),
+			RetransSince: stampOf(now.Add(-10 * time.Second)),
 			Counters:     TCPCounters{Retransmits: tc.retrans, HaveCounters: true},
 		}
 		e := evaluate(c, vtDefaults, now, vtCfg)
@@ -1317,7 +1317,7 @@ func TestKeepaliveGiveUpSurvivesSnapshot(t *testing.T) {
 // says so.
 func TestSilentDetailNamesTheIdleSource(t *testing.T) {
 	now := time.Unix(10000, 0)
-	c := &Conn{State: StateEstablished, LastData: now.Add(-10 * time.Minute), LastDataAt: now,
+	c := &Conn{State: StateEstablished, LastData: stampOf(now.Add(-10 * time.Minute)), LastDataAt: stampOf(now),
 		Settings: SockSettings{Keepalive: true, KeepInterval: 5 * time.Second}}
 	v, _ := silentRule(c, NetDefaults{KeepIdle: 2 * time.Hour, KeepInterval: 75 * time.Second, KeepCount: 9}, now, DefaultVerdictConfig)
 	if v == nil {
