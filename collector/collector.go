@@ -106,6 +106,7 @@ type Collector struct {
 	reconciles      atomic.Uint64
 	reconcileErrors atomic.Uint64
 	lastReconcile   atomic.Int64 // duration in ns
+	reconcileWait   atomic.Int64 // the wait before the next periodic reconcile, in ns
 	gen             atomic.Uint64
 	refreshes       atomic.Uint64
 	replayed        atomic.Uint64
@@ -300,6 +301,7 @@ func (c *Collector) Run(ctx context.Context) error {
 	c.readyOnce.Do(func() { close(c.ready) })
 
 	recon := time.NewTimer(c.cfg.ReconcileInterval)
+	c.reconcileWait.Store(int64(c.cfg.ReconcileInterval))
 	defer recon.Stop()
 	lost := c.lostTotal()
 	lastRecon, lastTook := time.Now(), time.Duration(0)
@@ -343,7 +345,7 @@ func (c *Collector) Run(ctx context.Context) error {
 			c.SetNotReady(err.Error())
 			return err
 		case <-recon.C:
-			start := time.Now()
+			start, cpu0 := time.Now(), processCPU()
 			if err := c.reconcile(false); err != nil {
 				c.reconcileErrors.Add(1)
 				c.cfg.Logger.Error("reconcile", "err", err)
@@ -351,7 +353,12 @@ func (c *Collector) Run(ctx context.Context) error {
 			c.table.GC(time.Now())
 			now := c.lostTotal()
 			lastRecon, lastTook = time.Now(), time.Since(start)
-			recon.Reset(nextReconcile(c.cfg.ReconcileInterval, lastTook, now != lost))
+			// The budget is of CPU, which is more than the wall time:
+			// the holder walk runs beside the snapshot (observe), and
+			// the garbage collector beside both.
+			wait := NextReconcile(c.cfg.ReconcileInterval, max(lastTook, processCPU()-cpu0), now != lost)
+			c.reconcileWait.Store(int64(wait))
+			recon.Reset(wait)
 			lost = now
 		case <-lossCheck.C:
 			now := c.lostTotal()
@@ -375,17 +382,22 @@ func lossReconcileGap(took time.Duration) time.Duration {
 }
 
 // reconcileBudget bounds the share of a core reconcile may take: the next
-// one waits at least this many times as long as the last one took.
-const reconcileBudget = 100
+// one waits at least this many times as long as the last one took, in CPU
+// time (half a percent of a core). Reconcile is the safety net: owners
+// come from connect and accept as they return, verdicts that need fresh
+// measurements ask for their namespace's snapshot (refresh), and a loss
+// brings the next reconcile forward.
+const reconcileBudget = 200
 
 // maxReconcileStretch bounds how far the budget may stretch the interval.
 const maxReconcileStretch = 10
 
-// nextReconcile is the wait before the next reconcile: the configured
-// interval, stretched so that reconcile takes at most 1% of a core on a
+// NextReconcile is the wait before the next reconcile, whose last run
+// took took (CPU or wall time, the larger): the configured interval,
+// stretched so that reconcile takes at most half a percent of a core on a
 // large table (up to ten times the interval), but never stretched while
 // events are being lost, since then the table needs the correction.
-func nextReconcile(interval, took time.Duration, lostSinceLast bool) time.Duration {
+func NextReconcile(interval, took time.Duration, lostSinceLast bool) time.Duration {
 	if lostSinceLast {
 		return interval
 	}
@@ -694,14 +706,29 @@ func (s *snapshotChunk) apply(t *Table, dec *Decoder, recs []bpf.GhostconnSockRe
 	t.Apply(s.evs[:n])
 }
 
-// observe snapshots the sockets of the given namespaces (inode -> path)
-// into t, as events taken at start, then walks every holder. It returns
-// the namespaces it could read and the errors of those it could not (they
-// may have gone away since they were listed); err is a failed holder walk.
 // observeChunk is how many snapshot events observe applies at a time.
 const observeChunk = 4096
 
+// observe snapshots the sockets of the given namespaces (inode -> path)
+// into t, as events taken at start, and walks every holder. It returns
+// the namespaces it could read and the errors of those it could not (they
+// may have gone away since they were listed); err is a failed holder walk.
+//
+// The holder walk (iter/task_file, every fd on the host) runs in the
+// kernel while the socket snapshots are read and applied: on two cores
+// that takes a third off a reconcile at 100k sockets, and off start-up.
+// Its holders are applied after the snapshots, as before, so every
+// connection a snapshot found is there to take them.
 func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string, start time.Time, gen uint64, seed bool) (covered map[uint32]bool, errs []error, err error) {
+	type walk struct {
+		holders []bpf.GhostconnHolderRec
+		err     error
+	}
+	walked := make(chan walk, 1)
+	go func() {
+		h, err := p.Holders()
+		walked <- walk{h, err}
+	}()
 	covered = map[uint32]bool{}
 	chunk := newSnapshotChunk()
 	for ino, path := range namespaces {
@@ -713,11 +740,11 @@ func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string
 		covered[ino] = true
 		chunk.apply(t, dec, recs, start, gen, seed)
 	}
-	holders, err := p.Holders()
-	if err != nil {
-		return covered, errs, fmt.Errorf("snapshot socket holders: %w", err)
+	w := <-walked
+	if w.err != nil {
+		return covered, errs, fmt.Errorf("snapshot socket holders: %w", w.err)
 	}
-	t.SetHolders(holders, start)
+	t.SetHolders(w.holders, start)
 	return covered, errs, nil
 }
 
@@ -793,25 +820,28 @@ type Status struct {
 	WatchFlagErrors uint64 `json:"watch_flag_errors"`
 	// Announced counts connections the kernel announced with a delta (or
 	// an end record carrying one) before any snapshot found them.
-	Announced          uint64            `json:"announced"`
-	NotReadyReason     string            `json:"not_ready_reason,omitempty"`
-	TableFullDrops     uint64            `json:"table_full_drops"`
-	UnknownSocket      uint64            `json:"unknown_socket_events"`
-	Reconciles         uint64            `json:"reconciles"`
-	ReconcileErrors    uint64            `json:"reconcile_errors"`
-	SnapshotErrors     uint64            `json:"namespace_snapshot_errors"`
-	LastSnapshotError  *TimedError       `json:"last_namespace_snapshot_error,omitempty"`
-	ReconcileSeconds   float64           `json:"last_reconcile_seconds"`
-	ReconcileAdded     uint64            `json:"reconcile_added"`
-	ReconcileRemoved   uint64            `json:"reconcile_removed"`
-	ReconcileCorrected uint64            `json:"reconcile_corrected"`
-	Refreshes          uint64            `json:"verdict_refreshes"`
-	VerdictsRaised     map[string]uint64 `json:"verdicts_raised"`
-	Transitions        map[string]uint64 `json:"state_transitions"`
-	RetransmitEvents   uint64            `json:"retransmit_events"`
-	KeepaliveFirings   uint64            `json:"keepalive_timer_firings"`
-	KeepaliveProbes    uint64            `json:"keepalive_probes"`
-	Programs           map[string]string `json:"programs"` // "attached" or the reason not
+	Announced         uint64      `json:"announced"`
+	NotReadyReason    string      `json:"not_ready_reason,omitempty"`
+	TableFullDrops    uint64      `json:"table_full_drops"`
+	UnknownSocket     uint64      `json:"unknown_socket_events"`
+	Reconciles        uint64      `json:"reconciles"`
+	ReconcileErrors   uint64      `json:"reconcile_errors"`
+	SnapshotErrors    uint64      `json:"namespace_snapshot_errors"`
+	LastSnapshotError *TimedError `json:"last_namespace_snapshot_error,omitempty"`
+	ReconcileSeconds  float64     `json:"last_reconcile_seconds"`
+	// ReconcileWaitSeconds is the wait before the next periodic reconcile
+	// that the agent chose after the last one (see NextReconcile).
+	ReconcileWaitSeconds float64           `json:"reconcile_wait_seconds"`
+	ReconcileAdded       uint64            `json:"reconcile_added"`
+	ReconcileRemoved     uint64            `json:"reconcile_removed"`
+	ReconcileCorrected   uint64            `json:"reconcile_corrected"`
+	Refreshes            uint64            `json:"verdict_refreshes"`
+	VerdictsRaised       map[string]uint64 `json:"verdicts_raised"`
+	Transitions          map[string]uint64 `json:"state_transitions"`
+	RetransmitEvents     uint64            `json:"retransmit_events"`
+	KeepaliveFirings     uint64            `json:"keepalive_timer_firings"`
+	KeepaliveProbes      uint64            `json:"keepalive_probes"`
+	Programs             map[string]string `json:"programs"` // "attached" or the reason not
 	// Kernel is the running kernel's release and architecture; Features
 	// says which optional features it gave the agent.
 	Kernel         string            `json:"kernel"`
@@ -857,34 +887,35 @@ func (c *Collector) Status() (Status, error) {
 			"sockopt": kstats[bpf.GhostconnStatIndexSTAT_FOLDED_SOCKOPT],
 			"owner":   kstats[bpf.GhostconnStatIndexSTAT_FOLDED_OWNER],
 		},
-		DeltaDrainErrors:    c.drainErrors.Load(),
-		LastDeltaDrainError: c.lastDrainErr.Load(),
-		WatchFlagErrors:     c.watchFlagErrors.Load(),
-		Announced:           ts.Announced,
-		TableFullDrops:      ts.DroppedFull,
-		UnknownSocket:       ts.Unknown,
-		Reconciles:          c.reconciles.Load(),
-		ReconcileErrors:     c.reconcileErrors.Load(),
-		SnapshotErrors:      c.snapshotErrors.Load(),
-		LastSnapshotError:   c.lastSnapshotErr.Load(),
-		ReconcileSeconds:    time.Duration(c.lastReconcile.Load()).Seconds(),
-		ReconcileAdded:      ts.ReconcileAdds,
-		ReconcileRemoved:    ts.ReconcileGone,
-		ReconcileCorrected:  ts.ReconcileFix,
-		Refreshes:           c.refreshes.Load(),
-		VerdictsRaised:      ts.Raised,
-		Transitions:         map[string]uint64{},
-		RetransmitEvents:    ts.Applied[KindRetransmit],
-		KeepaliveFirings:    ts.Applied[KindKeepalive],
-		KeepaliveProbes:     ts.KeepaliveProbes,
-		Programs:            map[string]string{},
-		ProgramIDs:          c.probes.ProgramIDs,
-		ClosesReplayed:      c.replayed.Load(),
-		CapsDropped:         c.capsDropped.Load(),
-		ReadOnly:            c.cfg.ReadOnly,
-		Actions:             c.actions.snapshot(),
-		KernelHZ:            c.dec.HZ,
-		CloseLastRef:        kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
+		DeltaDrainErrors:     c.drainErrors.Load(),
+		LastDeltaDrainError:  c.lastDrainErr.Load(),
+		WatchFlagErrors:      c.watchFlagErrors.Load(),
+		Announced:            ts.Announced,
+		TableFullDrops:       ts.DroppedFull,
+		UnknownSocket:        ts.Unknown,
+		Reconciles:           c.reconciles.Load(),
+		ReconcileErrors:      c.reconcileErrors.Load(),
+		SnapshotErrors:       c.snapshotErrors.Load(),
+		LastSnapshotError:    c.lastSnapshotErr.Load(),
+		ReconcileSeconds:     time.Duration(c.lastReconcile.Load()).Seconds(),
+		ReconcileWaitSeconds: time.Duration(c.reconcileWait.Load()).Seconds(),
+		ReconcileAdded:       ts.ReconcileAdds,
+		ReconcileRemoved:     ts.ReconcileGone,
+		ReconcileCorrected:   ts.ReconcileFix,
+		Refreshes:            c.refreshes.Load(),
+		VerdictsRaised:       ts.Raised,
+		Transitions:          map[string]uint64{},
+		RetransmitEvents:     ts.Applied[KindRetransmit],
+		KeepaliveFirings:     ts.Applied[KindKeepalive],
+		KeepaliveProbes:      ts.KeepaliveProbes,
+		Programs:             map[string]string{},
+		ProgramIDs:           c.probes.ProgramIDs,
+		ClosesReplayed:       c.replayed.Load(),
+		CapsDropped:          c.capsDropped.Load(),
+		ReadOnly:             c.cfg.ReadOnly,
+		Actions:              c.actions.snapshot(),
+		KernelHZ:             c.dec.HZ,
+		CloseLastRef:         kstats[bpf.GhostconnStatIndexSTAT_CLOSE_LAST_REF],
 	}
 	if s.ProgramMisses, err = c.probes.RecursionMisses(); err != nil {
 		return Status{}, err
@@ -946,4 +977,14 @@ func kernelRelease() string {
 func monoOffset() int64 {
 	w, m := pairClocks()
 	return w.UnixNano() - m
+}
+
+// processCPU is the CPU time the agent has used, user and system, all
+// threads; 0 if the kernel does not say.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -342,13 +342,13 @@ func TestNextReconcile(t *testing.T) {
 		lost bool
 		want time.Duration
 	}{
-		{10 * time.Millisecond, false, 30 * time.Second},  // small table: the interval
-		{800 * time.Millisecond, false, 80 * time.Second}, // 100k: at most 1% of a core
-		{10 * time.Second, false, 300 * time.Second},      // capped at ten intervals
-		{800 * time.Millisecond, true, 30 * time.Second},  // losing events: correct soon
-		{300 * time.Millisecond, false, 30 * time.Second}, // exactly the interval
+		{10 * time.Millisecond, false, 30 * time.Second},   // small table: the interval
+		{800 * time.Millisecond, false, 160 * time.Second}, // 100k: at most 0.5% of a core
+		{10 * time.Second, false, 300 * time.Second},       // capped at ten intervals
+		{800 * time.Millisecond, true, 30 * time.Second},   // losing events: correct soon
+		{150 * time.Millisecond, false, 30 * time.Second},  // exactly the interval
 	} {
-		if got := nextReconcile(30*time.Second, tc.took, tc.lost); got != tc.want {
+		if got := NextReconcile(30*time.Second, tc.took, tc.lost); got != tc.want {
 			t.Errorf("took %s lost %v: %s, want %s", tc.took, tc.lost, got, tc.want)
 		}
 	}

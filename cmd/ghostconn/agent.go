@@ -43,7 +43,7 @@ type agentConfig struct {
 func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 	fs := newFlags("agent", stderr)
 	apiSocket := fs.String("api-socket", exporter.DefaultAPISocket, "unix socket for the local query API (mode 0600)")
-	reconcile := fs.Duration("reconcile-interval", 30*time.Second, "how often a fresh kernel snapshot corrects the table (at least 1s; stretched up to 10x on a large table to stay under 1% of a core, unless events are being lost)")
+	reconcile := fs.Duration("reconcile-interval", 30*time.Second, "how often a fresh kernel snapshot corrects the table (at least 1s; stretched up to 10x on a large table to stay under half a percent of a core, unless events are being lost)")
 	ring := fs.Int("ring-buffer-bytes", collector.DefaultRingBufferBytes, "size of the event ring buffer: a power of two, at least 4096")
 	maxConns := fs.Int("max-connections", collector.DefaultTableConfig.MaxConns, "most live connections the table holds; more are counted as dropped")
 	history := fs.Duration("history", collector.DefaultTableConfig.HistoryTTL, "how long closed connections stay queryable")

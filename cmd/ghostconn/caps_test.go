@@ -206,7 +206,7 @@ func TestAgentRunsWithMinimalCapsAndDropsAfterAttach(t *testing.T) {
 	defer c.Close()
 	// Two reconciles after the connection was made: one a second, or up
 	// to ten seconds apart when reconciles are slow (many sockets on the
-	// host stretch the interval to keep their cost at 1% of a core).
+	// host stretch the interval to keep their cost at half a percent of a core).
 	since := status(t, sock).Reconciles
 	testutil.Eventually(t, 25*time.Second, "two reconciles after the connection", func() (bool, string) {
 		n := status(t, sock).Reconciles
