@@ -3,6 +3,7 @@ package collector
 import (
 	"container/heap"
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -630,6 +631,60 @@ func (t *Table) List(now time.Time, opts ListOptions) []ConnView {
 		}
 	}
 	return out
+}
+
+// listChunk is how many views ListLive builds under one hold of the read
+// lock.
+const listChunk = 1024
+
+// ListLive is List of the live connections (ListOptions.Closed is
+// ignored), handed to fn a chunk at a time in cookie order instead of
+// returned at once: at 100k connections, List's views take 70 MB, a third
+// of the agent's heap, for as long as the answer takes to write. Each chunk
+// is built under the read lock and given to fn with the lock released, so
+// a slow reader holds up no event; fn must not keep the slice, nor the
+// views' UID and IdleSeconds pointers: the next chunk reuses them. A connection that closes while the list is written is
+// left out if its chunk is built after it closed. It returns how many
+// views fn was given, and fn's first error.
+func (t *Table) ListLive(now time.Time, opts ListOptions, fn func([]ConnView) error) (int, error) {
+	t.mu.RLock()
+	cookies := make([]uint64, 0, len(t.conns))
+	for k := range t.conns {
+		cookies = append(cookies, k)
+	}
+	t.mu.RUnlock()
+	slices.Sort(cookies)
+	views := make([]ConnView, 0, min(listChunk, len(cookies)))
+	var uids [listChunk]uint32
+	var idles [listChunk]float64
+	n := 0
+	for len(cookies) > 0 {
+		part := cookies[:min(listChunk, len(cookies))]
+		cookies = cookies[len(part):]
+		views = views[:0]
+		clear(views[:cap(views)]) // drop what the last chunk pointed to
+		t.mu.RLock()
+		for _, k := range part {
+			c := t.conns[k]
+			if c == nil {
+				continue // closed since the cookies were taken
+			}
+			i := len(views)
+			v := c.view(now, t.defaults[c.Netns], opts.History, t.lastWalk, &uids[i], &idles[i])
+			if opts.Match == nil || opts.Match(&v) {
+				views = append(views, v)
+			}
+		}
+		t.mu.RUnlock()
+		if len(views) == 0 {
+			continue
+		}
+		n += len(views)
+		if err := fn(views); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // Evaluate applies the verdict rules at now to the connections that

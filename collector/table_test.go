@@ -1,6 +1,8 @@
 package collector
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -1008,5 +1010,84 @@ func TestTableKeepaliveArmedThroughHolder(t *testing.T) {
 	tb.Apply([]Event{opt(tb.self+1, tcpKeepIdle, 60)})
 	if v := tb.List(tbT2, ListOptions{})[0]; v.Keepalive.Source != "socket" || v.Keepalive.IdleSeconds != 60 {
 		t.Fatalf("after the application's setsockopt: %+v, want source socket, idle 60", v.Keepalive)
+	}
+}
+
+// TestListLiveIsListInChunks holds ListLive, the streamed `ghostconn ls`,
+// to List: the same views in the same order, in chunks of at most
+// listChunk, for every option; a connection that closes while the list
+// is being written is left out of the chunks built after it closed; fn's
+// error stops the listing.
+func TestListLiveIsListInChunks(t *testing.T) {
+	const total = 2*listChunk + 100
+	tb, at := bigTable(total)
+	now := at.Add(time.Second)
+	for name, opts := range map[string]ListOptions{
+		"all":     {},
+		"history": {History: true},
+		"match":   {Match: func(v *ConnView) bool { return v.Cookie%3 == 0 }},
+		"none":    {Match: func(*ConnView) bool { return false }},
+	} {
+		want, err := json.Marshal(tb.List(now, opts))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []json.RawMessage
+		chunks := 0
+		n, err := tb.ListLive(now, opts, func(vs []ConnView) error {
+			chunks++
+			if len(vs) == 0 || len(vs) > listChunk {
+				t.Errorf("%s: a chunk of %d views", name, len(vs))
+			}
+			for i := range vs {
+				b, err := json.Marshal(&vs[i])
+				if err != nil {
+					return err
+				}
+				got = append(got, b)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got == nil {
+			got = []json.RawMessage{}
+		}
+		gotJSON, _ := json.Marshal(got)
+		if n != len(got) || string(gotJSON) != string(want) {
+			t.Errorf("%s: ListLive gave %d views (n %d) in %d chunks, not what List gives", name, len(got), n, chunks)
+		}
+		if name == "all" && chunks != 3 {
+			t.Errorf("all: %d chunks, want 3", chunks)
+		}
+	}
+
+	// The last connection closes while the first chunk is being written.
+	last := uint64(total)
+	i := int(last - 1)
+	closing := Event{Kind: KindState, Time: now, Cookie: last, Netns: 1, Family: FamilyIPv4,
+		Local:    netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, byte(i >> 16), byte(i >> 8)}), uint16(i)),
+		Remote:   netip.MustParseAddrPort("127.0.0.1:80"),
+		OldState: StateEstablished, State: StateClose}
+	n, err := tb.ListLive(now, ListOptions{}, func(vs []ConnView) error {
+		if vs[0].Cookie == 1 {
+			tb.Apply([]Event{closing})
+		}
+		for _, v := range vs {
+			if v.Cookie == last {
+				t.Errorf("connection %d listed after it closed", last)
+			}
+		}
+		return nil
+	})
+	if err != nil || n != total-1 {
+		t.Errorf("with one closed mid-list: %d views, %v; want %d", n, err, total-1)
+	}
+
+	stop := errors.New("client went away")
+	calls := 0
+	if _, err := tb.ListLive(now, ListOptions{}, func([]ConnView) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+		t.Errorf("fn's error: %v after %d calls, want it after 1", err, calls)
 	}
 }

@@ -96,16 +96,34 @@ func (a *API) connections(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, err)
 		return
 	}
-	conns := a.src.Table().List(a.now(), collector.ListOptions{Closed: f.Closed, History: f.History, Match: f.Match})
-	Sort(conns, f.Sort)
+	opts := collector.ListOptions{Closed: f.Closed, History: f.History, Match: f.Match}
 	w.Header().Set("Content-Type", "application/json")
+	if f.Sort == "" && !f.Closed {
+		// The common case, `ghostconn ls`: live connections in cookie
+		// order, streamed from the table a chunk at a time, never held
+		// whole (70 MB of views at 100k). The count is known only at
+		// the end: a trailer.
+		w.Header().Set("Trailer", CountHeader)
+		w.WriteHeader(http.StatusOK)
+		cw := NewConnViewWriter(w)
+		n, err := a.src.Table().ListLive(a.now(), opts, cw.Write)
+		if err == nil {
+			_ = cw.Close() // else the client went away
+		}
+		w.Header().Set(CountHeader, strconv.Itoa(n))
+		return
+	}
+	conns := a.src.Table().List(a.now(), opts)
+	Sort(conns, f.Sort)
 	w.Header().Set(CountHeader, strconv.Itoa(len(conns)))
 	w.WriteHeader(http.StatusOK)
 	_ = WriteConnViews(w, conns) // the client went away
 }
 
 // CountHeader carries the number of connections in a /v1/connections
-// answer, so a client that copies the body through knows it.
+// answer, so a client that copies the body through knows it: a header
+// when the answer was sorted or includes closed connections, else a
+// trailer (the list is streamed as the table is read).
 const CountHeader = "X-Ghostconn-Count"
 
 // watch streams changes that pass the filter until the client goes away.

@@ -2,11 +2,14 @@ package exporter_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -256,6 +259,61 @@ func TestAPIWatchStream(t *testing.T) {
 		ch := got[i]
 		if ch.Type != "state" || ch.Cookie != 1 || ch.State != want || ch.Local != "10.0.0.1:40000" || ch.Remote != "10.0.0.2:443" {
 			t.Errorf("change %d = %+v, want cookie 1's state change to %s (port 443 only)", i, ch, want)
+		}
+	}
+}
+
+// TestClientConnectionsRawCount reads /v1/connections through the CLI's
+// client over a unix socket, as `ghostconn ls -o json` does: the streamed
+// answer (default order, live connections) carries its count in a
+// trailer, a sorted one in a header, and both bodies are WriteConnViews
+// of Table.List byte for byte.
+func TestClientConnectionsRawCount(t *testing.T) {
+	tb := apiTable(t)
+	sock := t.TempDir() + "/api.sock"
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	api := exporter.NewAPI(tableSource{tb})
+	api.SetClock(func() time.Time { return now })
+	srv := &http.Server{Handler: api}
+	go srv.Serve(ln)
+	defer srv.Close()
+	client := exporter.NewClient(sock)
+	for _, tc := range []struct {
+		query string
+		opts  collector.ListOptions
+		sort  string
+	}{
+		{"", collector.ListOptions{}, ""},
+		{"state=ESTABLISHED", collector.ListOptions{}, ""},
+		{"sort=retransmits", collector.ListOptions{}, "retransmits"},
+		{"closed=1", collector.ListOptions{Closed: true}, ""},
+	} {
+		q, err := url.ParseQuery(tc.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := exporter.ParseFilter(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.opts.Match = f.Match
+		want := tb.List(now, tc.opts)
+		exporter.Sort(want, tc.sort)
+		var wantBody bytes.Buffer
+		if err := exporter.WriteConnViews(&wantBody, want); err != nil {
+			t.Fatal(err)
+		}
+		var body bytes.Buffer
+		n, err := client.ConnectionsRaw(context.Background(), f, &body)
+		if err != nil {
+			t.Fatalf("?%s: %v", tc.query, err)
+		}
+		if n != len(want) || body.String() != wantBody.String() {
+			t.Errorf("?%s: count %d and body\n%s\nwant %d and\n%s", tc.query, n, body.String(), len(want), wantBody.String())
 		}
 	}
 }

@@ -103,12 +103,17 @@ func (c *Client) ConnectionsRaw(ctx context.Context, f Filter, w io.Writer) (int
 		return 0, err
 	}
 	defer resp.Body.Close()
-	n, err := strconv.Atoi(resp.Header.Get(CountHeader))
-	if err != nil {
-		return 0, fmt.Errorf("agent answer lacks a valid %s header", CountHeader)
-	}
 	if _, err := io.Copy(w, resp.Body); err != nil {
 		return 0, fmt.Errorf("read agent answer: %w", err)
+	}
+	// A header, or a trailer once the body is read (see CountHeader).
+	count := resp.Header.Get(CountHeader)
+	if count == "" {
+		count = resp.Trailer.Get(CountHeader)
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil {
+		return 0, fmt.Errorf("agent answer lacks a valid %s header or trailer", CountHeader)
 	}
 	return n, nil
 }
