@@ -45,6 +45,9 @@ type config struct {
 	topDur     time.Duration
 	lsRounds   int
 	toolBudget time.Duration
+	scaling    []int // socket counts of the scaling phase
+	twBurst    time.Duration
+	twDur      time.Duration
 
 	skip       map[string]bool
 	agentFlags []string
@@ -89,14 +92,22 @@ func runBench(args []string) (code int) {
 	fs.IntVar(&c.sockets, "sockets", 100000, "established loopback sockets to hold for the scale phase (two per connection)")
 	fs.IntVar(&c.holders, "holders", 10, "holder processes sharing the sockets (each stays under the 20k fd limit)")
 	fs.IntVar(&c.starts, "starts", 3, "agent starts timed at scale")
-	fs.DurationVar(&c.idleDur, "idle-duration", 60*time.Second, "idle window for the agent's CPU at scale")
-	fs.DurationVar(&c.topDur, "top-duration", 60*time.Second, "window with `ghostconn top` open at scale, for its CPU and the agent's (as long as -idle-duration, both windows hold the same reconciles)")
+	fs.DurationVar(&c.idleDur, "idle-duration", 60*time.Second, "shortest idle window for the agent's CPU at scale (the window is one whole reconcile cycle, at least this long)")
+	fs.DurationVar(&c.topDur, "top-duration", 60*time.Second, "window with `ghostconn top` open at scale, for its CPU and the agent's (it may hold a reconcile or none; see the idle window)")
 	fs.IntVar(&c.lsRounds, "ls-rounds", 5, "interleaved rounds of ghostconn ls, ss -tanp, lsof")
 	fs.DurationVar(&c.toolBudget, "tool-budget", 20*time.Second, "stop repeating a lister once its runs took this long in total")
-	fs.DurationVar(&c.budget, "budget", 9*time.Minute+15*time.Second, "wall-time budget: churn rounds beyond the third are dropped when the next would overrun it")
+	fs.DurationVar(&c.budget, "budget", 11*time.Minute+30*time.Second, "wall-time budget: churn rounds beyond the third are dropped when the next would overrun it")
+	fs.DurationVar(&c.twBurst, "tw-burst", 2*time.Second, "churn burst (after its warm-up) that leaves TIME_WAIT sockets at scale")
+	fs.DurationVar(&c.twDur, "tw-duration", 60*time.Second, "window for the agent's CPU while the burst's TIME_WAIT sockets expire; 0 skips it")
+	scaling := fs.String("scaling", "10000,100000,1000000", "socket counts of the scaling phase, growing, in multiples of 10000 (a holder each); empty skips it")
 	agentFlags := fs.String("agent-flags", "", "extra flags for every `ghostconn agent` (space-separated), to compare settings")
 	skip := fs.String("skip", "", "comma-separated phases to skip: "+strings.Join(phaseNames(), ","))
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var err error
+	if c.scaling, err = parseSizes(*scaling); err != nil {
+		fmt.Fprintln(os.Stderr, "ghostbench:", err)
 		return 2
 	}
 	c.agentFlags = strings.Fields(*agentFlags)
@@ -192,6 +203,7 @@ var phases = []phase{
 	{"fdmix", phaseFdmix},
 	{"tax", phaseTax},
 	{"scale", phaseScale},
+	{"scaling", phaseScaling},
 	{"churn", phaseChurn},
 }
 

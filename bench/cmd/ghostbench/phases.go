@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +19,10 @@ const (
 	obsGhostconn = "ghostconn"
 	obsTcpstates = "tcpstates"
 )
+
+// reconcilePoll is how often the idle window reads the agent's status
+// while it waits for a reconcile.
+const reconcilePoll = 5 * time.Second
 
 // Kernel-cost windows.
 const (
@@ -210,62 +215,10 @@ func phaseScale(c *config, r *results) error {
 	}
 	r.scaleTarget = pairs * 2 * c.holders
 	t0 := time.Now()
-	var holders []*proc
-	var stdins []io.WriteCloser
-	type readyMsg struct {
-		i   int
-		err error
-	}
-	readyCh := make(chan readyMsg, c.holders)
-	stopHolders := func() {
-		for _, w := range stdins {
-			w.Close()
-		}
-		for _, h := range holders {
-			h.stop()
-		}
-	}
-	defer stopHolders()
-	for i := 0; i < c.holders; i++ {
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			return err
-		}
-		outR, outW, err := os.Pipe()
-		if err != nil {
-			return err
-		}
-		addr := fmt.Sprintf("127.0.1.%d", i+1)
-		h, err := startProc("holder "+addr, pr, outW, os.Stderr, c.self, "hold", "-pairs", strconv.Itoa(pairs), "-addr", addr)
-		pr.Close()
-		outW.Close()
-		if err != nil {
-			pw.Close()
-			outR.Close()
-			return err
-		}
-		holders = append(holders, h)
-		stdins = append(stdins, pw)
-		go func(i int) {
-			defer outR.Close()
-			line, err := bufio.NewReader(outR).ReadString('\n')
-			if err == nil && !strings.HasPrefix(line, "ready ") {
-				err = fmt.Errorf("unexpected %q", line)
-			}
-			readyCh <- readyMsg{i, err}
-			_, _ = io.Copy(io.Discard, outR)
-		}(i)
-	}
-	timeout := time.After(3 * time.Minute)
-	for n := 0; n < c.holders; n++ {
-		select {
-		case m := <-readyCh:
-			if m.err != nil {
-				return fmt.Errorf("holder %d: %w", m.i, m.err)
-			}
-		case <-timeout:
-			return fmt.Errorf("holders not ready after 3m")
-		}
+	var held sockHolders
+	defer held.stop()
+	if err := held.add(c.self, c.holders, pairs); err != nil {
+		return err
 	}
 	r.holdSetup = time.Since(t0)
 	est, err := countEstablished()
@@ -298,7 +251,14 @@ func phaseScale(c *config, r *results) error {
 	r.checkPrograms(s)
 	r.rssReady, _, _ = procMem(a.pid())
 
-	// Idle: no churn, nothing asked of the agent for idleDur.
+	// Idle: no churn, nothing asked of the agent, over one whole reconcile
+	// cycle, the agent's own average as long as nothing happens: the
+	// window starts now, holds the first periodic reconcile (the
+	// reconcile interval after ready) and lasts as long as the wait the
+	// agent then chose before the next (its CPU budget stretches it on a
+	// large table), so it ends before that one. At least idleDur. The
+	// agent's status is read every reconcilePoll meanwhile, which costs it
+	// a few milliseconds in all.
 	var cpu time.Duration
 	var wall time.Duration
 	d, err := statsWindow(a.pid(), true, func() error {
@@ -307,7 +267,27 @@ func phaseScale(c *config, r *results) error {
 			return err
 		}
 		w0 := time.Now()
-		time.Sleep(c.idleDur)
+		s0, err := a.statusHTTP()
+		if err != nil {
+			return err
+		}
+		length := c.idleDur
+		for deadline := w0.Add(10 * time.Minute); ; {
+			time.Sleep(reconcilePoll)
+			s, err := a.statusHTTP()
+			if err != nil {
+				return err
+			}
+			if s.Reconciles > s0.Reconciles {
+				length = max(length, time.Duration(s.ReconcileWaitSeconds*float64(time.Second)))
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("no reconcile in the %s after ready", deadline.Sub(w0))
+			}
+		}
+		r.reconcileWait = length
+		time.Sleep(time.Until(w0.Add(length)))
 		c1, err := procCPU(a.pid())
 		if err != nil {
 			return err
@@ -372,7 +352,79 @@ func phaseScale(c *config, r *results) error {
 	} else {
 		logf("top for %s: agent %s, top %s", r.topWall.Round(time.Second), r.topAgentCPU, r.topCPU)
 	}
+
+	if c.twDur > 0 {
+		if err := timeWaitWindow(c, r, a); err != nil {
+			r.errorf("TIME_WAIT window: %v", err)
+		}
+	}
 	return nil
+}
+
+// timeWaitWindow: a burst of churn leaves tens of thousands of sockets in
+// TIME_WAIT, which the kernel keeps for 60 s; the agent's CPU while they
+// expire, with the scale phase's sockets still held. A TIME_WAIT socket is
+// a connection that ended: it should cost the agent nothing per second.
+func timeWaitWindow(c *config, r *results, a *agent) error {
+	s0, err := a.statusHTTP()
+	if err != nil {
+		return err
+	}
+	res, err := runChurnProc(c, c.twBurst)
+	if err != nil {
+		return err
+	}
+	tw, err := countTCPState(tcpTimeWait)
+	if err != nil {
+		return err
+	}
+	c0, err := procCPU(a.pid())
+	if err != nil {
+		return err
+	}
+	w0 := time.Now()
+	time.Sleep(c.twDur)
+	c1, err := procCPU(a.pid())
+	if err != nil {
+		return err
+	}
+	s1, err := a.statusHTTP()
+	if err != nil {
+		return err
+	}
+	r.tw = twWindow{burst: res.Total, timeWait: tw, cpu: c1 - c0, wall: time.Since(w0),
+		lost: s1.lost() - s0.lost(), reconciles: s1.Reconciles - s0.Reconciles}
+	left, _ := countTCPState(tcpTimeWait)
+	r.tw.left = left
+	logf("TIME_WAIT: %d after a burst of %d connections; agent %s over %s (%d reconciles), %d left",
+		tw, res.Total, r.tw.cpu, r.tw.wall.Round(time.Second), r.tw.reconciles, left)
+	return nil
+}
+
+// tcpTimeWait is TIME_WAIT's number in /proc/net/tcp.
+const tcpTimeWait = 0x06
+
+// countTCPState counts the TCP sockets in this namespace in state st,
+// from /proc/net/tcp and tcp6.
+func countTCPState(st int) (int, error) {
+	n := 0
+	for _, path := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return 0, err
+		}
+		want := fmt.Sprintf(" %02X ", st)
+		for i, line := range strings.Split(string(b), "\n") {
+			// sl local rem st: the state is the fourth field.
+			if f := strings.Fields(line); i > 0 && len(f) > 3 && " "+f[3]+" " == want {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 // runTimed runs a command to completion with stdout to w; stderr is kept
