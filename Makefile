@@ -7,7 +7,7 @@
 #   make generate        rebuild the eBPF objects (installs clang-19, llvm-19)
 #   make check-generate  fail if the committed objects are stale
 #   make fuzz            run every fuzz target for FUZZTIME (60s) each
-#   make bench           benchmarks against the goals (~7 min), bench/RESULTS.md
+#   make bench           benchmarks against the goals (~11 min), bench/RESULTS.md
 
 # sudo's secure_path usually lacks the Go toolchain: fall back to where the
 # Go tarball installs.
@@ -64,7 +64,7 @@ fuzz:
 		$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME); \
 	done
 
-# Benchmarks against the performance goals (root, about 7 min): prints the
+# Benchmarks against the performance goals (root, about 11 min): prints the
 # table and writes bench/RESULTS.md. See bench/README.md.
 bench: build
 	@./scripts/deps.sh bench
