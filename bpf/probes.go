@@ -636,6 +636,26 @@ func (p *Probes) Sockets(nsPath string) ([]GhostconnSockRec, error) {
 	return readRecords[GhostconnSockRec](r, &p.hostSockets)
 }
 
+// socketChunk is how many records EachSocket hands over at a time.
+const socketChunk = 4096
+
+// EachSocket is Sockets handed over in pieces as the iterator writes them:
+// fn gets up to socketChunk records at a time, in a buffer the next call
+// reuses, so a snapshot of 100k sockets never holds 20 MB of records at
+// once. It returns how many records there were; after an error, fn has had
+// the whole chunks read before it.
+func (p *Probes) EachSocket(nsPath string, fn func([]GhostconnSockRec)) (int, error) {
+	r, err := openIn(p.iterTCP, nsPath)
+	if err != nil {
+		return 0, err
+	}
+	n, err := eachRecord(r, socketChunk, fn)
+	if err == nil && nsPath == "" {
+		p.hostSockets.Store(int64(n))
+	}
+	return n, err
+}
+
 // SocketID returns the id the programs give the TCP socket at fd, a socket
 // of the caller's network namespace: its cookie, or where ids are not
 // cookies (see IDsAreCookies) the id iter/tcp reports for its inode.
@@ -759,6 +779,40 @@ func readRecords[T any](r io.ReadCloser, hint *atomic.Int64) ([]T, error) {
 		hint.Store(int64(len(out)))
 	}
 	return out, nil
+}
+
+// eachRecord reads r's records of type T to the end, handing them to fn
+// n at a time (fewer at the end) in one buffer, and closes r.
+func eachRecord[T any](r io.ReadCloser, n int, fn func([]T)) (int, error) {
+	defer r.Close()
+	var zero T
+	size := int(unsafe.Sizeof(zero))
+	buf := make([]T, n)
+	raw := recordBytes(buf, size)
+	filled, total := 0, 0
+	for {
+		m, err := r.Read(raw[filled:])
+		filled += m
+		eof := errors.Is(err, io.EOF)
+		if err != nil && !eof {
+			return total, fmt.Errorf("read iterator: %w", err)
+		}
+		if filled == len(raw) || eof {
+			k := filled / size
+			if k > 0 {
+				fn(buf[:k])
+				total += k
+			}
+			rest := filled - k*size
+			if eof {
+				if rest != 0 {
+					return total, fmt.Errorf("iterator output ends %d bytes into a %d-byte record", rest, size)
+				}
+				return total, nil
+			}
+			filled = 0 // a full buffer holds whole records only
+		}
+	}
 }
 
 // recordBytes is the memory of recs, records of size bytes, as bytes.

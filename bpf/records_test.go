@@ -2,7 +2,9 @@ package bpf
 
 import (
 	"bytes"
+	"errors"
 	"io"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -48,5 +50,51 @@ func TestReadRecordsSplitReads(t *testing.T) {
 	got, err := readRecords[GhostconnHolderRec](io.NopCloser(bytes.NewReader(nil)), nil)
 	if err != nil || len(got) != 0 {
 		t.Errorf("empty output: %d records, %v", len(got), err)
+	}
+}
+
+// eachRecord hands an iterator's records over in chunks of its buffer's
+// size whatever sizes its reads come in, each record whole and in order,
+// and fails on a partial record at the end or a read error, after handing
+// over what it read before.
+func TestEachRecordChunks(t *testing.T) {
+	want := make([]GhostconnHolderRec, 2500) // two full chunks of 1000 and a tail
+	for i := range want {
+		want[i] = GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(1000 + i), Pid: uint32(i), Fd: uint32(i % 7)}
+	}
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&want[0])), len(want)*int(unsafe.Sizeof(want[0])))
+	for name, r := range map[string]io.Reader{
+		"whole":    bytes.NewReader(raw),
+		"one byte": iotest.OneByteReader(bytes.NewReader(raw)),
+		"halves":   iotest.HalfReader(bytes.NewReader(raw)),
+	} {
+		var got []GhostconnHolderRec
+		var sizes []int
+		n, err := eachRecord(io.NopCloser(r), 1000, func(recs []GhostconnHolderRec) {
+			sizes = append(sizes, len(recs))
+			got = append(got, recs...)
+		})
+		if err != nil || n != len(want) {
+			t.Fatalf("%s: %d records, %v", name, n, err)
+		}
+		if !slices.Equal(sizes, []int{1000, 1000, 500}) {
+			t.Errorf("%s: chunks of %v, want 1000, 1000, 500", name, sizes)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: records differ from what was written", name)
+		}
+	}
+	seen := 0
+	_, err := eachRecord(io.NopCloser(bytes.NewReader(raw[:len(raw)-1])), 1000, func(recs []GhostconnHolderRec) { seen += len(recs) })
+	if err == nil || !strings.Contains(err.Error(), "ends") || seen != len(want)-1 {
+		t.Errorf("truncated output: %v after %d records, want an error naming the partial record after %d", err, seen, len(want)-1)
+	}
+	seen = 0
+	broken := io.MultiReader(bytes.NewReader(raw[:1500*int(unsafe.Sizeof(want[0]))]), iotest.ErrReader(errors.New("gone")))
+	if _, err := eachRecord(io.NopCloser(broken), 1000, func(recs []GhostconnHolderRec) { seen += len(recs) }); err == nil || !strings.Contains(err.Error(), "gone") || seen != 1000 {
+		t.Errorf("read error: %v after %d records, want it after the first chunk of 1000", err, seen)
+	}
+	if n, err := eachRecord(io.NopCloser(bytes.NewReader(nil)), 1000, func([]GhostconnHolderRec) { t.Error("called on empty output") }); err != nil || n != 0 {
+		t.Errorf("empty output: %d records, %v", n, err)
 	}
 }
