@@ -108,9 +108,12 @@ type Collector struct {
 	reconcileErrors atomic.Uint64
 	lastReconcile   atomic.Int64 // duration in ns
 	reconcileWait   atomic.Int64 // the wait before the next periodic reconcile, in ns
-	gen             atomic.Uint64
-	refreshes       atomic.Uint64
-	replayed        atomic.Uint64
+	// periodicReconciles counts periodic reconciles done, each with the
+	// collection after it and the choice of the next wait.
+	periodicReconciles atomic.Uint64
+	gen                atomic.Uint64
+	refreshes          atomic.Uint64
+	replayed           atomic.Uint64
 	// snapshotErrors counts namespaces that a reconcile or refresh could
 	// not snapshot; lastSnapshotErr is the latest of those failures.
 	snapshotErrors  atomic.Uint64
@@ -299,8 +302,8 @@ func (c *Collector) Run(ctx context.Context) error {
 	if err := c.replayCloses(); err != nil {
 		return fmt.Errorf("replay close evidence: %w", err)
 	}
-	debug.FreeOSMemory() // the seeding's records and the programs' load, as after a reconcile
 	c.readyOnce.Do(func() { close(c.ready) })
+	debug.FreeOSMemory() // the seeding's holder records and the programs' load, as after a reconcile
 
 	recon := time.NewTimer(c.cfg.ReconcileInterval)
 	c.reconcileWait.Store(int64(c.cfg.ReconcileInterval))
@@ -353,14 +356,15 @@ func (c *Collector) Run(ctx context.Context) error {
 				c.cfg.Logger.Error("reconcile", "err", err)
 			}
 			c.table.GC(time.Now())
-			// A reconcile reads every socket and holder record before it
-			// applies them (30 MB at 100k sockets), and the collection
-			// that runs meanwhile sets the heap's next goal from that
-			// peak; an idle agent then allocates too little to collect
-			// again for minutes. Collecting now and handing the pages
-			// back puts RSS near the table's own size at once (at 100k,
-			// 175 -> about 130 MiB), for a collection of the table a
-			// reconcile (in the CPU budget below).
+			// A reconcile reads every holder record before it applies
+			// them (6 MB at 100k sockets) and allocates as it applies
+			// the snapshot, and the collection that runs meanwhile sets
+			// the heap's next goal from that peak; an idle agent then
+			// allocates too little to collect again for minutes.
+			// Collecting now and handing the pages back puts RSS near
+			// the table's own size at once (at 100k, 175 -> about 126
+			// MB), for one collection of the table a reconcile (in the
+			// CPU budget below).
 			debug.FreeOSMemory()
 			now := c.lostTotal()
 			lastRecon, lastTook = time.Now(), time.Since(start)
@@ -369,6 +373,7 @@ func (c *Collector) Run(ctx context.Context) error {
 			// the garbage collector beside both.
 			wait := NextReconcile(c.cfg.ReconcileInterval, max(lastTook, processCPU()-cpu0), now != lost)
 			c.reconcileWait.Store(int64(wait))
+			c.periodicReconciles.Add(1)
 			recon.Reset(wait)
 			lost = now
 		case <-lossCheck.C:
@@ -728,8 +733,8 @@ const observeChunk = 4096
 // The holder walk (iter/task_file, every fd on the host) runs in the
 // kernel while the socket snapshots are read and applied: on two cores
 // that takes a third off a reconcile at 100k sockets, and off start-up.
-// Its holders are applied after the snapshots, as before, so every
-// connection a snapshot found is there to take them.
+// Its holders are applied after the snapshots, so every connection a
+// snapshot found is there to take them.
 func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string, start time.Time, gen uint64, seed bool) (covered map[uint32]bool, errs []error, err error) {
 	type walk struct {
 		holders []bpf.GhostconnHolderRec
@@ -759,7 +764,12 @@ func observe(p *bpf.Probes, t *Table, dec *Decoder, namespaces map[uint32]string
 	if w.err != nil {
 		return covered, errs, fmt.Errorf("snapshot socket holders: %w", w.err)
 	}
-	t.SetHolders(w.holders, start)
+	// The walk counts as begun just before start: a socket the snapshot
+	// found for the first time (first seen at start) may have been made
+	// after the walk passed its process, so when the walk found no holder
+	// for it, its holders stay "not yet known" (holdersKnown) until the
+	// next walk or its owner's connect or accept, instead of "none".
+	t.SetHolders(w.holders, start.Add(-time.Nanosecond))
 	return covered, errs, nil
 }
 
@@ -846,17 +856,21 @@ type Status struct {
 	ReconcileSeconds  float64     `json:"last_reconcile_seconds"`
 	// ReconcileWaitSeconds is the wait before the next periodic reconcile
 	// that the agent chose after the last one (see NextReconcile).
-	ReconcileWaitSeconds float64           `json:"reconcile_wait_seconds"`
-	ReconcileAdded       uint64            `json:"reconcile_added"`
-	ReconcileRemoved     uint64            `json:"reconcile_removed"`
-	ReconcileCorrected   uint64            `json:"reconcile_corrected"`
-	Refreshes            uint64            `json:"verdict_refreshes"`
-	VerdictsRaised       map[string]uint64 `json:"verdicts_raised"`
-	Transitions          map[string]uint64 `json:"state_transitions"`
-	RetransmitEvents     uint64            `json:"retransmit_events"`
-	KeepaliveFirings     uint64            `json:"keepalive_timer_firings"`
-	KeepaliveProbes      uint64            `json:"keepalive_probes"`
-	Programs             map[string]string `json:"programs"` // "attached" or the reason not
+	ReconcileWaitSeconds float64 `json:"reconcile_wait_seconds"`
+	// PeriodicReconciles counts the reconciles the agent's own schedule
+	// ran (Reconciles also counts the seeding), each counted once done:
+	// its collection and the choice of the next wait included.
+	PeriodicReconciles uint64            `json:"periodic_reconciles"`
+	ReconcileAdded     uint64            `json:"reconcile_added"`
+	ReconcileRemoved   uint64            `json:"reconcile_removed"`
+	ReconcileCorrected uint64            `json:"reconcile_corrected"`
+	Refreshes          uint64            `json:"verdict_refreshes"`
+	VerdictsRaised     map[string]uint64 `json:"verdicts_raised"`
+	Transitions        map[string]uint64 `json:"state_transitions"`
+	RetransmitEvents   uint64            `json:"retransmit_events"`
+	KeepaliveFirings   uint64            `json:"keepalive_timer_firings"`
+	KeepaliveProbes    uint64            `json:"keepalive_probes"`
+	Programs           map[string]string `json:"programs"` // "attached" or the reason not
 	// Kernel is the running kernel's release and architecture; Features
 	// says which optional features it gave the agent.
 	Kernel         string            `json:"kernel"`
@@ -914,6 +928,7 @@ func (c *Collector) Status() (Status, error) {
 		LastSnapshotError:    c.lastSnapshotErr.Load(),
 		ReconcileSeconds:     time.Duration(c.lastReconcile.Load()).Seconds(),
 		ReconcileWaitSeconds: time.Duration(c.reconcileWait.Load()).Seconds(),
+		PeriodicReconciles:   c.periodicReconciles.Load(),
 		ReconcileAdded:       ts.ReconcileAdds,
 		ReconcileRemoved:     ts.ReconcileGone,
 		ReconcileCorrected:   ts.ReconcileFix,
