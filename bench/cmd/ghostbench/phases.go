@@ -278,15 +278,15 @@ func phaseScale(c *config, r *results) error {
 			if err != nil {
 				return err
 			}
-			if s.Reconciles > s0.Reconciles {
-				length = max(length, time.Duration(s.ReconcileWaitSeconds*float64(time.Second)))
+			if s.PeriodicReconciles > s0.PeriodicReconciles {
+				r.reconcileWait = time.Duration(s.ReconcileWaitSeconds * float64(time.Second))
+				length = max(length, r.reconcileWait)
 				break
 			}
 			if time.Now().After(deadline) {
 				return fmt.Errorf("no reconcile in the %s after ready", deadline.Sub(w0))
 			}
 		}
-		r.reconcileWait = length
 		time.Sleep(time.Until(w0.Add(length)))
 		c1, err := procCPU(a.pid())
 		if err != nil {
@@ -366,6 +366,26 @@ func phaseScale(c *config, r *results) error {
 // expire, with the scale phase's sockets still held. A TIME_WAIT socket is
 // a connection that ended: it should cost the agent nothing per second.
 func timeWaitWindow(c *config, r *results, a *agent) error {
+	// Just after a periodic reconcile, so that the next one (at least 30 s
+	// later, 80 s at 100k) falls after the window: reconciles are the idle
+	// window's, not what TIME_WAIT costs.
+	s, err := a.statusHTTP()
+	if err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(6 * time.Minute); ; {
+		time.Sleep(time.Second)
+		s1, err := a.statusHTTP()
+		if err != nil {
+			return err
+		}
+		if s1.PeriodicReconciles > s.PeriodicReconciles {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("no periodic reconcile in 6 minutes")
+		}
+	}
 	s0, err := a.statusHTTP()
 	if err != nil {
 		return err

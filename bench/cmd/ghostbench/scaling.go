@@ -123,7 +123,7 @@ func scaleAt(c *config, p *scalePoint) error {
 		if s, err = a.statusHTTP(); err != nil {
 			return err
 		}
-		if s.Reconciles > s0.Reconciles {
+		if s.PeriodicReconciles > s0.PeriodicReconciles {
 			break
 		}
 		if time.Now().After(deadline) {
