@@ -1084,6 +1084,27 @@ func TestListLiveIsListInChunks(t *testing.T) {
 	if err != nil || n != total-1 {
 		t.Errorf("with one closed mid-list: %d views, %v; want %d", n, err, total-1)
 	}
+	// Once a spare has been reused, the connections are looked up again:
+	// the next to last closes and a spare is taken meanwhile.
+	j := i - 1
+	closing.Cookie, closing.Local = last-1, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, byte(j >> 16), byte(j >> 8)}), uint16(j))
+	n, err = tb.ListLive(now, ListOptions{}, func(vs []ConnView) error {
+		if vs[0].Cookie == 1 {
+			tb.Apply([]Event{closing})
+			tb.mu.Lock()
+			tb.reuses++
+			tb.mu.Unlock()
+		}
+		for _, v := range vs {
+			if v.Cookie == last-1 {
+				t.Errorf("connection %d listed after it closed (a spare reused meanwhile)", last-1)
+			}
+		}
+		return nil
+	})
+	if err != nil || n != total-2 {
+		t.Errorf("with a spare reused mid-list: %d views, %v; want %d", n, err, total-2)
+	}
 
 	stop := errors.New("client went away")
 	calls := 0

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"math"
 	"testing"
 	"time"
 
@@ -77,6 +78,25 @@ func BenchmarkWriteConnViews100k(b *testing.B) {
 	for b.Loop() {
 		if err := exporter.WriteConnViews(io.Discard, conns); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// The numbers of a view print as encoding/json prints them: whole ones
+// (the fast path), fractions, the edges of the fast path, negative zero,
+// and the exponent forms.
+func TestAppendConnViewNumbersMatchEncodingJSON(t *testing.T) {
+	negZero := math.Copysign(0, -1)
+	for _, f := range []float64{0, negZero, 1, -1, 75, 7200, 12.5, 0.25, 1e14, 1e15 - 1, 1e15, 1e15 + 2, 123456789012345.5,
+		1e20, 1e21, 1e22, 1e-6, 1e-7, 2.5e-9, math.MaxInt64, -7200.75, 4503599627370497} {
+		idle := f
+		v := collector.ConnView{IdleSeconds: &idle, UserTimeoutSeconds: f, Keepalive: collector.Keepalive{IdleSeconds: f, IntervalSeconds: -f}}
+		want, err := json.Marshal(&v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := exporter.AppendConnView(nil, &v); !bytes.Equal(got, want) {
+			t.Errorf("%v:\n got %s\nwant %s", f, got, want)
 		}
 	}
 }
