@@ -54,18 +54,33 @@ func runChurn(args []string) int {
 	duration := fs.Duration("duration", 10*time.Second, "measured time")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured time before")
 	progress := fs.Bool("progress", false, "print a churnProgress line (totals since start) on each SIGUSR1")
+	addrs := fs.Int("addrs", 1, "server addresses (127.0.0.1, then 127.0.2.1 on), clients spread over them: each has its own ephemeral ports, so more TIME_WAIT sockets last before a new connection recycles one")
 	_ = fs.Parse(args)
+	if *addrs < 1 || *addrs > 250 || *servers < *addrs {
+		fmt.Fprintf(os.Stderr, "churn: -addrs %d: want 1 to 250, and at least one server thread each\n", *addrs)
+		return 2
+	}
 
 	// One P per blocking thread, so leaving a syscall never waits for a P.
 	runtime.GOMAXPROCS(*clients + *servers + 2)
 
-	lfd, port, err := listenLoopback([4]byte{127, 0, 0, 1}, 4096)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "churn:", err)
-		return 1
+	lfds := make([]int, *addrs)
+	sas := make([]*unix.SockaddrInet4, *addrs)
+	for i := range lfds {
+		ip := [4]byte{127, 0, 0, 1}
+		if i > 0 {
+			ip = [4]byte{127, 0, 2, byte(i)}
+		}
+		lfd, port, err := listenLoopback(ip, 4096)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "churn:", err)
+			return 1
+		}
+		lfds[i], sas[i] = lfd, &unix.SockaddrInet4{Addr: ip, Port: port}
 	}
 	var stop atomic.Bool
 	for i := 0; i < *servers; i++ {
+		lfd := lfds[i%len(lfds)]
 		go func() {
 			runtime.LockOSThread()
 			buf := make([]byte, 1)
@@ -81,9 +96,9 @@ func runChurn(args []string) int {
 		}()
 	}
 	counters := make([]padded, *clients)
-	sa := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}
 	for i := 0; i < *clients; i++ {
 		c := &counters[i]
+		sa := sas[i%len(sas)]
 		go func() {
 			runtime.LockOSThread()
 			buf := make([]byte, 1)

@@ -97,7 +97,7 @@ func runBench(args []string) (code int) {
 	fs.IntVar(&c.lsRounds, "ls-rounds", 5, "interleaved rounds of ghostconn ls, ss -tanp, lsof")
 	fs.DurationVar(&c.toolBudget, "tool-budget", 20*time.Second, "stop repeating a lister once its runs took this long in total")
 	fs.DurationVar(&c.budget, "budget", 11*time.Minute+30*time.Second, "wall-time budget: churn rounds beyond the third are dropped when the next would overrun it")
-	fs.DurationVar(&c.twBurst, "tw-burst", 2*time.Second, "churn burst (after its warm-up) that leaves TIME_WAIT sockets at scale")
+	fs.DurationVar(&c.twBurst, "tw-burst", 3*time.Second, "churn burst (after its warm-up) that leaves TIME_WAIT sockets at scale")
 	fs.DurationVar(&c.twDur, "tw-duration", 60*time.Second, "window for the agent's CPU while the burst's TIME_WAIT sockets expire; 0 skips it")
 	scaling := fs.String("scaling", "10000,100000,1000000", "socket counts of the scaling phase, growing, in multiples of 10000 (a holder each); empty skips it")
 	agentFlags := fs.String("agent-flags", "", "extra flags for every `ghostconn agent` (space-separated), to compare settings")

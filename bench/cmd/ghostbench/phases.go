@@ -390,7 +390,7 @@ func timeWaitWindow(c *config, r *results, a *agent) error {
 	if err != nil {
 		return err
 	}
-	res, err := runChurnProc(c, c.twBurst)
+	res, err := runChurnProc(c, c.twBurst, "-addrs", strconv.Itoa(twAddrs))
 	if err != nil {
 		return err
 	}
@@ -420,6 +420,12 @@ func timeWaitWindow(c *config, r *results, a *agent) error {
 		tw, res.Total, r.tw.cpu, r.tw.wall.Round(time.Second), r.tw.reconciles, left)
 	return nil
 }
+
+// twAddrs is how many server addresses the TIME_WAIT burst spreads its
+// clients over: on loopback the kernel recycles a TIME_WAIT socket for a
+// new connection of the same four-tuple (net.ipv4.tcp_tw_reuse), which
+// holds one address's TIME_WAIT to about 14,000 at this rate.
+const twAddrs = 4
 
 // tcpTimeWait is TIME_WAIT's number in /proc/net/tcp.
 const tcpTimeWait = 0x06
@@ -667,12 +673,12 @@ func churnWith(c *config, r *results, obs string, dur time.Duration, stats bool)
 	}
 	return out, nil
 }
-func runChurnProc(c *config, dur time.Duration) (churnResult, error) {
+func runChurnProc(c *config, dur time.Duration, extra ...string) (churnResult, error) {
 	var res churnResult
 	var out bytes.Buffer
-	p, err := startProc("churn", nil, &out, os.Stderr, c.self, "churn",
-		"-clients", strconv.Itoa(c.clients), "-servers", strconv.Itoa(c.servers),
-		"-duration", dur.String(), "-warmup", c.warmup.String())
+	args := append([]string{"churn", "-clients", strconv.Itoa(c.clients), "-servers", strconv.Itoa(c.servers),
+		"-duration", dur.String(), "-warmup", c.warmup.String()}, extra...)
+	p, err := startProc("churn", nil, &out, os.Stderr, c.self, args...)
 	if err != nil {
 		return res, err
 	}
