@@ -16,16 +16,8 @@ import (
 // reads come in, across the growth of its buffer, and keeps the count as
 // the next read's hint.
 func TestReadRecordsSplitReads(t *testing.T) {
-	want := make([]GhostconnHolderRec, 3000) // past the first 1024 twice
-	for i := range want {
-		want[i] = GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(1000 + i), Pid: uint32(i), Fd: uint32(i % 7)}
-	}
-	raw := unsafe.Slice((*byte)(unsafe.Pointer(&want[0])), len(want)*int(unsafe.Sizeof(want[0])))
-	for name, r := range map[string]io.Reader{
-		"whole":    bytes.NewReader(raw),
-		"one byte": iotest.OneByteReader(bytes.NewReader(raw)),
-		"halves":   iotest.HalfReader(bytes.NewReader(raw)),
-	} {
+	want, raw := holderRecs(3000) // past the first 1024 twice
+	for name, r := range splitReads(raw) {
 		var hint atomic.Int64
 		got, err := readRecords[GhostconnHolderRec](io.NopCloser(r), &hint)
 		if err != nil {
@@ -58,16 +50,8 @@ func TestReadRecordsSplitReads(t *testing.T) {
 // and fails on a partial record at the end or a read error, after handing
 // over what it read before.
 func TestEachRecordChunks(t *testing.T) {
-	want := make([]GhostconnHolderRec, 2500) // two full chunks of 1000 and a tail
-	for i := range want {
-		want[i] = GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(1000 + i), Pid: uint32(i), Fd: uint32(i % 7)}
-	}
-	raw := unsafe.Slice((*byte)(unsafe.Pointer(&want[0])), len(want)*int(unsafe.Sizeof(want[0])))
-	for name, r := range map[string]io.Reader{
-		"whole":    bytes.NewReader(raw),
-		"one byte": iotest.OneByteReader(bytes.NewReader(raw)),
-		"halves":   iotest.HalfReader(bytes.NewReader(raw)),
-	} {
+	want, raw := holderRecs(2500) // two full chunks of 1000 and a tail
+	for name, r := range splitReads(raw) {
 		var got []GhostconnHolderRec
 		var sizes []int
 		n, err := eachRecord(io.NopCloser(r), 1000, func(recs []GhostconnHolderRec) {
@@ -96,5 +80,25 @@ func TestEachRecordChunks(t *testing.T) {
 	}
 	if n, err := eachRecord(io.NopCloser(bytes.NewReader(nil)), 1000, func([]GhostconnHolderRec) { t.Error("called on empty output") }); err != nil || n != 0 {
 		t.Errorf("empty output: %d records, %v", n, err)
+	}
+}
+
+// holderRecs is n distinct holder records and their bytes, as an
+// iterator writes them.
+func holderRecs(n int) ([]GhostconnHolderRec, []byte) {
+	recs := make([]GhostconnHolderRec, n)
+	for i := range recs {
+		recs[i] = GhostconnHolderRec{Cookie: uint64(i + 1), Ino: uint64(1000 + i), Pid: uint32(i), Fd: uint32(i % 7)}
+	}
+	return recs, unsafe.Slice((*byte)(unsafe.Pointer(&recs[0])), n*int(unsafe.Sizeof(recs[0])))
+}
+
+// splitReads are readers of raw whose reads come whole, a byte at a
+// time, and in halves.
+func splitReads(raw []byte) map[string]io.Reader {
+	return map[string]io.Reader{
+		"whole":    bytes.NewReader(raw),
+		"one byte": iotest.OneByteReader(bytes.NewReader(raw)),
+		"halves":   iotest.HalfReader(bytes.NewReader(raw)),
 	}
 }

@@ -111,6 +111,26 @@ func (a *agent) statusHTTP() (agentStatus, error) {
 	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
 
+// waitReconcile reads the agent's status every poll until it counts a
+// periodic reconcile past after (done, with its collection and the choice
+// of the next wait), for at most limit, and returns that status.
+func (a *agent) waitReconcile(after uint64, poll, limit time.Duration) (agentStatus, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		time.Sleep(poll)
+		s, err := a.statusHTTP()
+		if err != nil {
+			return s, err
+		}
+		if s.PeriodicReconciles > after {
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			return s, fmt.Errorf("no periodic reconcile in %s (%d done)", limit, s.PeriodicReconciles)
+		}
+	}
+}
+
 // status runs `ghostconn status`, the way a user reads the counters.
 func (a *agent) status() (agentStatus, error) {
 	var s agentStatus

@@ -271,22 +271,12 @@ func phaseScale(c *config, r *results) error {
 		if err != nil {
 			return err
 		}
-		length := c.idleDur
-		for deadline := w0.Add(10 * time.Minute); ; {
-			time.Sleep(reconcilePoll)
-			s, err := a.statusHTTP()
-			if err != nil {
-				return err
-			}
-			if s.PeriodicReconciles > s0.PeriodicReconciles {
-				r.reconcileWait = time.Duration(s.ReconcileWaitSeconds * float64(time.Second))
-				length = max(length, r.reconcileWait)
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("no reconcile in the %s after ready", deadline.Sub(w0))
-			}
+		s, err := a.waitReconcile(s0.PeriodicReconciles, reconcilePoll, 10*time.Minute)
+		if err != nil {
+			return err
 		}
+		r.reconcileWait = time.Duration(s.ReconcileWaitSeconds * float64(time.Second))
+		length := max(c.idleDur, r.reconcileWait)
 		time.Sleep(time.Until(w0.Add(length)))
 		c1, err := procCPU(a.pid())
 		if err != nil {
@@ -373,20 +363,7 @@ func timeWaitWindow(c *config, r *results, a *agent) error {
 	if err != nil {
 		return err
 	}
-	for deadline := time.Now().Add(6 * time.Minute); ; {
-		time.Sleep(time.Second)
-		s1, err := a.statusHTTP()
-		if err != nil {
-			return err
-		}
-		if s1.PeriodicReconciles > s.PeriodicReconciles {
-			break
-		}
-		if time.Now().After(deadline) {
-			return errors.New("no periodic reconcile in 6 minutes")
-		}
-	}
-	s0, err := a.statusHTTP()
+	s0, err := a.waitReconcile(s.PeriodicReconciles, time.Second, 6*time.Minute)
 	if err != nil {
 		return err
 	}

@@ -117,18 +117,9 @@ func scaleAt(c *config, p *scalePoint) error {
 	}
 	w0 := time.Now()
 	time.Sleep(scalingInterval - 500*time.Millisecond)
-	var s agentStatus
-	for deadline := w0.Add(scalingInterval + 5*time.Minute); ; {
-		time.Sleep(250 * time.Millisecond)
-		if s, err = a.statusHTTP(); err != nil {
-			return err
-		}
-		if s.PeriodicReconciles > s0.PeriodicReconciles {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no reconcile %s after ready", deadline.Sub(w0))
-		}
+	s, err := a.waitReconcile(s0.PeriodicReconciles, 250*time.Millisecond, 5*time.Minute)
+	if err != nil {
+		return err
 	}
 	c1, err := procCPU(a.pid())
 	if err != nil {
