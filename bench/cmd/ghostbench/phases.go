@@ -296,6 +296,16 @@ func phaseScale(c *config, r *results) error {
 		r.connsScale = s.Connections
 	}
 
+	// TIME_WAIT, right after the idle window (which ends just before the
+	// next reconcile): the window then ends about three minutes after the
+	// held sockets were made, before they reach the silent threshold
+	// (5 minutes) and the agent flags 100k of them, work of its own.
+	if c.twDur > 0 {
+		if err := timeWaitWindow(c, r, a); err != nil {
+			r.errorf("TIME_WAIT window: %v", err)
+		}
+	}
+
 	// The listers, interleaved. Each prints to /dev/null.
 	n, err := countLs(c.bin, a.sock)
 	if err != nil {
@@ -341,12 +351,6 @@ func phaseScale(c *config, r *results) error {
 		r.errorf("top at scale: %v", err)
 	} else {
 		logf("top for %s: agent %s, top %s", r.topWall.Round(time.Second), r.topAgentCPU, r.topCPU)
-	}
-
-	if c.twDur > 0 {
-		if err := timeWaitWindow(c, r, a); err != nil {
-			r.errorf("TIME_WAIT window: %v", err)
-		}
 	}
 	return nil
 }
