@@ -40,14 +40,18 @@ type ActResult struct {
 // bpf_sock_destroy kfunc, from its BTF.
 func SockDestroyAvailable() bool { return sockDestroyAvailable() }
 
-var sockDestroyAvailable = sync.OnceValue(func() bool {
+var sockDestroyAvailable = sync.OnceValue(func() bool { return kfuncAvailable("bpf_sock_destroy") })
+
+// kfuncAvailable reports whether the running kernel's BTF has the function
+// name (a kfunc: helpers are probed by loading a program).
+func kfuncAvailable(name string) bool {
 	spec, err := kernelSpec()
 	if err != nil {
 		return false
 	}
 	var fn *btf.Func
-	return spec.TypeByName("bpf_sock_destroy", &fn) == nil
-})
+	return spec.TypeByName(name, &fn) == nil
+}
 
 // Destroy aborts the sockets with the given cookies in the network
 // namespace at nsPath ("" for the agent's own) with bpf_sock_destroy(),

@@ -28,6 +28,7 @@ const (
 	FeatureLoop         = "bpf_loop"
 	FeatureSockDestroy  = "sock_destroy"
 	FeatureIterSockopt  = "iter_setsockopt"
+	FeatureCast         = "rdonly_cast"
 )
 
 // Feature is one optional kernel feature and whether this kernel has it.
@@ -70,6 +71,14 @@ var featureDefs = []struct {
 	{Feature{Name: FeatureIterSockopt, Needs: "bpf_setsockopt() in iter/tcp (Linux 5.15)",
 		Without: "keepalive sets the options through a holder's fd (pidfd_getfd), so a socket no process holds cannot be armed"},
 		func() error { return probeTracingHelper(ebpf.AttachTraceIter, "tcp", asm.FnSetsockopt) }},
+	{Feature{Name: FeatureCast, Needs: "the bpf_rdonly_cast() kfunc (Linux 6.2)",
+		Without: "the close, dup, setsockopt, connect, accept and keepalive hooks read kernel memory with probe-read helpers, a few hundred ns more a run"},
+		func() error {
+			if kfuncAvailable("bpf_rdonly_cast") {
+				return nil
+			}
+			return fmt.Errorf("no bpf_rdonly_cast in the kernel's BTF: %w", ebpf.ErrNotSupported)
+		}},
 }
 
 // KernelFeatures probes which optional features this kernel has, once

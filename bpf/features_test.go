@@ -35,7 +35,7 @@ func kernelVersion(t *testing.T) [2]int {
 // or load programs the verifier refuses.
 func TestKernelFeaturesMatchRelease(t *testing.T) {
 	privtest.Require(t)
-	since := map[string][2]int{FeatureSocketCookie: {5, 12}, FeatureTaskBTF: {5, 11}, FeatureLoop: {5, 17}, FeatureSockDestroy: {6, 5}, FeatureIterSockopt: {5, 15}}
+	since := map[string][2]int{FeatureSocketCookie: {5, 12}, FeatureTaskBTF: {5, 11}, FeatureLoop: {5, 17}, FeatureSockDestroy: {6, 5}, FeatureIterSockopt: {5, 15}, FeatureCast: {6, 2}}
 	v := kernelVersion(t)
 	fs := KernelFeatures()
 	if len(fs) != len(since) {

@@ -110,6 +110,20 @@ static __always_inline struct task_struct *current_task(void)
 	return (struct task_struct *)bpf_get_current_task();
 }
 
+// bpf_rdonly_cast (Linux 6.2) makes any value a read-only pointer of a
+// kernel type. Loads through it are direct (faulting loads the JIT guards),
+// where bpf_probe_read_kernel is a helper call of 20 to 50 ns each: the
+// hooks' *_probe variants, for older kernels, use probe reads instead. The
+// verifier replaces the call with a register move, so it costs nothing.
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id) __ksym;
+#define KCAST(ptr, type) ((type *)bpf_rdonly_cast((const void *)(__u64)(ptr), bpf_core_type_id_kernel(type)))
+// KWORD loads the 64-bit word at a kernel address as a number, with a
+// direct load: as the first field of a struct rb_node cast to sit there (its
+// unsigned long __rb_parent_color). A pointer field loaded through a cast
+// is typed as untyped memory or a pointer, which neither a global function
+// nor pointer arithmetic takes; a number goes everywhere.
+#define KWORD(addr) (KCAST((addr), struct rb_node)->__rb_parent_color)
+
 enum event_type {
 	EVENT_STATE = 1,
 	EVENT_RETRANSMIT = 2,
@@ -535,11 +549,8 @@ static __always_inline void fill_tuple_btf(struct tuple *t, struct sock *sk)
 
 // fill_tcp_btf reads keepalive settings and retransmission counters of a
 // trusted socket with plain loads.
-static __always_inline void fill_tcp_btf(struct tcp_part *p, struct sock *sk)
+static __always_inline void fill_tcp_tp(struct tcp_part *p, struct sock *sk, struct tcp_sock *tp)
 {
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return;
 	p->keepalive = !!(sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_KEEPOPEN)));
 	p->ka_time = tp->keepalive_time;
 	p->ka_intvl = tp->keepalive_intvl;
@@ -550,6 +561,13 @@ static __always_inline void fill_tcp_btf(struct tcp_part *p, struct sock *sk)
 	p->probes_out = tp->inet_conn.icsk_probes_out;
 	p->rto_jiffies = tp->inet_conn.icsk_rto;
 	p->total_retrans = tp->total_retrans;
+}
+
+static __always_inline void fill_tcp_btf(struct tcp_part *p, struct sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		fill_tcp_tp(p, sk, tp);
 }
 
 // fill_tcp is fill_tcp_btf for an untrusted socket pointer.
@@ -670,6 +688,41 @@ static __always_inline struct sock *keepalive_timer_sock(struct timer_list *time
 	return (void *)timer - bpf_core_field_offset(struct sock, sk_timer);
 }
 
+// on_keepalive records a keepalive timer's expiry. fast reads the socket
+// with direct loads (bpf_rdonly_cast, 6.2+), else with probe reads.
+static __always_inline void on_keepalive(struct timer_list *timer, bool fast)
+{
+	// The verifier allows direct access only within timer_list, so the
+	// enclosing socket is cast, or read with probe reads.
+	struct sock *sk = keepalive_timer_sock(timer);
+	struct event *e = reserve(STAT_LOST_KEEPALIVE);
+	if (!e)
+		return;
+	e->type = EVENT_KEEPALIVE;
+	__u32 now = (__u32)bpf_jiffies64(), lrcv, rcv_ts;
+	if (fast) {
+		struct tcp_sock *tp = KCAST(sk, struct tcp_sock);
+		sk = (struct sock *)tp;
+		e->cookie = have_cookie_helper ? sk->__sk_common.skc_cookie.counter : addr_id(sk);
+		e->state = sk->__sk_common.skc_state;
+		fill_tuple_btf(&e->tuple, sk);
+		fill_tcp_tp(&e->tcp, sk, tp);
+		lrcv = tp->inet_conn.icsk_ack.lrcvtime;
+		rcv_ts = tp->rcv_tstamp;
+	} else {
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+		e->cookie = stored_id(sk);
+		e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		fill_tuple(&e->tuple, sk);
+		fill_tcp(&e->tcp, sk);
+		lrcv = BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime);
+		rcv_ts = BPF_CORE_READ(tp, rcv_tstamp);
+	}
+	__u32 a = now - lrcv, b = now - rcv_ts;
+	e->idle_jiffies = a < b ? a : b;
+	submit(e);
+}
+
 // timer_expire_entry runs for every timer on the host; all but keepalive
 // timers leave after one load and one compare.
 SEC("tp_btf/timer_expire_entry")
@@ -677,24 +730,16 @@ int BPF_PROG(timer_expire_entry, struct timer_list *timer, unsigned long baseclk
 {
 	if ((__u64)timer->function != keepalive_timer_fn || keepalive_timer_fn == 0)
 		return 0;
-	// The verifier allows direct access only within timer_list, so the
-	// enclosing socket is read with probe reads.
-	struct sock *sk = keepalive_timer_sock(timer);
-	struct event *e = reserve(STAT_LOST_KEEPALIVE);
-	if (!e)
+	on_keepalive(timer, true);
+	return 0;
+}
+
+SEC("tp_btf/timer_expire_entry")
+int BPF_PROG(timer_expire_entry_probe, struct timer_list *timer, unsigned long baseclk)
+{
+	if ((__u64)timer->function != keepalive_timer_fn || keepalive_timer_fn == 0)
 		return 0;
-	e->type = EVENT_KEEPALIVE;
-	e->cookie = stored_id(sk);
-	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	fill_tuple(&e->tuple, sk);
-	fill_tcp(&e->tcp, sk);
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	__u32 now = (__u32)bpf_jiffies64();
-	__u32 lrcv = BPF_CORE_READ(tp, inet_conn.icsk_ack.lrcvtime);
-	__u32 rcv_ts = BPF_CORE_READ(tp, rcv_tstamp);
-	__u32 a = now - lrcv, b = now - rcv_ts;
-	e->idle_jiffies = a < b ? a : b;
-	submit(e);
+	on_keepalive(timer, false);
 	return 0;
 }
 
@@ -778,6 +823,76 @@ static __always_inline struct sock *tcp_sock_of(struct file *f)
 	if (fam != AF_INET && fam != AF_INET6)
 		return NULL;
 	return sk;
+}
+
+// current_fd_file_cast, tcp_sock_of_cast, file_ref_count_cast and
+// stored_id_cast are current_fd_file, tcp_sock_of, file_ref_count and
+// stored_id with direct loads through bpf_rdonly_cast (6.2+): a close of a
+// non-socket fd costs seven loads and one compare, where the probe reads
+// were three helper calls.
+static __always_inline struct file *current_fd_file_cast(__u32 fd, __u64 *fdt, __u64 *fraw)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *t = task->files->fdt;
+	*fdt = (__u64)t;
+	if (fd >= t->max_fds)
+		return NULL;
+	// t->fd points at pointers, which the verifier types as a number; the
+	// fd's slot is read as a number too.
+	*fraw = KWORD((__u64)t->fd + (__u64)fd * sizeof(struct file *));
+	return KCAST(*fraw, struct file);
+}
+
+static __always_inline struct sock *tcp_sock_of_cast(struct file *f)
+{
+	if (!f || (__u64)f->f_op->release != sock_close_fn)
+		return NULL;
+	struct socket *sock = KCAST(f->private_data, struct socket);
+	struct sock *sk = sock->sk;
+	if (!sk || sk->sk_type != SOCK_STREAM)
+		return NULL;
+	__u16 proto = sk->sk_protocol;
+	if (proto == IPPROTO_MPTCP && bpf_core_type_exists(struct mptcp_sock)) {
+		sk = KCAST(sk, struct mptcp_sock)->first;
+		if (!sk)
+			return NULL;
+		proto = sk->sk_protocol;
+	}
+	if (proto != IPPROTO_TCP)
+		return NULL;
+	__u16 fam = sk->__sk_common.skc_family;
+	if (fam != AF_INET && fam != AF_INET6)
+		return NULL;
+	return sk;
+}
+
+static __always_inline __u32 file_ref_count_cast(struct file *f)
+{
+	if (bpf_core_field_exists(struct file, f_ref))
+		return f->f_ref.refcnt.counter + 1;
+	return KCAST(f, struct file___old)->f_count.counter;
+}
+
+static __always_inline __u64 stored_id_cast(struct sock *sk)
+{
+	if (have_cookie_helper)
+		return sk->__sk_common.skc_cookie.counter;
+	return addr_id(sk);
+}
+
+// fd_sock is the TCP socket behind the current task's fd, or NULL; fast
+// picks the direct loads. *fp is the file, *fraw its address as a number
+// (what global functions and compares with probe-read pointers take),
+// *fdt the task's fd table.
+static __always_inline struct sock *fd_sock(__u32 fd, struct file **fp, __u64 *fraw, __u64 *fdt, bool fast)
+{
+	if (fast) {
+		*fp = current_fd_file_cast(fd, fdt, fraw);
+		return tcp_sock_of_cast(*fp);
+	}
+	*fp = current_fd_file(fd, fdt);
+	*fraw = (__u64)*fp;
+	return tcp_sock_of(*fp);
 }
 
 // take_state and take_sys move the socket's pending delta, if any, into
@@ -955,12 +1070,12 @@ __noinline int fdt_holds(__u64 fdt, __u64 f)
 // is no evidence at all (the collector ignores it too), so it is not kept;
 // other exits go to the own slot. scan false leaves out the search of the
 // parent's whole table (fdt_holds), for the *_noloop hooks.
-static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u32 fd, __u8 op, bool scan)
+static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u64 fraw, struct sock *sk, __u32 fd,
+					__u8 op, bool scan, bool fast)
 {
-	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
 		return;
-	__u32 refs = file_ref_count(f);
+	__u32 refs = fast ? file_ref_count_cast(f) : file_ref_count(f);
 	if (refs <= 1) {
 		count(STAT_CLOSE_LAST_REF);
 		return;
@@ -989,7 +1104,8 @@ static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u
 	// Does the parent still have this file? At the same fd first (the
 	// common case, one read), else anywhere in its table.
 	struct fdtable *pfdt = BPF_CORE_READ(parent, files, fdt);
-	bool parent_has = pfdt && pfdt != fdt && (fd_file(pfdt, fd) == f || (scan && fdt_holds((__u64)pfdt, (__u64)f)));
+	bool parent_has = pfdt && pfdt != fdt &&
+			  ((__u64)fd_file(pfdt, fd) == fraw || (scan && fdt_holds((__u64)pfdt, fraw)));
 	__u32 slot = parent_has ? CLOSE_SLOT_INHERITED : CLOSE_SLOT_OWN;
 
 	struct close_rec rec = {
@@ -1012,143 +1128,240 @@ static __always_inline void on_fd_close(struct fdtable *fdt, struct file *f, __u
 	submit(e);
 }
 
-// on_close and on_dup are the close, dup2 and dup3 hooks. Each comes twice:
-// the *_noloop programs, for kernels before 5.17, leave out fdt_holds'
-// bpf_loop (a kernel without it refuses the program even where the call is
-// dead code, for the callback's pseudo-function load), so a copy counts as
-// inherited there only when the parent has it at the same fd.
-static __always_inline int on_close(struct trace_event_raw_sys_enter *ctx, bool scan)
+// on_close and on_dup are the close, dup2 and dup3 hooks. Each comes three
+// times: with direct loads (bpf_rdonly_cast, 6.2+); *_probe, with probe
+// reads, for 5.17 to 6.1; and *_noloop, for kernels before 5.17, which
+// also leave out fdt_holds' bpf_loop (a kernel without it refuses the
+// program even where the call is dead code, for the callback's
+// pseudo-function load), so a copy counts as inherited there only when the
+// parent has it at the same fd.
+static __always_inline int on_close(struct trace_event_raw_sys_enter *ctx, bool scan, bool fast)
 {
-	__u64 fdt;
-	struct file *f = current_fd_file(ctx->args[0], &fdt);
-	on_fd_close((struct fdtable *)fdt, f, ctx->args[0], CLOSE_OP_CLOSE, scan);
+	__u64 fdt, fraw;
+	struct file *f;
+	struct sock *sk = fd_sock(ctx->args[0], &f, &fraw, &fdt, fast);
+	on_fd_close((struct fdtable *)fdt, f, fraw, sk, ctx->args[0], CLOSE_OP_CLOSE, scan, fast);
 	return 0;
 }
 
 // dup2/dup3 close newfd when it is open and differs from oldfd.
-static __always_inline int on_dup(struct trace_event_raw_sys_enter *ctx, __u8 op, bool scan)
+static __always_inline int on_dup(struct trace_event_raw_sys_enter *ctx, __u8 op, bool scan, bool fast)
 {
 	if (ctx->args[0] == ctx->args[1])
 		return 0;
-	__u64 fdt;
-	struct file *f = current_fd_file(ctx->args[1], &fdt);
-	on_fd_close((struct fdtable *)fdt, f, ctx->args[1], op, scan);
+	__u64 fdt, fraw;
+	struct file *f;
+	struct sock *sk = fd_sock(ctx->args[1], &f, &fraw, &fdt, fast);
+	on_fd_close((struct fdtable *)fdt, f, fraw, sk, ctx->args[1], op, scan, fast);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_close")
-int sys_enter_close(struct trace_event_raw_sys_enter *ctx) { return on_close(ctx, true); }
+int sys_enter_close(struct trace_event_raw_sys_enter *ctx) { return on_close(ctx, true, true); }
 
 SEC("tracepoint/syscalls/sys_enter_close")
-int sys_enter_close_noloop(struct trace_event_raw_sys_enter *ctx) { return on_close(ctx, false); }
+int sys_enter_close_probe(struct trace_event_raw_sys_enter *ctx) { return on_close(ctx, true, false); }
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int sys_enter_close_noloop(struct trace_event_raw_sys_enter *ctx) { return on_close(ctx, false, false); }
 
 SEC("tracepoint/syscalls/sys_enter_dup2")
-int sys_enter_dup2(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP2, true); }
+int sys_enter_dup2(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP2, true, true); }
 
 SEC("tracepoint/syscalls/sys_enter_dup2")
-int sys_enter_dup2_noloop(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP2, false); }
+int sys_enter_dup2_probe(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP2, true, false); }
+
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int sys_enter_dup2_noloop(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP2, false, false); }
 
 SEC("tracepoint/syscalls/sys_enter_dup3")
-int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP3, true); }
+int sys_enter_dup3(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP3, true, true); }
 
 SEC("tracepoint/syscalls/sys_enter_dup3")
-int sys_enter_dup3_noloop(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP3, false); }
+int sys_enter_dup3_probe(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP3, true, false); }
 
-// close_fd is on_fd_close as a global function, which the verifier checks
-// once, on its own: close_range_bit calls it instead of inlining it 64
-// times (that grew past the verifier's limit). fdt is a
-// kernel address, read only through probe reads.
-__noinline int close_fd(__u64 fdt, __u32 fd, __u32 op)
+SEC("tracepoint/syscalls/sys_enter_dup3")
+int sys_enter_dup3_noloop(struct trace_event_raw_sys_enter *ctx) { return on_dup(ctx, CLOSE_OP_DUP3, false, false); }
+
+// close_fd and close_fd_cast are on_fd_close as global functions, which
+// the verifier checks once, on their own: the bit callbacks call them
+// instead of inlining them (that grew past the verifier's limit). fdt and
+// fds (the fd table's array) are kernel addresses; close_fd reads them with
+// probe reads, close_fd_cast with direct loads (6.2+).
+__noinline int close_fd(__u64 fdt, __u64 fds, __u32 fd, __u32 op)
 {
-	on_fd_close((struct fdtable *)fdt, fd_file((struct fdtable *)fdt, fd), fd, op, true);
+	struct file *f = fd_file((struct fdtable *)fdt, fd);
+	on_fd_close((struct fdtable *)fdt, f, (__u64)f, tcp_sock_of(f), fd, op, true, false);
 	return 0;
+}
+
+__noinline int close_fd_cast(__u64 fdt, __u64 fraw, __u32 fd, __u32 op)
+{
+	struct file *f = KCAST(fraw, struct file);
+	on_fd_close((struct fdtable *)fdt, f, fraw, tcp_sock_of_cast(f), fd, op, true, true);
+	return 0;
+}
+
+// close_fd_fast is close_fd_cast behind an inline check that the fd is a
+// socket at all: a non-socket costs three loads and no call.
+static __always_inline void close_fd_fast(__u64 fdt, __u64 fds, __u32 fd, __u32 op)
+{
+	__u64 fraw = KWORD(fds + (__u64)fd * sizeof(struct file *));
+	struct file *f = KCAST(fraw, struct file);
+	if (!fraw || (__u64)f->f_op->release != sock_close_fn)
+		return;
+	close_fd_cast(fdt, fraw, fd, op);
 }
 
 struct range_ctx {
-	struct fdtable *fdt;
-	unsigned long *open_fds;
-	__u32 base; // first word of the bitmap to visit
+	__u64 fdt;
+	__u64 fds;      // the table's array of files
+	__u64 open_fds; // the table's bitmap of open fds
+	__u32 base;     // first word of the bitmap to visit
 	__u32 first;
 	__u32 last;
 	__u8 op; // CLOSE_OP_CLOSE_RANGE or CLOSE_OP_EXIT
 };
 
 struct word_ctx {
-	struct fdtable *fdt;
-	unsigned long word;
-	__u32 fd0; // fd of the word's bit 0
-	__u32 first;
-	__u32 last;
+	__u64 fdt;
+	__u64 fds;
+	__u64 word; // the open fds of the word still to visit, in [first, last]
+	__u32 fd0;  // fd of the word's bit 0
 	__u8 op;
-	__u32 past; // 1 on reaching last: the outer loop stops too
 };
 
-// close_range_bit checks bit n of one open_fds word. It is a bpf_loop
-// callback rather than the body of a 64-step loop: the verifier checks
-// it once, where it walked all 64 unrolled steps before (sched_process_exit
-// took 430 ms to load natively, and seconds under TCG).
-static long close_range_bit(__u32 n, struct word_ctx *w)
+// popcount64 and bit_index count the set bits of a word and find the one
+// bit of a power of two, in a few ALU instructions (BPF has neither).
+static __always_inline __u32 popcount64(__u64 x)
 {
-	if (!(w->word & (1UL << (n & 63))))
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (x * 0x0101010101010101ULL) >> 56;
+}
+
+static __always_inline __u32 bit_index(__u64 b)
+{
+	__u32 n = 0;
+	if (b >> 32) { n += 32; b >>= 32; }
+	if (b >> 16) { n += 16; b >>= 16; }
+	if (b >> 8) { n += 8; b >>= 8; }
+	if (b >> 4) { n += 4; b >>= 4; }
+	if (b >> 2) { n += 2; b >>= 2; }
+	if (b >> 1) n += 1;
+	return n;
+}
+
+// range_word is the open fds of bitmap word i that lie in [first, last],
+// or 0; *past says the word ends at or beyond last (the walk stops).
+static __always_inline __u64 range_word(__u64 word, __u32 i, __u32 first, __u32 last, bool *past)
+{
+	__u32 fd0 = i * 64;
+	*past = fd0 + 63 >= last;
+	if (fd0 > last)
 		return 0;
-	__u32 fd = w->fd0 + n;
-	if (fd < w->first)
-		return 0;
-	if (fd > w->last) {
-		w->past = 1;
-		return 1;
+	if (last - fd0 < 63)
+		word &= ~0ULL >> (63 - (last - fd0));
+	if (first > fd0) {
+		if (first - fd0 > 63)
+			return 0;
+		word &= ~0ULL << (first - fd0);
 	}
-	close_fd((__u64)w->fdt, fd, w->op);
-	return 0;
+	return word;
 }
 
-// close_range_word visits the open fds of one 64-bit word of the open_fds
-// bitmap, so empty stretches of the table cost one read per 64 fds.
-static long close_range_word(__u32 n, struct range_ctx *c)
+// RANGE_CALLBACKS defines the bpf_loop callbacks of close_range and process
+// exit: one call per open fd in the range (bpf_loop over the set bits of
+// a word, each call taking the lowest), and one per 64 fds of the bitmap,
+// so empty stretches of the table cost one load per 64 fds. FAST picks
+// direct loads (the _cast callbacks) or probe reads.
+#define RANGE_CALLBACKS(SFX, FAST, CLOSE_FD)                                                          \
+	static long close_range_bit##SFX(__u32 n, struct word_ctx *w)                                  \
+	{                                                                                              \
+		__u64 low = w->word & -w->word;                                                        \
+		if (!low)                                                                              \
+			return 1;                                                                      \
+		w->word ^= low;                                                                        \
+		CLOSE_FD(w->fdt, w->fds, w->fd0 + bit_index(low), w->op);                              \
+		return 0;                                                                              \
+	}                                                                                              \
+	static long close_range_word##SFX(__u32 n, struct range_ctx *c)                                \
+	{                                                                                              \
+		__u32 i = c->base + n;                                                                 \
+		__u64 word = 0;                                                                        \
+		if (FAST)                                                                              \
+			word = KWORD(c->open_fds + (__u64)i * 8);                                     \
+		else                                                                                   \
+			bpf_probe_read_kernel(&word, sizeof(word), (void *)(c->open_fds + (__u64)i * 8)); \
+		bool past;                                                                             \
+		struct word_ctx w = {                                                                  \
+			.fdt = c->fdt,                                                                 \
+			.fds = c->fds,                                                                 \
+			.word = range_word(word, i, c->first, c->last, &past),                         \
+			.fd0 = i * 64,                                                                 \
+			.op = c->op,                                                                   \
+		};                                                                                     \
+		if (w.word)                                                                            \
+			bpf_loop(popcount64(w.word), close_range_bit##SFX, &w, 0);                     \
+		/* The mask tells the verifier the callback returns 0 or 1. */                        \
+		return past & 1;                                                                       \
+	}
+
+RANGE_CALLBACKS(, false, close_fd)
+RANGE_CALLBACKS(_cast, true, close_fd_fast)
+
+// range_walk visits the open fds in [first, last] of the current task's fd
+// table, as a close of each. fast picks direct loads and the _cast
+// callbacks.
+static __always_inline void range_walk(__u32 first, __u32 last, __u8 op, bool fast)
 {
-	__u32 i = c->base + n;
-	struct word_ctx w = {
-		.fdt = c->fdt,
-		.fd0 = i * 64,
-		.first = c->first,
-		.last = c->last,
-		.op = c->op,
-	};
-	bpf_probe_read_kernel(&w.word, sizeof(w.word), &c->open_fds[i]);
-	if (!w.word)
-		return 0;
-	bpf_loop(64, close_range_bit, &w, 0);
-	// The mask tells the verifier the callback returns 0 or 1.
-	return w.past & 1;
+	struct range_ctx c = {.first = first, .op = op};
+	__u32 max;
+	if (fast) {
+		// As numbers: the callbacks hand them to a global function.
+		c.fdt = KWORD(&bpf_get_current_task_btf()->files->fdt);
+		c.fds = KWORD(c.fdt + bpf_core_field_offset(struct fdtable, fd));
+		c.open_fds = KWORD(c.fdt + bpf_core_field_offset(struct fdtable, open_fds));
+		max = KCAST(c.fdt, struct fdtable)->max_fds;
+	} else {
+		// CO-RE reads take plain locals: a field of the local range_ctx
+		// inside BPF_CORE_READ would be relocated against kernel types
+		// and fail.
+		struct fdtable *t = current_fdtable();
+		max = BPF_CORE_READ(t, max_fds);
+		c.fdt = (__u64)t;
+		c.fds = (__u64)BPF_CORE_READ(t, fd);
+		c.open_fds = (__u64)BPF_CORE_READ(t, open_fds);
+	}
+	if (!max || first >= max)
+		return;
+	if (last >= max)
+		last = max - 1;
+	c.last = last;
+	c.base = first / 64;
+	__u32 words = last / 64 + 1 - c.base;
+	if (words > 1 << 16)
+		words = 1 << 16;
+	if (fast)
+		bpf_loop(words, close_range_word_cast, &c, 0);
+	else
+		bpf_loop(words, close_range_word, &c, 0);
 }
 
-SEC("tracepoint/syscalls/sys_enter_close_range")
-int sys_enter_close_range(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int on_close_range(struct trace_event_raw_sys_enter *ctx, bool fast)
 {
 	if (ctx->args[2] & CLOSE_RANGE_CLOEXEC)
 		return 0;
-	// CO-RE reads take plain locals: a field of the local range_ctx inside
-	// BPF_CORE_READ would be relocated against kernel types and fail.
-	struct fdtable *fdt = current_fdtable();
-	struct range_ctx c = {
-		.fdt = fdt,
-		.first = ctx->args[0],
-		.last = ctx->args[1],
-		.op = CLOSE_OP_CLOSE_RANGE,
-	};
-	__u32 max = BPF_CORE_READ(fdt, max_fds);
-	if (c.first >= max)
-		return 0;
-	if (c.last >= max)
-		c.last = max - 1;
-	c.open_fds = BPF_CORE_READ(fdt, open_fds);
-	c.base = c.first / 64;
-	__u32 words = c.last / 64 + 1 - c.base;
-	if (words > 1 << 16)
-		words = 1 << 16;
-	bpf_loop(words, close_range_word, &c, 0);
+	range_walk(ctx->args[0], ctx->args[1], CLOSE_OP_CLOSE_RANGE, fast);
 	return 0;
 }
+
+SEC("tracepoint/syscalls/sys_enter_close_range")
+int sys_enter_close_range(struct trace_event_raw_sys_enter *ctx) { return on_close_range(ctx, true); }
+
+SEC("tracepoint/syscalls/sys_enter_close_range")
+int sys_enter_close_range_probe(struct trace_event_raw_sys_enter *ctx) { return on_close_range(ctx, false); }
 
 // sched_process_exit fires for every exiting thread before exit_files.
 // When the thread is the last user of its fd table, exit closes every fd
@@ -1157,36 +1370,33 @@ int sys_enter_close_range(struct trace_event_raw_sys_enter *ctx)
 // others still share leaves after two reads; every exiting process (the
 // last user of its table) walks the open-fd bitmap, one read per 64 fds,
 // and checks each open fd as a close does.
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(sched_process_exit, struct task_struct *p)
+static __always_inline int on_exit(bool fast)
 {
-	struct task_struct *task = current_task();
-	struct files_struct *files = BPF_CORE_READ(task, files);
-	if (!files || BPF_CORE_READ(files, count.counter) != 1)
-		return 0;
-	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
-	struct range_ctx c = {
-		.fdt = fdt,
-		.op = CLOSE_OP_EXIT,
-	};
-	__u32 max = BPF_CORE_READ(fdt, max_fds);
-	if (!max)
-		return 0;
-	c.last = max - 1;
-	c.open_fds = BPF_CORE_READ(fdt, open_fds);
-	__u32 words = (max + 63) / 64;
-	if (words > 1 << 16)
-		words = 1 << 16;
-	bpf_loop(words, close_range_word, &c, 0);
+	if (fast) {
+		struct files_struct *files = bpf_get_current_task_btf()->files;
+		if (!files || files->count.counter != 1)
+			return 0;
+	} else {
+		struct files_struct *files = BPF_CORE_READ(current_task(), files);
+		if (!files || BPF_CORE_READ(files, count.counter) != 1)
+			return 0;
+	}
+	range_walk(0, ~0U, CLOSE_OP_EXIT, fast);
 	return 0;
 }
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sched_process_exit, struct task_struct *p) { return on_exit(true); }
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sched_process_exit_probe, struct task_struct *p) { return on_exit(false); }
 
 // fold_sockopt keeps the option in the socket's delta. A socket with no
 // cookie yet (set before connect or listen) is skipped: its delta at
 // ESTABLISHED reads the settings from the socket.
-static __always_inline void fold_sockopt(struct sock *sk, int level, int optname, void *uval)
+static __always_inline void fold_sockopt(struct sock *sk, int level, int optname, void *uval, bool fast)
 {
-	__u64 cookie = stored_id(sk);
+	__u64 cookie = fast ? stored_id_cast(sk) : stored_id(sk);
 	if (!cookie)
 		return;
 	__s32 val = 0;
@@ -1215,17 +1425,23 @@ static __always_inline void fold_sockopt(struct sock *sk, int level, int optname
 	d.opt_ns = now;
 	// The state read here announces a connection the agent does not know
 	// yet; the state hook's own delta (in deltas) moves a known one.
-	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	if (!d.tuple.family)
-		fill_tuple(&d.tuple, sk);
+	if (fast) {
+		d.state = sk->__sk_common.skc_state;
+		if (!d.tuple.family)
+			fill_tuple_btf(&d.tuple, sk);
+	} else {
+		d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		if (!d.tuple.family)
+			fill_tuple(&d.tuple, sk);
+	}
 	delta_store(&sys_deltas, cookie, &d, existed);
 	count(STAT_FOLDED_SOCKOPT);
 }
 
 // setsockopt is only interesting for the keepalive and give-up settings; the
 // level/optname compare rejects everything else before any memory read.
-SEC("tracepoint/syscalls/sys_enter_setsockopt")
-int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
+// fast picks direct loads (6.2+) over probe reads.
+static __always_inline int on_setsockopt(struct trace_event_raw_sys_enter *ctx, bool fast)
 {
 	int level = ctx->args[1], optname = ctx->args[2];
 	if (level == SOL_SOCKET) {
@@ -1239,13 +1455,13 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	}
 	__u32 fd = ctx->args[0];
-	__u64 fdt;
-	struct file *f = current_fd_file(fd, &fdt);
-	struct sock *sk = tcp_sock_of(f);
+	__u64 fdt, fraw;
+	struct file *f;
+	struct sock *sk = fd_sock(fd, &f, &fraw, &fdt, fast);
 	if (!sk)
 		return 0;
 	if (!watching()) {
-		fold_sockopt(sk, level, optname, (void *)ctx->args[3]);
+		fold_sockopt(sk, level, optname, (void *)ctx->args[3], fast);
 		return 0;
 	}
 	struct event *e = reserve(STAT_LOST_SOCKOPT);
@@ -1265,6 +1481,12 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
+SEC("tracepoint/syscalls/sys_enter_setsockopt")
+int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx) { return on_setsockopt(ctx, true); }
+
+SEC("tracepoint/syscalls/sys_enter_setsockopt")
+int sys_enter_setsockopt_probe(struct trace_event_raw_sys_enter *ctx) { return on_setsockopt(ctx, false); }
+
 // on_owner writes into the socket's delta that the current process has fd,
 // when it is a TCP socket that already has a cookie (the state hook gives
 // every socket one at SYN_SENT or SYN_RECV; a socket without one is left to
@@ -1272,14 +1494,14 @@ int sys_enter_setsockopt(struct trace_event_raw_sys_enter *ctx)
 // does: its tgid, its parent's and its thread group leader's comm. It also
 // carries the tuple and state, so that it announces a connection whose
 // handshake the kernel folded (a non-blocking connect returns in SYN_SENT).
-static __always_inline void on_owner(__u32 fd, __u8 op)
+static __always_inline void on_owner(__u32 fd, __u8 op, bool fast)
 {
-	__u64 fdt;
-	struct file *f = current_fd_file(fd, &fdt);
-	struct sock *sk = tcp_sock_of(f);
+	__u64 fdt, fraw;
+	struct file *f;
+	struct sock *sk = fd_sock(fd, &f, &fraw, &fdt, fast);
 	if (!sk)
 		return;
-	__u64 cookie = stored_id(sk);
+	__u64 cookie = fast ? stored_id_cast(sk) : stored_id(sk);
 	if (!cookie)
 		return;
 	__u64 now = bpf_ktime_get_ns();
@@ -1289,13 +1511,23 @@ static __always_inline void on_owner(__u32 fd, __u8 op)
 	d.owner_ns = now;
 	d.owner_op = op;
 	d.owner_fd = fd;
-	d.ino = BPF_CORE_READ(f, f_inode, i_ino);
-	d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	fill_tuple(&d.tuple, sk);
 	d.owner_pid = bpf_get_current_pid_tgid() >> 32;
-	struct task_struct *task = current_task();
-	d.owner_ppid = BPF_CORE_READ(task, real_parent, tgid);
-	BPF_CORE_READ_STR_INTO(&d.owner_comm, task, group_leader, comm);
+	if (fast) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		d.ino = f->f_inode->i_ino;
+		d.state = sk->__sk_common.skc_state;
+		fill_tuple_btf(&d.tuple, sk);
+		d.owner_ppid = task->real_parent->tgid;
+		// comm is NUL-padded (__set_task_comm pads it).
+		__builtin_memcpy(d.owner_comm, task->group_leader->comm, sizeof(d.owner_comm));
+	} else {
+		struct task_struct *task = current_task();
+		d.ino = BPF_CORE_READ(f, f_inode, i_ino);
+		d.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		fill_tuple(&d.tuple, sk);
+		d.owner_ppid = BPF_CORE_READ(task, real_parent, tgid);
+		BPF_CORE_READ_STR_INTO(&d.owner_comm, task, group_leader, comm);
+	}
 	delta_store(&sys_deltas, cookie, &d, existed);
 	count(STAT_FOLDED_OWNER);
 }
@@ -1317,9 +1549,8 @@ int sys_enter_connect(struct trace_event_raw_sys_enter *ctx)
 }
 
 // sys_exit_connect reports the owner of a socket whose connect succeeded or
-// is in progress (a non-blocking connect).
-SEC("tracepoint/syscalls/sys_exit_connect")
-int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
+// is in progress (a non-blocking connect). fast picks direct loads.
+static __always_inline int on_exit_connect(struct trace_event_raw_sys_exit *ctx, bool fast)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 *fdp = bpf_map_lookup_elem(&connect_fds, &id);
@@ -1329,29 +1560,37 @@ int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	bpf_map_delete_elem(&connect_fds, &id);
 	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
 		return 0;
-	on_owner(fd, OWNER_OP_CONNECT);
+	on_owner(fd, OWNER_OP_CONNECT, fast);
 	return 0;
 }
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct trace_event_raw_sys_exit *ctx) { return on_exit_connect(ctx, true); }
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect_probe(struct trace_event_raw_sys_exit *ctx) { return on_exit_connect(ctx, false); }
 
 // sys_exit_accept and sys_exit_accept4 report the owner of an accepted
 // socket: the return value is its fd.
-SEC("tracepoint/syscalls/sys_exit_accept")
-int sys_exit_accept(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int on_exit_accept(struct trace_event_raw_sys_exit *ctx, bool fast)
 {
 	if (ctx->ret < 0)
 		return 0;
-	on_owner(ctx->ret, OWNER_OP_ACCEPT);
+	on_owner(ctx->ret, OWNER_OP_ACCEPT, fast);
 	return 0;
 }
 
+SEC("tracepoint/syscalls/sys_exit_accept")
+int sys_exit_accept(struct trace_event_raw_sys_exit *ctx) { return on_exit_accept(ctx, true); }
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int sys_exit_accept_probe(struct trace_event_raw_sys_exit *ctx) { return on_exit_accept(ctx, false); }
+
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int sys_exit_accept4(struct trace_event_raw_sys_exit *ctx)
-{
-	if (ctx->ret < 0)
-		return 0;
-	on_owner(ctx->ret, OWNER_OP_ACCEPT);
-	return 0;
-}
+int sys_exit_accept4(struct trace_event_raw_sys_exit *ctx) { return on_exit_accept(ctx, true); }
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int sys_exit_accept4_probe(struct trace_event_raw_sys_exit *ctx) { return on_exit_accept(ctx, false); }
 
 // sock_rec is one socket of the iter/tcp snapshot. Times are ages in jiffies
 // at the moment the record was written; the collector converts them.

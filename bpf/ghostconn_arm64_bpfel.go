@@ -299,59 +299,69 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	GhostconnMapActTargets           = "act_targets"
-	GhostconnMapCloses               = "closes"
-	GhostconnMapConnectFds           = "connect_fds"
-	GhostconnMapDeltas               = "deltas"
-	GhostconnMapEvents               = "events"
-	GhostconnMapStats                = "stats"
-	GhostconnMapSysDeltas            = "sys_deltas"
-	GhostconnMapWatch                = "watch"
-	GhostconnProgInetSockSetState    = "inet_sock_set_state"
-	GhostconnProgIterDestroy         = "iter_destroy"
-	GhostconnProgIterKeepalive       = "iter_keepalive"
-	GhostconnProgIterTaskFile        = "iter_task_file"
-	GhostconnProgIterTcp             = "iter_tcp"
-	GhostconnProgSchedProcessExit    = "sched_process_exit"
-	GhostconnProgSysEnterClose       = "sys_enter_close"
-	GhostconnProgSysEnterCloseNoloop = "sys_enter_close_noloop"
-	GhostconnProgSysEnterCloseRange  = "sys_enter_close_range"
-	GhostconnProgSysEnterConnect     = "sys_enter_connect"
-	GhostconnProgSysEnterDup2        = "sys_enter_dup2"
-	GhostconnProgSysEnterDup2Noloop  = "sys_enter_dup2_noloop"
-	GhostconnProgSysEnterDup3        = "sys_enter_dup3"
-	GhostconnProgSysEnterDup3Noloop  = "sys_enter_dup3_noloop"
-	GhostconnProgSysEnterSetsockopt  = "sys_enter_setsockopt"
-	GhostconnProgSysExitAccept       = "sys_exit_accept"
-	GhostconnProgSysExitAccept4      = "sys_exit_accept4"
-	GhostconnProgSysExitConnect      = "sys_exit_connect"
-	GhostconnProgTcpRetransmitSkb    = "tcp_retransmit_skb"
-	GhostconnProgTimerExpireEntry    = "timer_expire_entry"
-	GhostconnVarHaveCookieHelper     = "have_cookie_helper"
-	GhostconnVarHaveTaskBtf          = "have_task_btf"
-	GhostconnVarKeepaliveTimerFn     = "keepalive_timer_fn"
-	GhostconnVarSelfTgid             = "self_tgid"
-	GhostconnVarSockCloseFn          = "sock_close_fn"
-	GhostconnVarSockIdKey            = "sock_id_key"
-	GhostconnVarSockIdKey2           = "sock_id_key2"
-	GhostconnVarUnusedActReq         = "unused_act_req"
-	GhostconnVarUnusedCloseKey       = "unused_close_key"
-	GhostconnVarUnusedCloseOp        = "unused_close_op"
-	GhostconnVarUnusedCloseRec       = "unused_close_rec"
-	GhostconnVarUnusedCloseSlot      = "unused_close_slot"
-	GhostconnVarUnusedDeltaPart      = "unused_delta_part"
-	GhostconnVarUnusedEndEvent       = "unused_end_event"
-	GhostconnVarUnusedEvent          = "unused_event"
-	GhostconnVarUnusedEventFlag      = "unused_event_flag"
-	GhostconnVarUnusedEventType      = "unused_event_type"
-	GhostconnVarUnusedHolderRec      = "unused_holder_rec"
-	GhostconnVarUnusedOwnerOp        = "unused_owner_op"
-	GhostconnVarUnusedSockRec        = "unused_sock_rec"
-	GhostconnVarUnusedSockoptBit     = "unused_sockopt_bit"
-	GhostconnVarUnusedStatIndex      = "unused_stat_index"
-	GhostconnVarUnusedStateDelta     = "unused_state_delta"
-	GhostconnVarUnusedSysDelta       = "unused_sys_delta"
-	GhostconnVarUnusedWatchFlag      = "unused_watch_flag"
+	GhostconnMapActTargets               = "act_targets"
+	GhostconnMapCloses                   = "closes"
+	GhostconnMapConnectFds               = "connect_fds"
+	GhostconnMapDeltas                   = "deltas"
+	GhostconnMapEvents                   = "events"
+	GhostconnMapStats                    = "stats"
+	GhostconnMapSysDeltas                = "sys_deltas"
+	GhostconnMapWatch                    = "watch"
+	GhostconnProgInetSockSetState        = "inet_sock_set_state"
+	GhostconnProgIterDestroy             = "iter_destroy"
+	GhostconnProgIterKeepalive           = "iter_keepalive"
+	GhostconnProgIterTaskFile            = "iter_task_file"
+	GhostconnProgIterTcp                 = "iter_tcp"
+	GhostconnProgSchedProcessExit        = "sched_process_exit"
+	GhostconnProgSchedProcessExitProbe   = "sched_process_exit_probe"
+	GhostconnProgSysEnterClose           = "sys_enter_close"
+	GhostconnProgSysEnterCloseNoloop     = "sys_enter_close_noloop"
+	GhostconnProgSysEnterCloseProbe      = "sys_enter_close_probe"
+	GhostconnProgSysEnterCloseRange      = "sys_enter_close_range"
+	GhostconnProgSysEnterCloseRangeProbe = "sys_enter_close_range_probe"
+	GhostconnProgSysEnterConnect         = "sys_enter_connect"
+	GhostconnProgSysEnterDup2            = "sys_enter_dup2"
+	GhostconnProgSysEnterDup2Noloop      = "sys_enter_dup2_noloop"
+	GhostconnProgSysEnterDup2Probe       = "sys_enter_dup2_probe"
+	GhostconnProgSysEnterDup3            = "sys_enter_dup3"
+	GhostconnProgSysEnterDup3Noloop      = "sys_enter_dup3_noloop"
+	GhostconnProgSysEnterDup3Probe       = "sys_enter_dup3_probe"
+	GhostconnProgSysEnterSetsockopt      = "sys_enter_setsockopt"
+	GhostconnProgSysEnterSetsockoptProbe = "sys_enter_setsockopt_probe"
+	GhostconnProgSysExitAccept           = "sys_exit_accept"
+	GhostconnProgSysExitAccept4          = "sys_exit_accept4"
+	GhostconnProgSysExitAccept4Probe     = "sys_exit_accept4_probe"
+	GhostconnProgSysExitAcceptProbe      = "sys_exit_accept_probe"
+	GhostconnProgSysExitConnect          = "sys_exit_connect"
+	GhostconnProgSysExitConnectProbe     = "sys_exit_connect_probe"
+	GhostconnProgTcpRetransmitSkb        = "tcp_retransmit_skb"
+	GhostconnProgTimerExpireEntry        = "timer_expire_entry"
+	GhostconnProgTimerExpireEntryProbe   = "timer_expire_entry_probe"
+	GhostconnVarHaveCookieHelper         = "have_cookie_helper"
+	GhostconnVarHaveTaskBtf              = "have_task_btf"
+	GhostconnVarKeepaliveTimerFn         = "keepalive_timer_fn"
+	GhostconnVarSelfTgid                 = "self_tgid"
+	GhostconnVarSockCloseFn              = "sock_close_fn"
+	GhostconnVarSockIdKey                = "sock_id_key"
+	GhostconnVarSockIdKey2               = "sock_id_key2"
+	GhostconnVarUnusedActReq             = "unused_act_req"
+	GhostconnVarUnusedCloseKey           = "unused_close_key"
+	GhostconnVarUnusedCloseOp            = "unused_close_op"
+	GhostconnVarUnusedCloseRec           = "unused_close_rec"
+	GhostconnVarUnusedCloseSlot          = "unused_close_slot"
+	GhostconnVarUnusedDeltaPart          = "unused_delta_part"
+	GhostconnVarUnusedEndEvent           = "unused_end_event"
+	GhostconnVarUnusedEvent              = "unused_event"
+	GhostconnVarUnusedEventFlag          = "unused_event_flag"
+	GhostconnVarUnusedEventType          = "unused_event_type"
+	GhostconnVarUnusedHolderRec          = "unused_holder_rec"
+	GhostconnVarUnusedOwnerOp            = "unused_owner_op"
+	GhostconnVarUnusedSockRec            = "unused_sock_rec"
+	GhostconnVarUnusedSockoptBit         = "unused_sockopt_bit"
+	GhostconnVarUnusedStatIndex          = "unused_stat_index"
+	GhostconnVarUnusedStateDelta         = "unused_state_delta"
+	GhostconnVarUnusedSysDelta           = "unused_sys_delta"
+	GhostconnVarUnusedWatchFlag          = "unused_watch_flag"
 )
 
 // LoadGhostconn returns the embedded CollectionSpec for Ghostconn.
@@ -396,26 +406,36 @@ type GhostconnSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnProgramSpecs struct {
-	InetSockSetState    *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
-	IterDestroy         *ebpf.ProgramSpec `ebpf:"iter_destroy"`
-	IterKeepalive       *ebpf.ProgramSpec `ebpf:"iter_keepalive"`
-	IterTaskFile        *ebpf.ProgramSpec `ebpf:"iter_task_file"`
-	IterTcp             *ebpf.ProgramSpec `ebpf:"iter_tcp"`
-	SchedProcessExit    *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
-	SysEnterClose       *ebpf.ProgramSpec `ebpf:"sys_enter_close"`
-	SysEnterCloseNoloop *ebpf.ProgramSpec `ebpf:"sys_enter_close_noloop"`
-	SysEnterCloseRange  *ebpf.ProgramSpec `ebpf:"sys_enter_close_range"`
-	SysEnterConnect     *ebpf.ProgramSpec `ebpf:"sys_enter_connect"`
-	SysEnterDup2        *ebpf.ProgramSpec `ebpf:"sys_enter_dup2"`
-	SysEnterDup2Noloop  *ebpf.ProgramSpec `ebpf:"sys_enter_dup2_noloop"`
-	SysEnterDup3        *ebpf.ProgramSpec `ebpf:"sys_enter_dup3"`
-	SysEnterDup3Noloop  *ebpf.ProgramSpec `ebpf:"sys_enter_dup3_noloop"`
-	SysEnterSetsockopt  *ebpf.ProgramSpec `ebpf:"sys_enter_setsockopt"`
-	SysExitAccept       *ebpf.ProgramSpec `ebpf:"sys_exit_accept"`
-	SysExitAccept4      *ebpf.ProgramSpec `ebpf:"sys_exit_accept4"`
-	SysExitConnect      *ebpf.ProgramSpec `ebpf:"sys_exit_connect"`
-	TcpRetransmitSkb    *ebpf.ProgramSpec `ebpf:"tcp_retransmit_skb"`
-	TimerExpireEntry    *ebpf.ProgramSpec `ebpf:"timer_expire_entry"`
+	InetSockSetState        *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
+	IterDestroy             *ebpf.ProgramSpec `ebpf:"iter_destroy"`
+	IterKeepalive           *ebpf.ProgramSpec `ebpf:"iter_keepalive"`
+	IterTaskFile            *ebpf.ProgramSpec `ebpf:"iter_task_file"`
+	IterTcp                 *ebpf.ProgramSpec `ebpf:"iter_tcp"`
+	SchedProcessExit        *ebpf.ProgramSpec `ebpf:"sched_process_exit"`
+	SchedProcessExitProbe   *ebpf.ProgramSpec `ebpf:"sched_process_exit_probe"`
+	SysEnterClose           *ebpf.ProgramSpec `ebpf:"sys_enter_close"`
+	SysEnterCloseNoloop     *ebpf.ProgramSpec `ebpf:"sys_enter_close_noloop"`
+	SysEnterCloseProbe      *ebpf.ProgramSpec `ebpf:"sys_enter_close_probe"`
+	SysEnterCloseRange      *ebpf.ProgramSpec `ebpf:"sys_enter_close_range"`
+	SysEnterCloseRangeProbe *ebpf.ProgramSpec `ebpf:"sys_enter_close_range_probe"`
+	SysEnterConnect         *ebpf.ProgramSpec `ebpf:"sys_enter_connect"`
+	SysEnterDup2            *ebpf.ProgramSpec `ebpf:"sys_enter_dup2"`
+	SysEnterDup2Noloop      *ebpf.ProgramSpec `ebpf:"sys_enter_dup2_noloop"`
+	SysEnterDup2Probe       *ebpf.ProgramSpec `ebpf:"sys_enter_dup2_probe"`
+	SysEnterDup3            *ebpf.ProgramSpec `ebpf:"sys_enter_dup3"`
+	SysEnterDup3Noloop      *ebpf.ProgramSpec `ebpf:"sys_enter_dup3_noloop"`
+	SysEnterDup3Probe       *ebpf.ProgramSpec `ebpf:"sys_enter_dup3_probe"`
+	SysEnterSetsockopt      *ebpf.ProgramSpec `ebpf:"sys_enter_setsockopt"`
+	SysEnterSetsockoptProbe *ebpf.ProgramSpec `ebpf:"sys_enter_setsockopt_probe"`
+	SysExitAccept           *ebpf.ProgramSpec `ebpf:"sys_exit_accept"`
+	SysExitAccept4          *ebpf.ProgramSpec `ebpf:"sys_exit_accept4"`
+	SysExitAccept4Probe     *ebpf.ProgramSpec `ebpf:"sys_exit_accept4_probe"`
+	SysExitAcceptProbe      *ebpf.ProgramSpec `ebpf:"sys_exit_accept_probe"`
+	SysExitConnect          *ebpf.ProgramSpec `ebpf:"sys_exit_connect"`
+	SysExitConnectProbe     *ebpf.ProgramSpec `ebpf:"sys_exit_connect_probe"`
+	TcpRetransmitSkb        *ebpf.ProgramSpec `ebpf:"tcp_retransmit_skb"`
+	TimerExpireEntry        *ebpf.ProgramSpec `ebpf:"timer_expire_entry"`
+	TimerExpireEntryProbe   *ebpf.ProgramSpec `ebpf:"timer_expire_entry_probe"`
 }
 
 // GhostconnMapSpecs contains maps before they are loaded into the kernel.
@@ -541,26 +561,36 @@ type GhostconnVariables struct {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnPrograms struct {
-	InetSockSetState    *ebpf.Program `ebpf:"inet_sock_set_state"`
-	IterDestroy         *ebpf.Program `ebpf:"iter_destroy"`
-	IterKeepalive       *ebpf.Program `ebpf:"iter_keepalive"`
-	IterTaskFile        *ebpf.Program `ebpf:"iter_task_file"`
-	IterTcp             *ebpf.Program `ebpf:"iter_tcp"`
-	SchedProcessExit    *ebpf.Program `ebpf:"sched_process_exit"`
-	SysEnterClose       *ebpf.Program `ebpf:"sys_enter_close"`
-	SysEnterCloseNoloop *ebpf.Program `ebpf:"sys_enter_close_noloop"`
-	SysEnterCloseRange  *ebpf.Program `ebpf:"sys_enter_close_range"`
-	SysEnterConnect     *ebpf.Program `ebpf:"sys_enter_connect"`
-	SysEnterDup2        *ebpf.Program `ebpf:"sys_enter_dup2"`
-	SysEnterDup2Noloop  *ebpf.Program `ebpf:"sys_enter_dup2_noloop"`
-	SysEnterDup3        *ebpf.Program `ebpf:"sys_enter_dup3"`
-	SysEnterDup3Noloop  *ebpf.Program `ebpf:"sys_enter_dup3_noloop"`
-	SysEnterSetsockopt  *ebpf.Program `ebpf:"sys_enter_setsockopt"`
-	SysExitAccept       *ebpf.Program `ebpf:"sys_exit_accept"`
-	SysExitAccept4      *ebpf.Program `ebpf:"sys_exit_accept4"`
-	SysExitConnect      *ebpf.Program `ebpf:"sys_exit_connect"`
-	TcpRetransmitSkb    *ebpf.Program `ebpf:"tcp_retransmit_skb"`
-	TimerExpireEntry    *ebpf.Program `ebpf:"timer_expire_entry"`
+	InetSockSetState        *ebpf.Program `ebpf:"inet_sock_set_state"`
+	IterDestroy             *ebpf.Program `ebpf:"iter_destroy"`
+	IterKeepalive           *ebpf.Program `ebpf:"iter_keepalive"`
+	IterTaskFile            *ebpf.Program `ebpf:"iter_task_file"`
+	IterTcp                 *ebpf.Program `ebpf:"iter_tcp"`
+	SchedProcessExit        *ebpf.Program `ebpf:"sched_process_exit"`
+	SchedProcessExitProbe   *ebpf.Program `ebpf:"sched_process_exit_probe"`
+	SysEnterClose           *ebpf.Program `ebpf:"sys_enter_close"`
+	SysEnterCloseNoloop     *ebpf.Program `ebpf:"sys_enter_close_noloop"`
+	SysEnterCloseProbe      *ebpf.Program `ebpf:"sys_enter_close_probe"`
+	SysEnterCloseRange      *ebpf.Program `ebpf:"sys_enter_close_range"`
+	SysEnterCloseRangeProbe *ebpf.Program `ebpf:"sys_enter_close_range_probe"`
+	SysEnterConnect         *ebpf.Program `ebpf:"sys_enter_connect"`
+	SysEnterDup2            *ebpf.Program `ebpf:"sys_enter_dup2"`
+	SysEnterDup2Noloop      *ebpf.Program `ebpf:"sys_enter_dup2_noloop"`
+	SysEnterDup2Probe       *ebpf.Program `ebpf:"sys_enter_dup2_probe"`
+	SysEnterDup3            *ebpf.Program `ebpf:"sys_enter_dup3"`
+	SysEnterDup3Noloop      *ebpf.Program `ebpf:"sys_enter_dup3_noloop"`
+	SysEnterDup3Probe       *ebpf.Program `ebpf:"sys_enter_dup3_probe"`
+	SysEnterSetsockopt      *ebpf.Program `ebpf:"sys_enter_setsockopt"`
+	SysEnterSetsockoptProbe *ebpf.Program `ebpf:"sys_enter_setsockopt_probe"`
+	SysExitAccept           *ebpf.Program `ebpf:"sys_exit_accept"`
+	SysExitAccept4          *ebpf.Program `ebpf:"sys_exit_accept4"`
+	SysExitAccept4Probe     *ebpf.Program `ebpf:"sys_exit_accept4_probe"`
+	SysExitAcceptProbe      *ebpf.Program `ebpf:"sys_exit_accept_probe"`
+	SysExitConnect          *ebpf.Program `ebpf:"sys_exit_connect"`
+	SysExitConnectProbe     *ebpf.Program `ebpf:"sys_exit_connect_probe"`
+	TcpRetransmitSkb        *ebpf.Program `ebpf:"tcp_retransmit_skb"`
+	TimerExpireEntry        *ebpf.Program `ebpf:"timer_expire_entry"`
+	TimerExpireEntryProbe   *ebpf.Program `ebpf:"timer_expire_entry_probe"`
 }
 
 func (p *GhostconnPrograms) Close() error {
@@ -571,20 +601,30 @@ func (p *GhostconnPrograms) Close() error {
 		p.IterTaskFile,
 		p.IterTcp,
 		p.SchedProcessExit,
+		p.SchedProcessExitProbe,
 		p.SysEnterClose,
 		p.SysEnterCloseNoloop,
+		p.SysEnterCloseProbe,
 		p.SysEnterCloseRange,
+		p.SysEnterCloseRangeProbe,
 		p.SysEnterConnect,
 		p.SysEnterDup2,
 		p.SysEnterDup2Noloop,
+		p.SysEnterDup2Probe,
 		p.SysEnterDup3,
 		p.SysEnterDup3Noloop,
+		p.SysEnterDup3Probe,
 		p.SysEnterSetsockopt,
+		p.SysEnterSetsockoptProbe,
 		p.SysExitAccept,
 		p.SysExitAccept4,
+		p.SysExitAccept4Probe,
+		p.SysExitAcceptProbe,
 		p.SysExitConnect,
+		p.SysExitConnectProbe,
 		p.TcpRetransmitSkb,
 		p.TimerExpireEntry,
+		p.TimerExpireEntryProbe,
 	)
 }
 

@@ -59,6 +59,10 @@ type program struct {
 	// program with no such variant stays detached there.
 	loop   bool
 	noLoop string
+	// probeRead names its variant that reads kernel memory with probe-read
+	// helpers, loaded where the kernel has no bpf_rdonly_cast (before 6.2);
+	// the program itself uses direct loads.
+	probeRead string
 }
 
 var programs = []program{
@@ -66,19 +70,22 @@ var programs = []program{
 	{name: ProgIterTCP, required: true, kind: "iter"},
 	{name: ProgIterFiles, required: true, kind: "iter"},
 	{name: ProgRetransmit, kind: "tp_btf"},
-	{name: ProgKeepalive, kind: "tp_btf"},
-	{name: ProgClose, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterCloseNoloop},
-	{name: ProgCloseRange, group: "syscalls", kind: "tracepoint", loop: true},
-	{name: ProgDup2, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterDup2Noloop},
-	{name: ProgDup3, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterDup3Noloop},
-	{name: ProgSetsockopt, group: "syscalls", kind: "tracepoint"},
-	{name: ProgExit, kind: "tp_btf", loop: true},
+	{name: ProgKeepalive, kind: "tp_btf", probeRead: GhostconnProgTimerExpireEntryProbe},
+	{name: ProgClose, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterCloseNoloop,
+		probeRead: GhostconnProgSysEnterCloseProbe},
+	{name: ProgCloseRange, group: "syscalls", kind: "tracepoint", loop: true, probeRead: GhostconnProgSysEnterCloseRangeProbe},
+	{name: ProgDup2, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterDup2Noloop,
+		probeRead: GhostconnProgSysEnterDup2Probe},
+	{name: ProgDup3, group: "syscalls", kind: "tracepoint", loop: true, noLoop: GhostconnProgSysEnterDup3Noloop,
+		probeRead: GhostconnProgSysEnterDup3Probe},
+	{name: ProgSetsockopt, group: "syscalls", kind: "tracepoint", probeRead: GhostconnProgSysEnterSetsockoptProbe},
+	{name: ProgExit, kind: "tp_btf", loop: true, probeRead: GhostconnProgSchedProcessExitProbe},
 	// The owner hooks: who holds a new connection, at once. Without them
 	// holders are known from the next holder walk.
 	{name: ProgConnect, group: "syscalls", kind: "tracepoint"},
-	{name: ProgConnectExit, group: "syscalls", kind: "tracepoint"},
-	{name: ProgAccept, group: "syscalls", kind: "tracepoint"},
-	{name: ProgAccept4, group: "syscalls", kind: "tracepoint"},
+	{name: ProgConnectExit, group: "syscalls", kind: "tracepoint", probeRead: GhostconnProgSysExitConnectProbe},
+	{name: ProgAccept, group: "syscalls", kind: "tracepoint", probeRead: GhostconnProgSysExitAcceptProbe},
+	{name: ProgAccept4, group: "syscalls", kind: "tracepoint", probeRead: GhostconnProgSysExitAccept4Probe},
 }
 
 // actionPrograms are the iterators that act on sockets: loaded on first
@@ -326,20 +333,31 @@ func init() {
 var ErrSkipped = errors.New("skipped by configuration")
 
 // programSpec picks def's program in spec: its variant without bpf_loop
-// where the kernel has none. It fails when def cannot run on this kernel.
+// where the kernel has none, its probe-read variant where it has no
+// bpf_rdonly_cast. It fails when def cannot run on this kernel.
 func programSpec(spec *ebpf.CollectionSpec, def program) (*ebpf.ProgramSpec, error) {
-	objName := def.name
-	if def.loop && !HasFeature(FeatureLoop) {
-		if def.noLoop == "" {
-			return nil, fmt.Errorf("this kernel has no %s", featureNeeds(FeatureLoop))
-		}
-		objName = def.noLoop
+	objName := variant(def, HasFeature(FeatureLoop), HasFeature(FeatureCast))
+	if objName == "" {
+		return nil, fmt.Errorf("this kernel has no %s", featureNeeds(FeatureLoop))
 	}
 	progSpec, ok := spec.Programs[objName]
 	if !ok {
 		return nil, fmt.Errorf("program %s missing from object", objName)
 	}
 	return progSpec, nil
+}
+
+// variant names the object program that runs def on a kernel with or
+// without bpf_loop and bpf_rdonly_cast, or "" when none can.
+func variant(def program, loop, cast bool) string {
+	switch {
+	case def.loop && !loop:
+		// The variants without bpf_loop read with probe reads too.
+		return def.noLoop
+	case def.probeRead != "" && !cast:
+		return def.probeRead
+	}
+	return def.name
 }
 
 // loadPrograms loads the programs of defs, keyed by their names, or says
