@@ -67,7 +67,7 @@ func TestRefusedProgramLoadsOthersAlone(t *testing.T) {
 			defs = append(defs, def)
 		}
 	}
-	progs, errs := loadPrograms(spec, defs, nil)
+	progs, errs := loadPrograms(spec, defs, nil, HasFeature(FeatureCast))
 	defer func() {
 		for _, p := range progs {
 			p.Close()

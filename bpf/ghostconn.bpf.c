@@ -1185,10 +1185,10 @@ int sys_enter_dup3_noloop(struct trace_event_raw_sys_enter *ctx) { return on_dup
 
 // close_fd and close_fd_cast are on_fd_close as global functions, which
 // the verifier checks once, on their own: the bit callbacks call them
-// instead of inlining them (that grew past the verifier's limit). fdt and
-// fds (the fd table's array) are kernel addresses; close_fd reads them with
+// instead of inlining them (that grew past the verifier's limit). fdt is
+// the fd table's kernel address and fraw the file's; close_fd reads with
 // probe reads, close_fd_cast with direct loads (6.2+).
-__noinline int close_fd(__u64 fdt, __u64 fds, __u32 fd, __u32 op)
+__noinline int close_fd(__u64 fdt, __u32 fd, __u32 op)
 {
 	struct file *f = fd_file((struct fdtable *)fdt, fd);
 	on_fd_close((struct fdtable *)fdt, f, (__u64)f, tcp_sock_of(f), fd, op, true, false);
@@ -1308,7 +1308,9 @@ static __always_inline __u64 range_word(__u64 word, __u32 i, __u32 first, __u32 
 		return past & 1;                                                                       \
 	}
 
-RANGE_CALLBACKS(, false, close_fd)
+// close_fd_probe drops fds, which close_fd reads through fdt itself.
+#define close_fd_probe(fdt, fds, fd, op) close_fd(fdt, fd, op)
+RANGE_CALLBACKS(, false, close_fd_probe)
 RANGE_CALLBACKS(_cast, true, close_fd_fast)
 
 // range_walk visits the open fds in [first, last] of the current task's fd

@@ -134,6 +134,10 @@ type Options struct {
 	// IgnoreOwnCloses makes the close hooks skip closes by this process
 	// (self_tgid in the C), where its pid is known (see SelfTGID).
 	IgnoreOwnCloses bool
+	// ProbeReads loads the hooks' probe-read variants even where the
+	// kernel has bpf_rdonly_cast, as a kernel before 6.2 runs them: for
+	// tests of those variants, and to compare their cost.
+	ProbeReads bool
 }
 
 // Probes holds the loaded maps and the attached programs.
@@ -152,6 +156,9 @@ type Probes struct {
 	// reason it is not.
 	Attached map[string]error
 
+	// cast says the hooks loaded are the direct-load variants (see
+	// Options.ProbeReads); the action iterators load as they did.
+	cast bool
 	// connectFds is the kernel's own scratch map of the connect hooks.
 	connectFds *ebpf.Map
 	// watch, deltas and sysDeltas: see SetWatching and DrainDeltas.
@@ -282,7 +289,8 @@ func Load(opts Options) (*Probes, error) {
 			load = append(load, def)
 		}
 	}
-	progs, loadErrs := loadPrograms(spec, load, replacements)
+	p.cast = HasFeature(FeatureCast) && !opts.ProbeReads
+	progs, loadErrs := loadPrograms(spec, load, replacements, p.cast)
 	for _, def := range programs {
 		if opts.IteratorsOnly && def.kind != "iter" {
 			continue
@@ -335,8 +343,8 @@ var ErrSkipped = errors.New("skipped by configuration")
 // programSpec picks def's program in spec: its variant without bpf_loop
 // where the kernel has none, its probe-read variant where it has no
 // bpf_rdonly_cast. It fails when def cannot run on this kernel.
-func programSpec(spec *ebpf.CollectionSpec, def program) (*ebpf.ProgramSpec, error) {
-	objName := variant(def, HasFeature(FeatureLoop), HasFeature(FeatureCast))
+func programSpec(spec *ebpf.CollectionSpec, def program, cast bool) (*ebpf.ProgramSpec, error) {
+	objName := variant(def, HasFeature(FeatureLoop), cast)
 	if objName == "" {
 		return nil, fmt.Errorf("this kernel has no %s", featureNeeds(FeatureLoop))
 	}
@@ -368,11 +376,11 @@ func variant(def program, loop, cast bool) string {
 // start, and ten to twenty times that under TCG. Only if the kernel
 // refuses one does each load on its own, so that the refused ones are
 // named and the others still attach.
-func loadPrograms(spec *ebpf.CollectionSpec, defs []program, maps map[string]*ebpf.Map) (map[string]*ebpf.Program, map[string]error) {
+func loadPrograms(spec *ebpf.CollectionSpec, defs []program, maps map[string]*ebpf.Map, cast bool) (map[string]*ebpf.Program, map[string]error) {
 	progs, errs := map[string]*ebpf.Program{}, map[string]error{}
 	specs := map[string]*ebpf.ProgramSpec{}
 	for _, def := range defs {
-		ps, err := programSpec(spec, def)
+		ps, err := programSpec(spec, def, cast)
 		if err != nil {
 			errs[def.name] = err
 			continue
@@ -412,7 +420,7 @@ func loadPrograms(spec *ebpf.CollectionSpec, defs []program, maps map[string]*eb
 // loadAttach loads def's program on its own and attaches it: the action
 // iterators, loaded on first use.
 func (p *Probes) loadAttach(def program) error {
-	progs, errs := loadPrograms(p.spec, []program{def}, p.replacements)
+	progs, errs := loadPrograms(p.spec, []program{def}, p.replacements, p.cast)
 	if err := errs[def.name]; err != nil {
 		return err
 	}

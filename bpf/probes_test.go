@@ -71,3 +71,61 @@ func checkAttached(t *testing.T, p *Probes, name string) {
 		t.Logf("program %s not attached, as expected on this kernel: %v", name, err)
 	}
 }
+
+// TestVariantPicksByKernel: each hook runs as its direct-load program where
+// the kernel has bpf_loop and bpf_rdonly_cast, as its probe-read variant
+// where it has only bpf_loop, and as its variant without bpf_loop (probe
+// reads too) where it has neither; a hook with no such variant runs as
+// itself or, needing bpf_loop, not at all.
+func TestVariantPicksByKernel(t *testing.T) {
+	byName := map[string]program{}
+	for _, p := range programs {
+		byName[p.name] = p
+	}
+	for _, c := range []struct {
+		name       string
+		loop, cast bool
+		want       string
+	}{
+		{ProgClose, true, true, "sys_enter_close"},
+		{ProgClose, true, false, "sys_enter_close_probe"},
+		{ProgClose, false, false, "sys_enter_close_noloop"},
+		{ProgCloseRange, true, true, "sys_enter_close_range"},
+		{ProgCloseRange, true, false, "sys_enter_close_range_probe"},
+		{ProgCloseRange, false, false, ""},
+		{ProgExit, true, false, "sched_process_exit_probe"},
+		{ProgConnectExit, true, true, "sys_exit_connect"},
+		{ProgConnectExit, false, false, "sys_exit_connect_probe"},
+		{ProgKeepalive, false, false, "timer_expire_entry_probe"},
+		{ProgConnect, false, false, "sys_enter_connect"},
+		{ProgStateChange, false, false, "inet_sock_set_state"},
+	} {
+		def, ok := byName[c.name]
+		if !ok {
+			t.Fatalf("no program %s", c.name)
+		}
+		if got := variant(def, c.loop, c.cast); got != c.want {
+			t.Errorf("%s with bpf_loop=%v rdonly_cast=%v: %q, want %q", c.name, c.loop, c.cast, got, c.want)
+		}
+	}
+}
+
+// TestProbeReadVariantsLoad loads the probe-read variants on a kernel that
+// would run the direct-load ones, so that a kernel of 6.2 or later checks
+// both: every program attaches either way.
+func TestProbeReadVariantsLoad(t *testing.T) {
+	privtest.Require(t)
+	for _, probe := range []bool{false, true} {
+		p, err := Load(Options{ProbeReads: probe})
+		if err != nil {
+			t.Fatalf("load (probe reads %v): %v", probe, err)
+		}
+		for _, name := range ProgramNames() {
+			checkAttached(t, p, name)
+		}
+		if want := HasFeature(FeatureCast) && !probe; p.cast != want {
+			t.Errorf("probe reads %v: direct loads %v, want %v", probe, p.cast, want)
+		}
+		p.Close()
+	}
+}
