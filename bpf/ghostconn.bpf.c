@@ -367,7 +367,9 @@ struct {
 
 // connect_fds holds the fd of each connect() in progress, by pid_tgid, so
 // that its exit, whose arguments the tracepoint no longer has, can find the
-// socket. Writer: sys_enter_connect (AF_INET and AF_INET6 addresses only).
+// socket, on kernels that run sys_exit_connect_probe (before 6.2; the
+// direct-load sys_exit_connect reads the fd from the task's registers, and
+// sys_enter_connect is not loaded beside it). Writer: sys_enter_connect (AF_INET and AF_INET6 addresses only).
 // Reader and deleter: sys_exit_connect, on the same thread's return. An
 // entry whose exit never ran (the agent attached between the two) is
 // overwritten by the thread's next connect or evicted by the LRU bound;
@@ -1550,10 +1552,42 @@ int sys_enter_connect(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
+// The syscall's first argument in the registers it saved on entry: on arm64
+// x0 holds the return value by the exit tracepoint, orig_x0 the argument.
+struct pt_regs___gc_x86 {
+	unsigned long di;
+} __attribute__((preserve_access_index));
+struct pt_regs___gc_arm64 {
+	__u64 orig_x0;
+} __attribute__((preserve_access_index));
+
+// syscall_arg0 is the current syscall's first argument, read at its exit
+// from the task's saved registers (bpf_task_pt_regs, 5.15+).
+static __always_inline __u64 syscall_arg0(void)
+{
+	void *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+#if defined(__TARGET_ARCH_arm64)
+	return ((struct pt_regs___gc_arm64 *)regs)->orig_x0;
+#elif defined(__TARGET_ARCH_x86)
+	return ((struct pt_regs___gc_x86 *)regs)->di;
+#else
+#error "syscall_arg0: unknown target architecture"
+#endif
+}
+
 // sys_exit_connect reports the owner of a socket whose connect succeeded or
-// is in progress (a non-blocking connect). fast picks direct loads.
+// is in progress (a non-blocking connect). fast takes the fd from the
+// task's saved registers and reads with direct loads (6.2+), so no
+// sys_enter_connect runs; the probe-read variant finds the fd that
+// sys_enter_connect kept.
 static __always_inline int on_exit_connect(struct trace_event_raw_sys_exit *ctx, bool fast)
 {
+	if (fast) {
+		if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
+			return 0;
+		on_owner(syscall_arg0(), OWNER_OP_CONNECT, true);
+		return 0;
+	}
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 *fdp = bpf_map_lookup_elem(&connect_fds, &id);
 	if (!fdp)

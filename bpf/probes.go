@@ -63,6 +63,10 @@ type program struct {
 	// helpers, loaded where the kernel has no bpf_rdonly_cast (before 6.2);
 	// the program itself uses direct loads.
 	probeRead string
+	// probeOnly says only the probe-read variants need the program: where
+	// the direct-load ones run it is not loaded, and absent from Attached
+	// (it is not missing: nothing needs it).
+	probeOnly bool
 }
 
 var programs = []program{
@@ -82,7 +86,9 @@ var programs = []program{
 	{name: ProgExit, kind: "tp_btf", loop: true, probeRead: GhostconnProgSchedProcessExitProbe},
 	// The owner hooks: who holds a new connection, at once. Without them
 	// holders are known from the next holder walk.
-	{name: ProgConnect, group: "syscalls", kind: "tracepoint"},
+	// sys_enter_connect keeps the fd for sys_exit_connect_probe; the
+	// direct-load sys_exit_connect reads it from the task's registers.
+	{name: ProgConnect, group: "syscalls", kind: "tracepoint", probeOnly: true},
 	{name: ProgConnectExit, group: "syscalls", kind: "tracepoint", probeRead: GhostconnProgSysExitConnectProbe},
 	{name: ProgAccept, group: "syscalls", kind: "tracepoint", probeRead: GhostconnProgSysExitAcceptProbe},
 	{name: ProgAccept4, group: "syscalls", kind: "tracepoint", probeRead: GhostconnProgSysExitAccept4Probe},
@@ -97,6 +103,22 @@ var actionPrograms = map[string]program{
 	ProgIterDestroy: {name: ProgIterDestroy, kind: "iter"},
 	// ghostconn keepalive: bpf_setsockopt from iter/tcp.
 	ProgIterKeepalive: {name: ProgIterKeepalive, kind: "iter"},
+}
+
+// DirectLoads reports whether the hooks loaded are the direct-load
+// variants (bpf_rdonly_cast) rather than the probe-read ones.
+func (p *Probes) DirectLoads() bool { return p.cast }
+
+// ProbeOnly reports whether only the probe-read variants need the named
+// program, so that it is not loaded (nor in Attached) beside the
+// direct-load ones.
+func ProbeOnly(name string) bool {
+	for _, p := range programs {
+		if p.name == name {
+			return p.probeOnly
+		}
+	}
+	return false
 }
 
 // Required reports whether the agent cannot run without the program.
@@ -276,10 +298,11 @@ func Load(opts Options) (*Probes, error) {
 		tracefsErr = EnsureTracefs()
 	}
 	p.spec, p.replacements, p.actionErrs = spec, replacements, map[string]error{}
+	p.cast = HasFeature(FeatureCast) && !opts.ProbeReads
 	var load []program
 	for _, def := range programs {
 		switch {
-		case opts.IteratorsOnly && def.kind != "iter":
+		case opts.IteratorsOnly && def.kind != "iter", def.probeOnly && p.cast:
 			continue
 		case opts.Skip[def.name]:
 			p.Attached[def.name] = ErrSkipped
@@ -289,10 +312,9 @@ func Load(opts Options) (*Probes, error) {
 			load = append(load, def)
 		}
 	}
-	p.cast = HasFeature(FeatureCast) && !opts.ProbeReads
 	progs, loadErrs := loadPrograms(spec, load, replacements, p.cast)
 	for _, def := range programs {
-		if opts.IteratorsOnly && def.kind != "iter" {
+		if opts.IteratorsOnly && def.kind != "iter" || def.probeOnly && p.cast {
 			continue
 		}
 		err, done := p.Attached[def.name]
@@ -313,7 +335,7 @@ func Load(opts Options) (*Probes, error) {
 	}
 	// sys_enter_connect without sys_exit_connect would only fill
 	// connect_fds with entries nothing reads.
-	if p.Attached[ProgConnect] == nil && p.Attached[ProgConnectExit] != nil && !opts.IteratorsOnly {
+	if err, ok := p.Attached[ProgConnect]; ok && err == nil && p.Attached[ProgConnectExit] != nil {
 		l := p.byLink[ProgConnect]
 		p.links = slices.DeleteFunc(p.links, func(x link.Link) bool { return x == l })
 		delete(p.byLink, ProgConnect)

@@ -58,7 +58,18 @@ func TestLoadAttachesEveryProgram(t *testing.T) {
 // kernel lacks what it needs and its error says so.
 func checkAttached(t *testing.T, p *Probes, name string) {
 	t.Helper()
-	err := p.Attached[name]
+	err, ok := p.Attached[name]
+	if ProbeOnly(name) && p.DirectLoads() {
+		// Not needed beside the direct-load hooks: not loaded at all.
+		if ok {
+			t.Errorf("program %s loaded beside the direct-load hooks, which do not need it: %v", name, err)
+		}
+		return
+	}
+	if !ok {
+		t.Errorf("program %s neither attached nor said why not", name)
+		return
+	}
 	lacks := KernelLacks(name)
 	switch {
 	case lacks == "" && err != nil:

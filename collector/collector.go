@@ -45,6 +45,9 @@ type Config struct {
 	// application's. Tests that run the collector in the process whose
 	// closes they check leave it off.
 	IgnoreOwnCloses bool
+	// ProbeReads loads the hooks' probe-read variants even where the
+	// kernel has bpf_rdonly_cast (bpf.Options.ProbeReads).
+	ProbeReads bool
 	// ReaderGiveUp is how long the ring-buffer reader may fail without a
 	// single record read before the collector gives up: it becomes not
 	// ready and Run returns the error, so a supervisor restarts the agent.
@@ -205,6 +208,7 @@ func New(cfg Config) (*Collector, error) {
 		Skip:            cfg.Skip,
 		PinDir:          cfg.PinDir,
 		IgnoreOwnCloses: cfg.IgnoreOwnCloses,
+		ProbeReads:      cfg.ProbeReads,
 	})
 	if err != nil {
 		return nil, err
@@ -871,6 +875,10 @@ type Status struct {
 	KeepaliveFirings   uint64            `json:"keepalive_timer_firings"`
 	KeepaliveProbes    uint64            `json:"keepalive_probes"`
 	Programs           map[string]string `json:"programs"` // "attached" or the reason not
+	// HookReads says how the hooks read kernel memory: "direct loads"
+	// (bpf_rdonly_cast, 6.2+) or "probe reads" (older kernels, or
+	// --probe-reads).
+	HookReads string `json:"hook_reads"`
 	// Kernel is the running kernel's release and architecture; Features
 	// says which optional features it gave the agent.
 	Kernel         string            `json:"kernel"`
@@ -965,6 +973,10 @@ func (c *Collector) Status() (Status, error) {
 		} else {
 			s.Programs[name] = err.Error()
 		}
+	}
+	s.HookReads = "probe reads"
+	if c.probes.DirectLoads() {
+		s.HookReads = "direct loads"
 	}
 	s.Kernel, s.Features = kernelRelease(), kernelFeatures()
 	return s, nil

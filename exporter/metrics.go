@@ -276,8 +276,13 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	names := bpf.ProgramNames()
 	sort.Strings(names)
 	for _, name := range names {
+		state, ok := st.Programs[name]
+		if !ok {
+			// Not needed on this kernel (bpf.ProbeOnly): no series.
+			continue
+		}
 		v := 0.0
-		if st.Programs[name] == "attached" {
+		if state == "attached" {
 			v = 1
 		}
 		gauge(programAttachedDesc, v, name)

@@ -64,6 +64,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 	podLabel := fs.Bool("metrics-pod-label", false, "add per-pod series (label pod_uid from the holder's cgroup, capped by --metrics-max-pods)")
 	maxPods := fs.Int("metrics-max-pods", exporter.DefaultMaxPods, "distinct pod_uid label values before the rest count as \"other\"")
 	readOnly := fs.Bool("read-only", false, "refuse every action (ghostconn kill): observe only")
+	probeReads := fs.Bool("probe-reads", false, "load the hooks' probe-read variants even where the kernel has bpf_rdonly_cast (6.2+), as older kernels run them: to compare their cost, or to step around a kernel that mishandles the direct loads")
 	killVia := fs.String("kill-via", "bpf_sock_destroy,sock_diag", "comma-separated mechanisms ghostconn kill may abort sockets with, in order: bpf_sock_destroy (Linux 6.5+), sock_diag; empty allows none")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
@@ -154,6 +155,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, error) {
 			Skip:              skip,
 			PinDir:            *pinDir,
 			IgnoreOwnCloses:   true,
+			ProbeReads:        *probeReads,
 			ReadOnly:          *readOnly,
 			NoSockDestroy:     !via[collector.MechSockDestroy],
 			NoSockDiag:        !via[collector.MechSockDiag],

@@ -776,6 +776,11 @@ func TestCLIAgainstAgent(t *testing.T) {
 				t.Errorf("status feature %+v; this kernel: %s available=%v (%v)", got, f.Name, f.Err == nil, f.Err)
 			}
 		}
+		// The hooks read with direct loads exactly where the kernel has
+		// bpf_rdonly_cast.
+		if want := map[bool]string{true: "direct loads", false: "probe reads"}[bpf.HasFeature(bpf.FeatureCast)]; st.HookReads != want {
+			t.Errorf("status hook_reads %q, want %q", st.HookReads, want)
+		}
 	})
 
 	t.Run("API rejects bad parameters with 400 and JSON", func(t *testing.T) {

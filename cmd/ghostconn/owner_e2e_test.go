@@ -135,11 +135,7 @@ func TestNewConnectionHolderAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range ownerPrograms {
-		if st0.Programs[name] != "attached" {
-			t.Fatalf("%s: %s", name, st0.Programs[name])
-		}
-	}
+	checkOwnerPrograms(t, st0)
 
 	made := 0
 	parent := t
@@ -461,4 +457,52 @@ func TestNewConnectionHolderAmongMany(t *testing.T) {
 		return holderOf(cv, pid, cfd) != nil && holderOf(sv, pid, sfd) != nil, fmt.Sprintf("client %+v\nserver %+v", cv, sv)
 	})
 	t.Logf("holders known %s after the connection, among %d tracked", time.Since(made).Round(time.Millisecond), st.Connections)
+}
+
+// TestNewConnectionHolderProbeReads runs the owner hooks' probe-read
+// variants (--probe-reads), which a kernel before 6.2 runs, on this one:
+// both ends of a new connection still have their holder within a second,
+// and status says which variants run.
+func TestNewConnectionHolderProbeReads(t *testing.T) {
+	sock, _ := ownerAgent(t, "--probe-reads")
+	api := exporter.NewClient(sock)
+	st, err := api.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.HookReads != "probe reads" {
+		t.Errorf("status hook_reads %q with --probe-reads", st.HookReads)
+	}
+	checkOwnerPrograms(t, st)
+	pid := uint32(os.Getpid())
+	c, s := loopbackPair(t, t, "tcp4", "127.0.0.1:0")
+	cfd, sfd := cliFD(t, c), cliFD(t, s)
+	local, remote := c.LocalAddr().String(), c.RemoteAddr().String()
+	port := uint16(s.LocalAddr().(*net.TCPAddr).Port)
+	testutil.Eventually(t, time.Second, fmt.Sprintf("both ends of %s -> %s held by pid %d (client fd %d, server fd %d)", local, remote, pid, cfd, sfd), func() (bool, string) {
+		conns, err := api.Connections(context.Background(), exporter.Filter{Port: port})
+		if err != nil {
+			return false, err.Error()
+		}
+		cv, sv := find(conns, local, remote), find(conns, remote, local)
+		return holderOf(cv, pid, cfd) != nil && holderOf(sv, pid, sfd) != nil, fmt.Sprintf("client %+v\nserver %+v", cv, sv)
+	})
+}
+
+// checkOwnerPrograms fails t unless every owner hook is attached, but for
+// sys_enter_connect beside the direct-load hooks, which do not load it.
+func checkOwnerPrograms(t *testing.T, st collector.Status) {
+	t.Helper()
+	for _, name := range ownerPrograms {
+		state, ok := st.Programs[name]
+		if bpf.ProbeOnly(name) && st.HookReads == "direct loads" {
+			if ok {
+				t.Errorf("%s loaded beside the direct-load hooks: %s", name, state)
+			}
+			continue
+		}
+		if state != "attached" {
+			t.Fatalf("%s: %q", name, state)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,15 +27,17 @@ const reconcilePoll = 5 * time.Second
 
 // Kernel-cost windows.
 const (
-	winQuiet   = "quiet host"
-	winIdle    = "100k idle"
-	winChurn   = "churn"
-	winFdmix   = "fd-op mix"
-	winTcpst   = "churn, tcpstates"
-	listerGC   = "ghostconn ls -o json"
-	listerAPI  = "GET /v1/connections (API only)"
-	listerSS   = "ss -tanp"
-	listerLsof = "lsof -nP -iTCP"
+	winQuiet = "quiet host"
+	winIdle  = "100k idle"
+	winChurn = "churn"
+	winFdmix = "fd-op mix"
+	// winFdmixProbe is winFdmix under an agent with --probe-reads.
+	winFdmixProbe = "fd-op mix, probe reads"
+	winTcpst      = "churn, tcpstates"
+	listerGC      = "ghostconn ls -o json"
+	listerAPI     = "GET /v1/connections (API only)"
+	listerSS      = "ss -tanp"
+	listerLsof    = "lsof -nP -iTCP"
 )
 
 // phaseQuiet: agent start on a quiet host, its RSS there, and what its
@@ -75,11 +78,25 @@ func phaseQuiet(c *config, r *results) error {
 }
 
 // phaseFdmix: every fd hook with a realistic mix of non-socket fds and the
-// occasional ghost close.
+// occasional ghost close. Where the hooks load directly (bpf_rdonly_cast),
+// the same mix runs again under an agent with --probe-reads, the variants
+// older kernels run, for their cost beside it.
 func phaseFdmix(c *config, r *results) error {
-	a, err := startAgent(c.bin, c.workDir, c.agentFlags...)
-	if err != nil {
+	direct, err := fdmixWindow(c, r, winFdmix)
+	if err != nil || !direct {
 		return err
+	}
+	_, err = fdmixWindow(c, r, winFdmixProbe, "--probe-reads")
+	return err
+}
+
+// fdmixWindow runs `ghostbench fdmix` under an agent started with extra
+// flags, as window win. It reports whether the agent's hooks loaded
+// directly.
+func fdmixWindow(c *config, r *results, win string, extra ...string) (bool, error) {
+	a, err := startAgent(c.bin, c.workDir, append(slices.Clone(c.agentFlags), extra...)...)
+	if err != nil {
+		return false, err
 	}
 	defer a.stop()
 	var iters uint64
@@ -101,16 +118,26 @@ func phaseFdmix(c *config, r *results) error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
-	r.addWindow(winFdmix, c.fdmixDur, d)
+	// A variant's program is in the row of the hook it stands for.
+	for name, pd := range d {
+		if hook, ok := strings.CutSuffix(name, "_probe"); ok {
+			pd.Name = hook
+			d[hook] = pd
+			delete(d, name)
+		}
+	}
+	r.addWindow(win, c.fdmixDur, d)
 	s, err := a.status()
 	if err != nil {
-		return err
+		return false, err
 	}
-	r.fdmixIters = iters
-	r.fdmixLost = s.lost()
-	return nil
+	if win == winFdmix {
+		r.fdmixIters = iters
+		r.fdmixLost = s.lost()
+	}
+	return s.HookReads == "direct loads", nil
 }
 
 // phaseTax: the syscall tax on an unrelated process. Rounds of

@@ -459,7 +459,9 @@ func (r *results) markdown() string {
 		w("run_time_ns/run_cnt deltas over each window with kernel.bpf_stats_enabled=1 (the value before is restored after). ")
 		w("Windows: **quiet host** (agent alone, %s); **100k idle** (%d held sockets, no churn, %s, includes reconciles); "+
 			"**churn** (%s of churn at %s conn/s); **fd-op mix** (%s of `ghostbench fdmix`: non-socket close/dup2/dup3/close_range, "+
-			"one socket close with references left per 64 iterations, %d iterations, %d events lost). "+
+			"one socket close with references left per 64 iterations, %d iterations, %d events lost); "+
+			"**fd-op mix, probe reads** (the same under an agent with `--probe-reads`: the probe-read variants kernels before 6.2 run, "+
+			"where this one runs the direct loads; not a goal window). "+
 			"**churn, tcpstates** is libbpf-tools tcpstates' own program under the same churn, for reference.\n\n",
 			r.c.quietDur, r.scaleTarget, r.windowDur[winIdle].Round(time.Second), r.c.statsChurnDur, fmtRate(r.statsChurnRate),
 			r.c.fdmixDur, r.fdmixIters, r.fdmixLost)
