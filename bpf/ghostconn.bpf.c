@@ -1750,6 +1750,16 @@ struct holder_rec {
 
 const struct holder_rec *unused_holder_rec __attribute__((unused));
 
+// fd_cloexec reports whether task's fd is marked close-on-exec.
+static __always_inline bool fd_cloexec(struct task_struct *task, __u32 fd)
+{
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	unsigned long *bits = BPF_CORE_READ(fdt, close_on_exec);
+	unsigned long word = 0;
+	bpf_probe_read_kernel(&word, sizeof(word), &bits[fd / 64]);
+	return word & (1UL << (fd % 64));
+}
+
 // iter_task_file writes one holder_rec per fd, in any process on the host,
 // that refers to a TCP socket.
 SEC("iter/task_file")
@@ -1771,6 +1781,12 @@ int iter_task_file(struct bpf_iter__task_file *ctx)
 		return 0;
 	struct sock *sk = tcp_sock_of(f);
 	if (!sk)
+		return 0;
+	// A task in the middle of an exec (whose vfork parent it has already
+	// released) still has the close-on-exec fds that its exec is about to
+	// close: they are not held (seen under TCG: a Go test's child, its comm
+	// not yet the new program's, listed as a holder until the next walk).
+	if (BPF_CORE_READ_BITFIELD(task, in_execve) && fd_cloexec(task, ctx->fd))
 		return 0;
 	struct holder_rec r = {};
 	r.cookie = stored_id(sk);
