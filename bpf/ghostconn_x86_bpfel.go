@@ -161,6 +161,12 @@ const (
 	GhostconnOwnerOpOWNER_OP_ACCEPT  GhostconnOwnerOp = 2
 )
 
+type GhostconnPlaceholder uint64
+
+const (
+	GhostconnPlaceholderPLACEHOLDER_KEEPALIVE_FN GhostconnPlaceholder = 7738703068017028214
+)
+
 type GhostconnSockRec struct {
 	_              structs.HostLayout
 	Cookie         uint64
@@ -339,7 +345,6 @@ const (
 	GhostconnProgTimerExpireEntryProbe   = "timer_expire_entry_probe"
 	GhostconnVarHaveCookieHelper         = "have_cookie_helper"
 	GhostconnVarHaveTaskBtf              = "have_task_btf"
-	GhostconnVarKeepaliveTimerFn         = "keepalive_timer_fn"
 	GhostconnVarSelfTgid                 = "self_tgid"
 	GhostconnVarSockCloseFn              = "sock_close_fn"
 	GhostconnVarSockIdKey                = "sock_id_key"
@@ -356,6 +361,7 @@ const (
 	GhostconnVarUnusedEventType          = "unused_event_type"
 	GhostconnVarUnusedHolderRec          = "unused_holder_rec"
 	GhostconnVarUnusedOwnerOp            = "unused_owner_op"
+	GhostconnVarUnusedPlaceholder        = "unused_placeholder"
 	GhostconnVarUnusedSockRec            = "unused_sock_rec"
 	GhostconnVarUnusedSockoptBit         = "unused_sockopt_bit"
 	GhostconnVarUnusedStatIndex          = "unused_stat_index"
@@ -456,31 +462,31 @@ type GhostconnMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type GhostconnVariableSpecs struct {
-	HaveCookieHelper *ebpf.VariableSpec `ebpf:"have_cookie_helper"`
-	HaveTaskBtf      *ebpf.VariableSpec `ebpf:"have_task_btf"`
-	KeepaliveTimerFn *ebpf.VariableSpec `ebpf:"keepalive_timer_fn"`
-	SelfTgid         *ebpf.VariableSpec `ebpf:"self_tgid"`
-	SockCloseFn      *ebpf.VariableSpec `ebpf:"sock_close_fn"`
-	SockIdKey        *ebpf.VariableSpec `ebpf:"sock_id_key"`
-	SockIdKey2       *ebpf.VariableSpec `ebpf:"sock_id_key2"`
-	UnusedActReq     *ebpf.VariableSpec `ebpf:"unused_act_req"`
-	UnusedCloseKey   *ebpf.VariableSpec `ebpf:"unused_close_key"`
-	UnusedCloseOp    *ebpf.VariableSpec `ebpf:"unused_close_op"`
-	UnusedCloseRec   *ebpf.VariableSpec `ebpf:"unused_close_rec"`
-	UnusedCloseSlot  *ebpf.VariableSpec `ebpf:"unused_close_slot"`
-	UnusedDeltaPart  *ebpf.VariableSpec `ebpf:"unused_delta_part"`
-	UnusedEndEvent   *ebpf.VariableSpec `ebpf:"unused_end_event"`
-	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventFlag  *ebpf.VariableSpec `ebpf:"unused_event_flag"`
-	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	UnusedHolderRec  *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
-	UnusedOwnerOp    *ebpf.VariableSpec `ebpf:"unused_owner_op"`
-	UnusedSockRec    *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
-	UnusedSockoptBit *ebpf.VariableSpec `ebpf:"unused_sockopt_bit"`
-	UnusedStatIndex  *ebpf.VariableSpec `ebpf:"unused_stat_index"`
-	UnusedStateDelta *ebpf.VariableSpec `ebpf:"unused_state_delta"`
-	UnusedSysDelta   *ebpf.VariableSpec `ebpf:"unused_sys_delta"`
-	UnusedWatchFlag  *ebpf.VariableSpec `ebpf:"unused_watch_flag"`
+	HaveCookieHelper  *ebpf.VariableSpec `ebpf:"have_cookie_helper"`
+	HaveTaskBtf       *ebpf.VariableSpec `ebpf:"have_task_btf"`
+	SelfTgid          *ebpf.VariableSpec `ebpf:"self_tgid"`
+	SockCloseFn       *ebpf.VariableSpec `ebpf:"sock_close_fn"`
+	SockIdKey         *ebpf.VariableSpec `ebpf:"sock_id_key"`
+	SockIdKey2        *ebpf.VariableSpec `ebpf:"sock_id_key2"`
+	UnusedActReq      *ebpf.VariableSpec `ebpf:"unused_act_req"`
+	UnusedCloseKey    *ebpf.VariableSpec `ebpf:"unused_close_key"`
+	UnusedCloseOp     *ebpf.VariableSpec `ebpf:"unused_close_op"`
+	UnusedCloseRec    *ebpf.VariableSpec `ebpf:"unused_close_rec"`
+	UnusedCloseSlot   *ebpf.VariableSpec `ebpf:"unused_close_slot"`
+	UnusedDeltaPart   *ebpf.VariableSpec `ebpf:"unused_delta_part"`
+	UnusedEndEvent    *ebpf.VariableSpec `ebpf:"unused_end_event"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventFlag   *ebpf.VariableSpec `ebpf:"unused_event_flag"`
+	UnusedEventType   *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedHolderRec   *ebpf.VariableSpec `ebpf:"unused_holder_rec"`
+	UnusedOwnerOp     *ebpf.VariableSpec `ebpf:"unused_owner_op"`
+	UnusedPlaceholder *ebpf.VariableSpec `ebpf:"unused_placeholder"`
+	UnusedSockRec     *ebpf.VariableSpec `ebpf:"unused_sock_rec"`
+	UnusedSockoptBit  *ebpf.VariableSpec `ebpf:"unused_sockopt_bit"`
+	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	UnusedStateDelta  *ebpf.VariableSpec `ebpf:"unused_state_delta"`
+	UnusedSysDelta    *ebpf.VariableSpec `ebpf:"unused_sys_delta"`
+	UnusedWatchFlag   *ebpf.VariableSpec `ebpf:"unused_watch_flag"`
 }
 
 // GhostconnObjects contains all objects after they have been loaded into the kernel.
@@ -530,31 +536,31 @@ func (m *GhostconnMaps) Close() error {
 //
 // It can be passed to LoadGhostconnObjects or ebpf.CollectionSpec.LoadAndAssign.
 type GhostconnVariables struct {
-	HaveCookieHelper *ebpf.Variable `ebpf:"have_cookie_helper"`
-	HaveTaskBtf      *ebpf.Variable `ebpf:"have_task_btf"`
-	KeepaliveTimerFn *ebpf.Variable `ebpf:"keepalive_timer_fn"`
-	SelfTgid         *ebpf.Variable `ebpf:"self_tgid"`
-	SockCloseFn      *ebpf.Variable `ebpf:"sock_close_fn"`
-	SockIdKey        *ebpf.Variable `ebpf:"sock_id_key"`
-	SockIdKey2       *ebpf.Variable `ebpf:"sock_id_key2"`
-	UnusedActReq     *ebpf.Variable `ebpf:"unused_act_req"`
-	UnusedCloseKey   *ebpf.Variable `ebpf:"unused_close_key"`
-	UnusedCloseOp    *ebpf.Variable `ebpf:"unused_close_op"`
-	UnusedCloseRec   *ebpf.Variable `ebpf:"unused_close_rec"`
-	UnusedCloseSlot  *ebpf.Variable `ebpf:"unused_close_slot"`
-	UnusedDeltaPart  *ebpf.Variable `ebpf:"unused_delta_part"`
-	UnusedEndEvent   *ebpf.Variable `ebpf:"unused_end_event"`
-	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventFlag  *ebpf.Variable `ebpf:"unused_event_flag"`
-	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
-	UnusedHolderRec  *ebpf.Variable `ebpf:"unused_holder_rec"`
-	UnusedOwnerOp    *ebpf.Variable `ebpf:"unused_owner_op"`
-	UnusedSockRec    *ebpf.Variable `ebpf:"unused_sock_rec"`
-	UnusedSockoptBit *ebpf.Variable `ebpf:"unused_sockopt_bit"`
-	UnusedStatIndex  *ebpf.Variable `ebpf:"unused_stat_index"`
-	UnusedStateDelta *ebpf.Variable `ebpf:"unused_state_delta"`
-	UnusedSysDelta   *ebpf.Variable `ebpf:"unused_sys_delta"`
-	UnusedWatchFlag  *ebpf.Variable `ebpf:"unused_watch_flag"`
+	HaveCookieHelper  *ebpf.Variable `ebpf:"have_cookie_helper"`
+	HaveTaskBtf       *ebpf.Variable `ebpf:"have_task_btf"`
+	SelfTgid          *ebpf.Variable `ebpf:"self_tgid"`
+	SockCloseFn       *ebpf.Variable `ebpf:"sock_close_fn"`
+	SockIdKey         *ebpf.Variable `ebpf:"sock_id_key"`
+	SockIdKey2        *ebpf.Variable `ebpf:"sock_id_key2"`
+	UnusedActReq      *ebpf.Variable `ebpf:"unused_act_req"`
+	UnusedCloseKey    *ebpf.Variable `ebpf:"unused_close_key"`
+	UnusedCloseOp     *ebpf.Variable `ebpf:"unused_close_op"`
+	UnusedCloseRec    *ebpf.Variable `ebpf:"unused_close_rec"`
+	UnusedCloseSlot   *ebpf.Variable `ebpf:"unused_close_slot"`
+	UnusedDeltaPart   *ebpf.Variable `ebpf:"unused_delta_part"`
+	UnusedEndEvent    *ebpf.Variable `ebpf:"unused_end_event"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventFlag   *ebpf.Variable `ebpf:"unused_event_flag"`
+	UnusedEventType   *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedHolderRec   *ebpf.Variable `ebpf:"unused_holder_rec"`
+	UnusedOwnerOp     *ebpf.Variable `ebpf:"unused_owner_op"`
+	UnusedPlaceholder *ebpf.Variable `ebpf:"unused_placeholder"`
+	UnusedSockRec     *ebpf.Variable `ebpf:"unused_sock_rec"`
+	UnusedSockoptBit  *ebpf.Variable `ebpf:"unused_sockopt_bit"`
+	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
+	UnusedStateDelta  *ebpf.Variable `ebpf:"unused_state_delta"`
+	UnusedSysDelta    *ebpf.Variable `ebpf:"unused_sys_delta"`
+	UnusedWatchFlag   *ebpf.Variable `ebpf:"unused_watch_flag"`
 }
 
 // GhostconnPrograms contains all programs after they have been loaded into the kernel.

@@ -21,6 +21,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
@@ -246,8 +247,9 @@ func Load(opts Options) (*Probes, error) {
 	if err := spec.Variables["sock_close_fn"].Set(syms["sock_close"]); err != nil {
 		return nil, fmt.Errorf("set sock_close_fn: %w", err)
 	}
-	if err := spec.Variables["keepalive_timer_fn"].Set(syms["tcp_keepalive_timer"]); err != nil {
-		return nil, fmt.Errorf("set keepalive_timer_fn: %w", err)
+	if err := patchPlaceholder(spec, GhostconnPlaceholderPLACEHOLDER_KEEPALIVE_FN, syms["tcp_keepalive_timer"],
+		GhostconnProgTimerExpireEntry, GhostconnProgTimerExpireEntryProbe); err != nil {
+		return nil, err
 	}
 	var self uint32
 	if opts.IgnoreOwnCloses {
@@ -346,6 +348,27 @@ func Load(opts Options) (*Probes, error) {
 		p.Attached[ProgConnect] = fmt.Errorf("detached because %s is not attached: %w", ProgConnectExit, p.Attached[ProgConnectExit])
 	}
 	return p, nil
+}
+
+// patchPlaceholder writes value over every 64-bit immediate load of
+// placeholder in spec's programs: a setting the hot path compares with as
+// an immediate, not as a load from .rodata. Each program in must has at
+// least one, or the object is not the one this loader was written for.
+func patchPlaceholder(spec *ebpf.CollectionSpec, placeholder GhostconnPlaceholder, value uint64, must ...string) error {
+	for name, ps := range spec.Programs {
+		n := 0
+		for i := range ps.Instructions {
+			ins := &ps.Instructions[i]
+			if ins.OpCode.IsDWordLoad() && ins.Src == asm.R0 && uint64(ins.Constant) == uint64(placeholder) {
+				ins.Constant = int64(value)
+				n++
+			}
+		}
+		if n == 0 && slices.Contains(must, name) {
+			return fmt.Errorf("program %s has no placeholder %#x to set: the embedded object does not match the loader", name, uint64(placeholder))
+		}
+	}
+	return nil
 }
 
 // noSyscall lists, per architecture, the hooked system calls it does not

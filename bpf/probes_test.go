@@ -140,3 +140,34 @@ func TestProbeReadVariantsLoad(t *testing.T) {
 		p.Close()
 	}
 }
+
+// TestPatchPlaceholder: the timer hook's compare takes tcp_keepalive_timer's
+// address as an immediate, written over the placeholder in both variants;
+// an object without the placeholder is refused with the program named.
+func TestPatchPlaceholder(t *testing.T) {
+	spec, err := LoadGhostconn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const addr = 0xffffffff81234560
+	progs := []string{GhostconnProgTimerExpireEntry, GhostconnProgTimerExpireEntryProbe}
+	if err := patchPlaceholder(spec, GhostconnPlaceholderPLACEHOLDER_KEEPALIVE_FN, addr, progs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range progs {
+		found := false
+		for _, ins := range spec.Programs[name].Instructions {
+			if ins.OpCode.IsDWordLoad() && uint64(ins.Constant) == uint64(GhostconnPlaceholderPLACEHOLDER_KEEPALIVE_FN) {
+				t.Errorf("%s still has the placeholder: %v", name, ins)
+			}
+			found = found || ins.OpCode.IsDWordLoad() && uint64(ins.Constant) == addr
+		}
+		if !found {
+			t.Errorf("%s: no immediate load of %#x after the patch", name, uint64(addr))
+		}
+	}
+	err = patchPlaceholder(spec, GhostconnPlaceholderPLACEHOLDER_KEEPALIVE_FN, addr, progs...)
+	if err == nil || !strings.Contains(err.Error(), "program timer_expire_entry") {
+		t.Errorf("second patch, placeholder gone: %v, want the program named", err)
+	}
+}
